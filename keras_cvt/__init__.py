@@ -1,0 +1,22 @@
+"""CvT (Convolutional vision Transformer) for Keras, shaped like `keras.applications`."""
+
+from keras_cvt.cvt import CvT, CvT13, CvT21, CvTW24, MODEL_CONFIGS
+from keras_cvt.layers import ClassToken, ConvAttention, ConvEmbedding, CvTBlock, StochasticDepth
+from keras_cvt.preprocessing import decode_predictions, preprocess_input
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CvT",
+    "CvT13",
+    "CvT21",
+    "CvTW24",
+    "MODEL_CONFIGS",
+    "ClassToken",
+    "ConvAttention",
+    "ConvEmbedding",
+    "CvTBlock",
+    "StochasticDepth",
+    "decode_predictions",
+    "preprocess_input",
+]

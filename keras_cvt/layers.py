@@ -1,0 +1,363 @@
+"""The building blocks of CvT, written with `keras.ops` so every backend runs them.
+
+Feature maps are NHWC throughout. Inside a transformer block the map is flattened to
+row-major tokens, which is the order the original NCHW `rearrange(x, 'b c h w -> b (h w) c')`
+produces, so weights and activations line up with the PyTorch model element for element.
+"""
+
+import keras
+from keras import layers, ops
+
+# The original uses PyTorch's defaults for LayerNorm/BatchNorm (eps 1e-5) everywhere;
+# Keras' default of 1e-3 visibly changes the logits.
+NORM_EPSILON = 1e-5
+# PyTorch's BatchNorm momentum 0.1 weighs the new batch; Keras' momentum weighs the old value.
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def _dense_initializer():
+    return keras.initializers.TruncatedNormal(stddev=0.02)
+
+
+def quick_gelu(x):
+    """The MLP activation the checkpoints were trained with (not exact GELU)."""
+    return x * ops.sigmoid(1.702 * x)
+
+
+def symmetric_pad(x, padding):
+    """Zero-pads height and width by `padding` on both sides, as PyTorch's Conv2d does.
+
+    Keras' `padding="same"` puts the extra row/column at the bottom/right only for strided
+    convolutions, which shifts every window by one pixel against the original.
+    """
+    if padding == 0:
+        return x
+    return ops.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+
+
+@keras.saving.register_keras_serializable(package="keras_cvt")
+class StochasticDepth(layers.Layer):
+    """Drops the whole residual branch per sample while training (DropPath).
+
+    Args:
+        rate: probability of dropping the branch of a sample; surviving branches are
+            scaled by `1 / (1 - rate)`.
+        seed: optional seed for the random draws.
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1), got rate={rate!r}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype))
+        return x / keep * mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="keras_cvt")
+class ConvEmbedding(layers.Layer):
+    """Convolutional token embedding: an overlapping strided convolution, then LayerNorm.
+
+    Args:
+        embed_dim: number of output channels.
+        kernel_size: convolution kernel size.
+        strides: convolution stride (the stage's down-sampling factor).
+        padding: zero padding added symmetrically to height and width.
+    """
+
+    def __init__(self, embed_dim, kernel_size, strides, padding, **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+        self.proj = layers.Conv2D(
+            embed_dim,
+            kernel_size,
+            strides=strides,
+            data_format="channels_last",
+            name="proj",
+            dtype=self.dtype_policy,
+        )
+        self.norm = layers.LayerNormalization(
+            epsilon=NORM_EPSILON, name="norm", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape):
+        padded = list(input_shape)
+        for axis in (1, 2):
+            if padded[axis] is not None:
+                padded[axis] += 2 * self.padding
+        self.proj.build(tuple(padded))
+        self.norm.build(self.proj.compute_output_shape(tuple(padded)))
+
+    def call(self, x):
+        return self.norm(self.proj(symmetric_pad(x, self.padding)))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        return (
+            batch,
+            conv_output_size(height, self.kernel_size, self.strides, self.padding),
+            conv_output_size(width, self.kernel_size, self.strides, self.padding),
+            self.embed_dim,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "embed_dim": self.embed_dim,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+        }
+
+
+def conv_output_size(size, kernel_size, strides, padding):
+    """Spatial size after a convolution with symmetric padding; None stays None."""
+    if size is None:
+        return None
+    return (size + 2 * padding - kernel_size) // strides + 1
+
+
+@keras.saving.register_keras_serializable(package="keras_cvt")
+class ConvAttention(layers.Layer):
+    """Multi-head attention with convolutional projections (the original's `dw_bn`).
+
+    Queries, keys and values are taken from the token map by a depthwise convolution and
+    BatchNorm each (keys and values with a stride, which shrinks the attention matrix), then
+    a Linear layer. A class token, when present, bypasses the convolutions and is prepended
+    to each of q, k and v before their Linear layers.
+
+    Call with tokens `(batch, cls + height * width, dim)` and the map's `height`, `width`.
+
+    Args:
+        dim: token width.
+        num_heads: number of attention heads; must divide `dim`.
+        with_cls_token: whether the first token is a class token.
+        kernel_size: depthwise kernel size of the projections.
+        q_stride: stride of the query projection.
+        kv_stride: stride of the key and value projections.
+        padding: symmetric zero padding of the projections.
+        qkv_bias: whether the q/k/v Linear layers have a bias.
+    """
+
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        with_cls_token=False,
+        kernel_size=3,
+        q_stride=1,
+        kv_stride=2,
+        padding=1,
+        qkv_bias=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(f"`num_heads` must divide `dim`, got dim={dim}, num_heads={num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.with_cls_token = with_cls_token
+        self.kernel_size = kernel_size
+        self.q_stride = q_stride
+        self.kv_stride = kv_stride
+        self.padding = padding
+        self.qkv_bias = qkv_bias
+        # The original scales by the full width, not the head width.
+        self.scale = dim**-0.5
+        for part, stride in (("q", q_stride), ("k", kv_stride), ("v", kv_stride)):
+            setattr(self, f"conv_proj_{part}", layers.DepthwiseConv2D(
+                kernel_size,
+                strides=stride,
+                use_bias=False,
+                data_format="channels_last",
+                name=f"conv_proj_{part}",
+                dtype=self.dtype_policy,
+            ))
+            setattr(self, f"conv_proj_{part}_bn", layers.BatchNormalization(
+                momentum=BATCH_NORM_MOMENTUM,
+                epsilon=NORM_EPSILON,
+                name=f"conv_proj_{part}_bn",
+                dtype=self.dtype_policy,
+            ))
+            setattr(self, f"proj_{part}", layers.Dense(
+                dim,
+                use_bias=qkv_bias,
+                kernel_initializer=_dense_initializer(),
+                name=f"proj_{part}",
+                dtype=self.dtype_policy,
+            ))
+        self.proj = layers.Dense(
+            dim, kernel_initializer=_dense_initializer(), name="proj", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape):
+        map_shape = (None, None, None, self.dim)
+        for part in "qkv":
+            getattr(self, f"conv_proj_{part}").build(map_shape)
+            getattr(self, f"conv_proj_{part}_bn").build(map_shape)
+            getattr(self, f"proj_{part}").build(input_shape)
+        self.proj.build(input_shape)
+
+    def _project(self, part, tokens_map, batch, training):
+        x = getattr(self, f"conv_proj_{part}")(symmetric_pad(tokens_map, self.padding))
+        x = getattr(self, f"conv_proj_{part}_bn")(x, training=training)
+        return ops.reshape(x, (batch, -1, self.dim))
+
+    def _split_heads(self, x, batch):
+        x = ops.reshape(x, (batch, -1, self.num_heads, self.dim // self.num_heads))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def call(self, x, height, width, training=None):
+        batch = ops.shape(x)[0]
+        if self.with_cls_token:
+            cls_token, x = x[:, :1], x[:, 1:]
+        tokens_map = ops.reshape(x, (batch, height, width, self.dim))
+        qkv = []
+        for part in "qkv":
+            t = self._project(part, tokens_map, batch, training)
+            if self.with_cls_token:
+                t = ops.concatenate([cls_token, t], axis=1)
+            qkv.append(self._split_heads(getattr(self, f"proj_{part}")(t), batch))
+        q, k, v = qkv
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * ops.cast(self.scale, q.dtype)
+        # Softmax in float32 keeps mixed-precision attention from overflowing.
+        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
+        out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+        return self.proj(ops.reshape(out, (batch, -1, self.dim)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "with_cls_token": self.with_cls_token,
+            "kernel_size": self.kernel_size,
+            "q_stride": self.q_stride,
+            "kv_stride": self.kv_stride,
+            "padding": self.padding,
+            "qkv_bias": self.qkv_bias,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_cvt")
+class CvTBlock(layers.Layer):
+    """Pre-norm transformer block with convolutional projection attention.
+
+    Called on an NHWC map, or on `[map, cls_token]` in the stage that carries the class
+    token; returns the same structure.
+
+    Args:
+        dim: channels of the map (token width).
+        num_heads: attention heads.
+        mlp_ratio: hidden width of the MLP relative to `dim`.
+        drop_path_rate: stochastic depth rate of both residual branches.
+        with_cls_token: whether a class token travels with the map.
+    """
+
+    def __init__(
+        self, dim, num_heads, mlp_ratio=4.0, drop_path_rate=0.0, with_cls_token=False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.drop_path_rate = drop_path_rate
+        self.with_cls_token = with_cls_token
+        policy = self.dtype_policy
+        self.norm1 = layers.LayerNormalization(epsilon=NORM_EPSILON, name="norm1", dtype=policy)
+        self.attn = ConvAttention(dim, num_heads, with_cls_token, name="attn", dtype=policy)
+        self.drop_path = StochasticDepth(drop_path_rate, name="drop_path", dtype=policy)
+        self.norm2 = layers.LayerNormalization(epsilon=NORM_EPSILON, name="norm2", dtype=policy)
+        self.fc1 = layers.Dense(
+            int(dim * mlp_ratio), kernel_initializer=_dense_initializer(), name="fc1", dtype=policy
+        )
+        self.fc2 = layers.Dense(
+            dim, kernel_initializer=_dense_initializer(), name="fc2", dtype=policy
+        )
+
+    def build(self, input_shape):
+        tokens_shape = (None, None, self.dim)
+        self.norm1.build(tokens_shape)
+        self.attn.build(tokens_shape)
+        self.norm2.build(tokens_shape)
+        self.fc1.build(tokens_shape)
+        self.fc2.build((None, None, int(self.dim * self.mlp_ratio)))
+
+    def call(self, inputs, training=None):
+        x_map = inputs[0] if self.with_cls_token else inputs
+        batch, height, width = ops.shape(x_map)[0], ops.shape(x_map)[1], ops.shape(x_map)[2]
+        x = ops.reshape(x_map, (batch, -1, self.dim))
+        if self.with_cls_token:
+            x = ops.concatenate([inputs[1], x], axis=1)
+        attn = self.attn(self.norm1(x), height=height, width=width, training=training)
+        x = x + self.drop_path(attn, training=training)
+        mlp = self.fc2(quick_gelu(self.fc1(self.norm2(x))))
+        x = x + self.drop_path(mlp, training=training)
+        if not self.with_cls_token:
+            return ops.reshape(x, (batch, height, width, self.dim))
+        return [ops.reshape(x[:, 1:], (batch, height, width, self.dim)), x[:, :1]]
+
+    def compute_output_shape(self, input_shape):
+        if self.with_cls_token:
+            return [tuple(input_shape[0]), tuple(input_shape[1])]
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "drop_path_rate": self.drop_path_rate,
+            "with_cls_token": self.with_cls_token,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_cvt")
+class ClassToken(layers.Layer):
+    """The learned class token of the last stage, repeated for every sample of a batch.
+
+    Called on the stage's map only to read the batch size; returns `(batch, 1, dim)`.
+
+    Args:
+        dim: token width.
+    """
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+
+    def build(self, input_shape):
+        self.token = self.add_weight(
+            shape=(1, 1, self.dim), initializer=_dense_initializer(), name="token"
+        )
+
+    def call(self, x):
+        token = ops.cast(self.token, self.compute_dtype)
+        return ops.broadcast_to(token, (ops.shape(x)[0], 1, self.dim))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}

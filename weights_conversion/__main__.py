@@ -1,0 +1,32 @@
+"""`python -m weights_conversion INPUT OUTPUT.weights.h5 [--model cvt13|cvt21|cvtw24]`."""
+
+import argparse
+import sys
+
+from keras_cvt.cvt import MODEL_CONFIGS
+from weights_conversion import CheckpointMismatchError, convert
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m weights_conversion",
+        description="Convert an original CvT checkpoint (Microsoft .pth, HuggingFace "
+        "pytorch_model.bin or model.safetensors) into a Keras .weights.h5 file.",
+    )
+    parser.add_argument("input", help="checkpoint to read")
+    parser.add_argument("output", help="Keras weights file to write (*.weights.h5)")
+    parser.add_argument(
+        "--model", choices=sorted(MODEL_CONFIGS), help="variant to insist on (default: inferred from the tensors)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        info = convert(args.input, args.output, model=args.model)
+    except (CheckpointMismatchError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}: {info['tensors']} tensors, {info['variant'] or 'custom'} {info['config']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
