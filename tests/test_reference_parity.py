@@ -1,0 +1,43 @@
+"""The proof that the port is the original model: logits of the original PyTorch code."""
+
+import numpy as np
+
+from keras_cvt import CvT, CvT13
+from tests.conftest import TINY_CONFIG
+
+TOLERANCE = 1e-4
+
+
+def test_cvt13_reproduces_original_logits(cvt13_reference):
+    path, x, logits = cvt13_reference
+    model = CvT13(weights=path, include_preprocessing=False, classifier_activation=None)
+    out = model.predict(x, verbose=0)
+    assert out.shape == logits.shape == (2, 1000)
+    assert np.abs(out - logits).max() <= TOLERANCE
+
+
+def test_tiny_reproduces_original_logits_non_square(tiny_reference):
+    path, x, logits = tiny_reference
+    assert x.shape == (2, 64, 80, 3)
+    model = CvT(
+        **TINY_CONFIG,
+        weights=path,
+        input_shape=(None, None, 3),
+        include_preprocessing=False,
+        classifier_activation=None,
+    )
+    out = model.predict(x, verbose=0)
+    assert np.abs(out - logits).max() <= TOLERANCE
+
+
+def test_builtin_preprocessing_equals_original_normalisation(cvt13_reference):
+    """include_preprocessing=True on [0, 255] pixels == original model on normalised input."""
+    path, x, _ = cvt13_reference
+    pixels = np.random.RandomState(1).uniform(0, 255, size=(2, 224, 224, 3)).astype("float32")
+    from keras_cvt import preprocess_input
+
+    raw = CvT13(weights=path, classifier_activation=None)
+    normalised = CvT13(weights=path, include_preprocessing=False, classifier_activation=None)
+    a = raw.predict(pixels, verbose=0)
+    b = normalised.predict(preprocess_input(pixels), verbose=0)
+    assert np.abs(a - b).max() <= TOLERANCE
