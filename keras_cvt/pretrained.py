@@ -1,0 +1,83 @@
+"""The seven original ImageNet checkpoints: names, where they live, what pins them.
+
+All are HuggingFace hub repos of Microsoft's weights. We download `tf_model.h5` (HF's
+TensorFlow copy of the same weights) because h5py reads it, so pretrained weights never need
+PyTorch. A `sha256` is the file's Git LFS id at the pinned revision; where none is known
+(`../shared/docs/hub-pins.md`), the download is checked against the LFS id the hub reports,
+and always by the converter's check of every tensor's name and shape.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    variant: str
+    name: str
+    repo: str
+    revision: str
+    sha256: str | None
+    resolution: int
+    pretraining: str
+    top1: float
+    filename: str = "tf_model.h5"
+    classes: int = 1000
+
+    @property
+    def crop_ratio(self):
+        """The original evaluation crop: 224 models see the centre 87.5%, 384 models all."""
+        return 0.875 if self.resolution == 224 else None
+
+
+# (variant, name, repo, revision, sha256 of tf_model.h5, resolution, pre-training, top-1)
+PRETRAINED = (
+    Pretrained("cvt13", "imagenet", "microsoft/cvt-13", "b71e71dd9d829cda162fb97edd1ca076643a299c",
+               "d782bacd92bd57ab1b7e59e5cbff7f1a102e094cc338ac72186af080ebd5abc1", 224, "ImageNet-1k", 81.6),
+    Pretrained("cvt13", "imagenet-384", "microsoft/cvt-13-384", "a14331452cabd82f5ba2f8efa77011b78b093f21",
+               "f051ef65a08966ebe82223a60ede99837b68ea0d295d2e89dd28fcad9be65aba", 384, "ImageNet-1k", 83.0),
+    Pretrained("cvt13", "imagenet22k-384", "microsoft/cvt-13-384-22k", "main", None, 384, "ImageNet-22k", 83.3),
+    Pretrained("cvt21", "imagenet", "microsoft/cvt-21", "main", None, 224, "ImageNet-1k", 82.5),
+    Pretrained("cvt21", "imagenet-384", "microsoft/cvt-21-384", "dd47b76270a968cfc654b6022d39693211067dc2",
+               "2a51df60fe8ccc3e60c2a727d512fe79bdea9ce6373a71bb636862aadcacf47d", 384, "ImageNet-1k", 83.3),
+    Pretrained("cvt21", "imagenet22k-384", "microsoft/cvt-21-384-22k", "main", None, 384, "ImageNet-22k", 84.9),
+    Pretrained("cvtw24", "imagenet22k-384", "microsoft/cvt-w24-384-22k", "ae2dcae5c8e0297fff230d8fd581d11344500618",
+               "ac2fc9e283e69bc5f57a42acb0ae33f1ba0e15cbdb03e588da0be5cbefe680ff", 384, "ImageNet-22k", 87.6),
+)
+
+# "imagenet" means each variant's natural default: its 224 ImageNet-1k model, or for CvT-W24,
+# which was only released at 384 after ImageNet-22k pre-training, that one.
+ALIASES = {("cvtw24", "imagenet"): "imagenet22k-384"}
+
+
+def available_weights(variant=None):
+    """The pretrained weights names, as a list of dicts (one per checkpoint).
+
+    Args:
+        variant: `"cvt13"`, `"cvt21"`, `"cvtw24"` or None for all.
+    """
+    return [
+        {
+            "variant": p.variant,
+            "weights": p.name,
+            "resolution": p.resolution,
+            "pretraining": p.pretraining,
+            "top1": p.top1,
+            "repo": p.repo,
+            "revision": p.revision,
+        }
+        for p in PRETRAINED
+        if variant in (None, p.variant)
+    ]
+
+
+def lookup(variant, name):
+    """The checkpoint that `weights=name` means for `variant`, or ValueError listing the names."""
+    name = ALIASES.get((variant, name), name)
+    for p in PRETRAINED:
+        if p.variant == variant and p.name == name:
+            return p
+    known = sorted({p.name for p in PRETRAINED if p.variant == variant} | {a for v, a in ALIASES if v == variant})
+    raise ValueError(
+        f"`weights`={name!r} is not a pretrained checkpoint of {variant}: expected None, a path to a "
+        f".weights.h5 file, or one of {known}"
+    )
