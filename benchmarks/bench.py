@@ -1,0 +1,219 @@
+"""keras_cvt against the PyTorch reference (transformers' CvtForImageClassification), side by side.
+
+    python benchmarks/bench.py [--model cvt13] [--size 224] [--reps 5]
+
+Measures, in one run on this machine: inference throughput at batch 32 and latency at batch 1
+(keras_cvt on TensorFlow in graph mode and with XLA; the reference in PyTorch eager mode), one
+training step (forward + backward + AdamW) at batch 32 on both sides, a bfloat16 inference
+path, and the float32 matmul peak of the machine. Prints a table with the ratios keras_cvt /
+reference (medians after warm-up) and writes it as JSON to benchmarks/results/.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from benchmarks.flops import forward_macs  # noqa: E402
+from keras_cvt import MODEL_CONFIGS, CvT  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+REFERENCE = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
+
+
+def median_seconds(fn, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(reps):
+    n = 4096
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    return 2 * n**3 / median_seconds(lambda: matmul().numpy(), reps, 2) / 1e9
+
+
+def keras_model(config, size, classes=1000):
+    return CvT(
+        config["depths"], config["embed_dims"], config["num_heads"],
+        include_preprocessing=False, classifier_activation=None,
+        input_shape=(size, size, 3), classes=classes,
+    )
+
+
+def keras_benchmarks(config, size, batch, reps, warmup):
+    model = keras_model(config, size)
+    x32 = tf.random.uniform((batch, size, size, 3))
+    x1 = x32[:1]
+    results = {}
+    for mode, jit in (("graph", False), ("xla", True)):
+        forward = tf.function(lambda x: model(x, training=False), jit_compile=jit)
+        results[f"keras_{mode}_b{batch}_s"] = median_seconds(lambda: forward(x32).numpy(), reps, warmup)
+        results[f"keras_{mode}_b1_s"] = median_seconds(lambda: forward(x1).numpy(), reps * 4, warmup)
+
+    optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    labels = tf.random.uniform((batch,), maxval=1000, dtype=tf.int32)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    results[f"keras_train_b{batch}_s"] = median_seconds(lambda: train_step(x32, labels).numpy(), reps, warmup)
+    return model, results
+
+
+def bfloat16_benchmark(config, size, batch, reps, warmup, float_model):
+    """bfloat16 inference throughput, and its top-1 agreement with float32 on real weights."""
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = keras_model(config, size)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.set_weights(float_model.get_weights())
+    x32 = tf.random.uniform((batch, size, size, 3))
+    forward = tf.function(lambda x: model(x, training=False))
+    seconds = median_seconds(lambda: forward(x32).numpy(), reps, warmup)
+    agreement = None
+    checkpoint = REFERENCE / "cvt13_official_perturbed.pth"
+    if config is MODEL_CONFIGS["cvt13"] and checkpoint.is_file():
+        from weights_conversion import convert
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ref.weights.h5")
+            convert(checkpoint, path, model="cvt13")
+            float_model.load_weights(path)
+            model.load_weights(path)
+        reference_x = np.load(REFERENCE / "cvt13_official_perturbed_io.npz")["x"].transpose(0, 2, 3, 1)
+        # The two reference images plus normalised-range noise images: 32 inputs in all.
+        noise = np.random.RandomState(0).normal(size=(30,) + reference_x.shape[1:]).astype("float32")
+        inputs = tf.image.resize(np.concatenate([reference_x, noise]), (size, size))
+        top_float = np.argmax(float_model.predict(inputs, verbose=0), axis=-1)
+        top_bf16 = np.argmax(model.predict(inputs, verbose=0), axis=-1)
+        agreement = float(np.mean(top_float == top_bf16))
+    return seconds, agreement
+
+
+def torch_benchmarks(config, size, batch, reps, warmup):
+    import torch
+    from transformers import CvtConfig, CvtForImageClassification
+
+    torch.set_num_threads(os.cpu_count())
+    model = CvtForImageClassification(
+        CvtConfig(embed_dim=list(config["embed_dims"]), depth=list(config["depths"]),
+                  num_heads=list(config["num_heads"]), num_labels=1000)
+    )
+    x32 = torch.rand(batch, 3, size, size)
+    x1 = x32[:1]
+    results = {}
+    model.eval()
+    with torch.inference_mode():
+        results[f"torch_eager_b{batch}_s"] = median_seconds(lambda: model(x32).logits, reps, warmup)
+        results["torch_eager_b1_s"] = median_seconds(lambda: model(x1).logits, reps * 4, warmup)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    labels = torch.randint(0, 1000, (batch,))
+
+    def train_step():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x32).logits, labels)
+        loss.backward()
+        optimizer.step()
+
+    results[f"torch_train_b{batch}_s"] = median_seconds(train_step, reps, warmup)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODEL_CONFIGS), default="cvt13")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+    config = MODEL_CONFIGS[args.model]
+    b = args.batch
+
+    peak = matmul_peak_gflops(args.reps)
+    gflop_per_image = 2 * forward_macs(config["depths"], config["embed_dims"], args.size) / 1e9
+    float_model, seconds = keras_benchmarks(config, args.size, b, args.reps, args.warmup)
+    seconds.update(torch_benchmarks(config, args.size, b, args.reps, args.warmup))
+    seconds[f"keras_bf16_b{b}_s"], bf16_agreement = bfloat16_benchmark(
+        config, args.size, b, args.reps, args.warmup, float_model
+    )
+
+    ceiling = peak / gflop_per_image  # images/s a forward pass could reach at the matmul peak
+    rows = []
+
+    def row(name, key, images, reference_key=None, lower_is_better=False):
+        value = seconds[key]
+        rate = images / value
+        ratio = None
+        if reference_key:
+            ratio = seconds[reference_key] / value if not lower_is_better else value / seconds[reference_key]
+        rows.append({"measure": name, "seconds": value, "images_per_s": rate,
+                     "pct_of_ceiling": 100 * rate / ceiling, "ratio_vs_reference": ratio})
+
+    row(f"torch eager, batch {b}", f"torch_eager_b{b}_s", b)
+    row(f"keras graph, batch {b}", f"keras_graph_b{b}_s", b, f"torch_eager_b{b}_s")
+    row(f"keras xla, batch {b}", f"keras_xla_b{b}_s", b, f"torch_eager_b{b}_s")
+    row("torch eager, batch 1 latency", "torch_eager_b1_s", 1)
+    row("keras graph, batch 1 latency", "keras_graph_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
+    row("keras xla, batch 1 latency", "keras_xla_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
+    row(f"torch train step, batch {b}", f"torch_train_b{b}_s", b)
+    row(f"keras train step, batch {b}", f"keras_train_b{b}_s", b, f"torch_train_b{b}_s")
+    row(f"keras bfloat16 graph, batch {b}", f"keras_bf16_b{b}_s", b, f"keras_graph_b{b}_s")
+
+    print(f"{args.model} at {args.size}: {gflop_per_image / 2:.2f} GMAC/image; float32 matmul peak "
+          f"{peak:.0f} GFLOP/s, so at most {ceiling:.1f} images/s (training steps: 3x the forward work)")
+    print(f"{'measure':34s} {'seconds':>9s} {'images/s':>9s} {'% ceil':>7s} {'ratio':>7s}")
+    for r in rows:
+        ratio = f"{r['ratio_vs_reference']:.2f}x" if r["ratio_vs_reference"] is not None else "ref"
+        print(f"{r['measure']:34s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
+    print("ratios: throughput keras / reference (higher is better); latency keras / reference "
+          "(lower is better); bfloat16 row: bfloat16 / float32 throughput")
+    if bf16_agreement is not None:
+        print(f"bfloat16 top-1 agreement with float32 on the reference inputs: {bf16_agreement:.1%}")
+
+    report = {
+        "model": args.model, "size": args.size, "batch": b, "reps": args.reps,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
+        "matmul_peak_gflops": peak, "gmac_per_image": gflop_per_image / 2, "ceiling_images_per_s": ceiling,
+        "bf16_top1_agreement": bf16_agreement, "rows": rows, "raw_seconds": seconds,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{args.model}_{args.size}.json"
+    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".json.partial")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
