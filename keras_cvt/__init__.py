@@ -3,6 +3,7 @@
 from keras_cvt.cvt import CvT, CvT13, CvT21, CvTW24, MODEL_CONFIGS
 from keras_cvt.layers import ClassToken, ConvAttention, ConvEmbedding, CvTBlock, StochasticDepth
 from keras_cvt.preprocessing import decode_predictions, preprocess_input
+from keras_cvt.pretrained import available_weights
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "ConvEmbedding",
     "CvTBlock",
     "StochasticDepth",
+    "available_weights",
     "decode_predictions",
     "preprocess_input",
 ]

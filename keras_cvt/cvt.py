@@ -8,6 +8,7 @@ import keras
 from keras import layers
 
 from keras_cvt import weights as weights_lib
+from keras_cvt.pretrained import ALIASES, available_weights
 from keras_cvt.layers import NORM_EPSILON, ClassToken, ConvEmbedding, CvTBlock, conv_output_size
 from keras_cvt.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
@@ -36,17 +37,25 @@ classifier reads the class token, so `include_top=True` also works with
 `input_shape=(None, None, 3)`.
 
 Each stage's output map is the layer `stage{{i}}_output` (i = 0, 1, 2; NHWC at strides 4, 8
-and 16), so a feature pyramid is
+and 16), so a feature pyramid of a model built with `include_top=False` is
 `keras.Model(model.input, [model.get_layer(f"stage{{i}}_output").output for i in range(3)])`.
+The classifier and `pooling="token"` read only the class token, so their models have no
+`stage2_output` layer (Keras leaves out the last map, which nothing uses).
 
 Args:
     include_top: whether to include the classifier (final LayerNorm on the class token and
         a Dense layer named `predictions`).
-    weights: `None` (random initialization) or the path to a `.weights.h5` file, such as
-        one written by `python -m weights_conversion`.
+    weights: `None` (random initialization), the path to a `.weights.h5` file, such as
+        one written by `python -m weights_conversion`, or the name of an original checkpoint
+        (see `keras_cvt.available_weights()`):
+        {names}.
+        A name downloads the checkpoint from the HuggingFace hub on first use (`HF_ENDPOINT`
+        picks a mirror, `HF_HUB_OFFLINE=1` forbids it), verifies and converts it, and keeps
+        the converted file in `$KERAS_HOME/models/keras_cvt` (`~/.keras` by default).
     input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
     input_shape: optional `(height, width, channels)`; height and width may be `None`.
-        Defaults to `({default_size}, {default_size}, 3)` with the classifier and to
+        Defaults to `({default_size}, {default_size}, 3)` with the classifier (the pretrained
+        checkpoint's resolution with a named `weights`: 384 for the `-384` names) and to
         `(None, None, 3)` without it.
     pooling: output of the model when `include_top=False`:
         - `None`: the last stage's feature map, `(batch, height / 16, width / 16, {dim})`;
@@ -106,7 +115,8 @@ def CvT(
             the last stage's blocks (the other stages use none, as in the original).
         default_size: input height and width when `include_top=True` and no `input_shape`.
         include_top, weights, input_tensor, input_shape, pooling, classes,
-        classifier_activation, include_preprocessing, name: as in `CvT13`.
+        classifier_activation, include_preprocessing, name: as in `CvT13`, except that
+            `weights` takes no pretrained names (they belong to the variant builders).
 
     Returns:
         A `keras.Model`.
@@ -229,6 +239,28 @@ def _check_input(shape, include_preprocessing, patch_sizes, patch_strides, patch
                 )
 
 
+def _check_pretrained(entry, include_top, classes, input_tensor, input_shape):
+    """Refuses arguments that the pretrained weights named by `entry` cannot serve."""
+    if include_top and classes != entry.classes:
+        raise ValueError(
+            f"`weights`={entry.name!r} has a {entry.classes}-class ImageNet classifier, got "
+            f"classes={classes}; pass include_top=False and add your own head for other classes"
+        )
+    shape = input_shape if input_shape is not None else getattr(input_tensor, "shape", None)
+    channels = tuple(shape)[-1] if shape is not None and len(shape) else None
+    if channels is not None and channels != 3:
+        raise ValueError(
+            f"`weights`={entry.name!r} was trained on RGB images, so the input needs 3 channels, "
+            f"got {channels}"
+        )
+
+
+def _names(variant):
+    names = [repr(w["weights"]) for w in available_weights(variant)]
+    names += [f"{alias!r} (= {target!r})" for (v, alias), target in ALIASES.items() if v == variant]
+    return ", ".join(names)
+
+
 def _variant(variant, model_name, default_name):
     config = MODEL_CONFIGS[variant]
 
@@ -244,11 +276,19 @@ def _variant(variant, model_name, default_name):
         drop_path_rate=config["drop_path_rate"],
         name=default_name,
     ):
+        default_size = DEFAULT_SIZE
+        entry = weights_lib.pretrained_entry(weights, variant)
+        if entry is not None:
+            # Checked before the download, which can take minutes.
+            _check_pretrained(entry, include_top, classes, input_tensor, input_shape)
+            default_size = entry.resolution
+            weights = weights_lib.resolve(weights, variant)
         return CvT(
             config["depths"],
             config["embed_dims"],
             config["num_heads"],
             drop_path_rate=drop_path_rate,
+            default_size=default_size,
             include_top=include_top,
             weights=weights,
             input_tensor=input_tensor,
@@ -263,6 +303,7 @@ def _variant(variant, model_name, default_name):
     builder.__name__ = builder.__qualname__ = model_name
     builder.__doc__ = BASE_DOCSTRING.format(
         name=model_name,
+        names=_names(variant),
         default_size=DEFAULT_SIZE,
         dim=config["embed_dims"][-1],
         drop_path_rate=config["drop_path_rate"],

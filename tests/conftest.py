@@ -38,3 +38,26 @@ def cvt13_reference(tmp_path_factory):
     convert(checkpoint, path, model="cvt13")
     io = np.load(REFERENCE / "cvt13_official_perturbed_io.npz")
     return path, io["x"].transpose(0, 2, 3, 1), io["logits"]
+
+
+def weights_file_arrays(path):
+    """Every array of a Keras `.weights.h5` file, keyed by its path inside the file."""
+    import h5py
+
+    arrays = {}
+
+    def collect(name, item):
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = item[()]
+
+    with h5py.File(path, "r") as f:
+        f.visititems(collect)
+    return arrays
+
+
+def assert_same_weights_files(path_a, path_b):
+    """Both `.weights.h5` files hold the same variables with bit-identical values."""
+    a, b = weights_file_arrays(path_a), weights_file_arrays(path_b)
+    assert sorted(a) == sorted(b)
+    differing = [name for name in a if a[name].shape != b[name].shape or not np.array_equal(a[name], b[name])]
+    assert differing == []

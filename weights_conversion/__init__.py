@@ -2,6 +2,7 @@
 `model.safetensors`) into Keras `.weights.h5` files for `keras_cvt`."""
 
 import os
+import shutil
 import tempfile
 
 from weights_conversion.checkpoints import hf_to_original_key, read_checkpoint
@@ -54,13 +55,14 @@ def convert(input_path, output_path, model=None):
     state = read_checkpoint(input_path)
     variant, config = infer_config(state)
     if model is not None:
+        # The published variant as its builder makes it; only the classifier width is read.
         variant = model
-        config = {**config, **{k: MODEL_CONFIGS[model][k] for k in ("depths", "embed_dims", "num_heads")}}
-        config["mlp_ratio"] = 4.0
-        config["patch_sizes"] = None
-    build_args = {k: v for k, v in config.items() if v is not None}
+        config = {
+            **{k: MODEL_CONFIGS[model][k] for k in ("depths", "embed_dims", "num_heads")},
+            "classes": config["classes"],
+        }
     keras_model = CvT(
-        **build_args, weights=None, include_preprocessing=False, input_shape=(None, None, 3), name=variant or "cvt"
+        **config, weights=None, include_preprocessing=False, input_shape=(None, None, 3), name=variant or "cvt"
     )
     mapping = variable_map(keras_model)
     problems = mismatches(state, mapping)
@@ -68,18 +70,18 @@ def convert(input_path, output_path, model=None):
         raise CheckpointMismatchError(os.fspath(input_path), variant or "the inferred architecture", problems)
     assign(state, mapping)
     _save_atomically(keras_model, output_path)
-    return {"variant": variant, "config": build_args, "tensors": len(mapping)}
+    return {"variant": variant, "config": config, "tensors": len(mapping)}
 
 
 def _save_atomically(keras_model, output_path):
     directory = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".weights.h5", dir=directory)
-    os.close(fd)
+    # A private directory rather than mkstemp: mkstemp's file is mode 0600, which the renamed
+    # weights file would keep; a file that h5py creates gets the user's umask like any other.
+    tmp_dir = tempfile.mkdtemp(prefix=".partial-", dir=directory)
     try:
-        keras_model.save_weights(tmp, overwrite=True)
+        tmp = os.path.join(tmp_dir, os.path.basename(output_path))
+        keras_model.save_weights(tmp)
         os.replace(tmp, output_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

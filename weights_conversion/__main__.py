@@ -11,7 +11,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m weights_conversion",
         description="Convert an original CvT checkpoint (Microsoft .pth, HuggingFace "
-        "pytorch_model.bin or model.safetensors) into a Keras .weights.h5 file.",
+        "pytorch_model.bin, model.safetensors or tf_model.h5) into a Keras .weights.h5 file.",
     )
     parser.add_argument("input", help="checkpoint to read")
     parser.add_argument("output", help="Keras weights file to write (*.weights.h5)")
@@ -21,7 +21,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         info = convert(args.input, args.output, model=args.model)
-    except (CheckpointMismatchError, ValueError) as error:
+    # ImportError: a .pth/.bin without PyTorch installed; its message says what to install.
+    except (CheckpointMismatchError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: {info['tensors']} tensors, {info['variant'] or 'custom'} {info['config']}")

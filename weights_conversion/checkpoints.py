@@ -1,6 +1,7 @@
 """Reading original and HuggingFace CvT checkpoints into {original key: NumPy array}."""
 
 import os
+import pickle
 import re
 
 import numpy as np
@@ -56,21 +57,43 @@ def _read_torch(path):
             "converts without it"
         ) from error
     # weights_only: a checkpoint is data, and unpickling arbitrary objects would run code.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message advises retrying with weights_only=False: the one thing not to do
+        # with a file of unknown origin, so it is not passed on.
+        culprit = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if culprit is None:
+            raise ValueError(f"cannot read {path!r} as a PyTorch checkpoint: not a tensor pickle") from error
+        raise ValueError(
+            f"checkpoint {path!r} holds objects other than tensors and plain containers "
+            f"({culprit.group(1)}), refused because unpickling them could run arbitrary code; "
+            "save the model's state_dict alone"
+        ) from error
+    except Exception as error:
+        # A truncated or foreign file fails deep in zipfile/pickle (IndexError, EOFError,
+        # RuntimeError...) with a message that names no file.
+        raise ValueError(f"cannot read {path!r} as a PyTorch checkpoint: {error}") from error
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a state dict")
     state = _unwrap(state)
-    return {k: v.numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    # detach: a dict of nn.Parameters (e.g. `dict(model.named_parameters())`) loads with
+    # requires_grad set, which `.numpy()` refuses.
+    return {k: v.detach().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def _read_safetensors(path):
     from safetensors.numpy import load_file
 
-    return _unwrap(load_file(path))
+    try:
+        state = load_file(path)
+    except Exception as error:
+        raise ValueError(f"cannot read {path!r} as a safetensors checkpoint: {error}") from error
+    return _unwrap(state)
 
 
 def read_checkpoint(path):
-    """Reads a `.pth`/`.bin` (PyTorch) or `.safetensors` CvT checkpoint.
+    """Reads a `.pth`/`.bin` (PyTorch), `.safetensors` or HuggingFace `tf_model.h5` CvT checkpoint.
 
     Returns the tensors as float/int NumPy arrays under the original microsoft/CvT key names,
     whatever format and naming (original or HuggingFace) the file uses.
@@ -82,9 +105,20 @@ def read_checkpoint(path):
         state = _read_safetensors(path)
     elif path.endswith((".pth", ".pt", ".bin")):
         state = _read_torch(path)
+    elif path.endswith(".weights.h5"):
+        raise ValueError(
+            f"{path!r} is a Keras weights file, this converter's output, not a checkpoint to "
+            "convert: load it with keras_cvt.CvT(weights=...)"
+        )
+    elif path.endswith(".h5"):
+        # Imported here: tf_h5 takes hf_to_original_key from this module.
+        from weights_conversion.tf_h5 import read_tf_h5
+
+        state = read_tf_h5(path)
     else:
         raise ValueError(
-            f"unknown checkpoint format {path!r}: expected .pth, .pt, .bin or .safetensors"
+            f"unknown checkpoint format {path!r}: expected .pth, .pt, .bin, .safetensors or "
+            "HuggingFace's tf_model.h5"
         )
     if _is_huggingface(state):
         state = {hf_to_original_key(k): v for k, v in state.items()}

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 
-from keras_cvt.cvt import MODEL_CONFIGS
+from keras_cvt.cvt import MODEL_CONFIGS, PATCH_PADDINGS, PATCH_STRIDES
 
 # Keras array = np.transpose(PyTorch array, permutation).
 LINEAR = (1, 0)  # (out, in) -> (in, out)
@@ -85,6 +85,8 @@ def infer_config(state):
 
     Attention heads leave no trace in the weights; they are taken from the matching published
     variant, or set to 1 per stage, which gives the same weight file for any head count.
+    Embedding strides and paddings leave none either; the original's scheme is assumed
+    (stride 4 / padding 2 in the first stage, 2 / 1 after), again without effect on the file.
     """
     stages = sorted(
         int(m.group(1)) for k in state if (m := re.fullmatch(r"stage(\d+)\.patch_embed\.proj\.weight", k))
@@ -120,6 +122,9 @@ def infer_config(state):
         "num_heads": num_heads,
         "mlp_ratio": mlp_ratio,
         "patch_sizes": patch_sizes,
+        # Per stage, so that checkpoints with other than three stages build at all.
+        "patch_strides": tuple(PATCH_STRIDES[min(i, 1)] for i in stages),
+        "patch_paddings": tuple(PATCH_PADDINGS[min(i, 1)] for i in stages),
         "classes": classes,
     }
     return variant, config

@@ -1,0 +1,116 @@
+"""The PyTorch Keras backend runs the same model, from the same `.weights.h5` file.
+
+The test session runs on the TensorFlow backend (Keras picks its backend once per process),
+so the PyTorch side runs in a subprocess with KERAS_BACKEND=torch.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from keras_cvt import CvT
+from tests.conftest import ROOT, TINY_CONFIG, assert_same_weights_files
+
+TOLERANCE = 1e-4
+
+TORCH_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras
+    from keras_cvt import CvT
+
+    config, weights, x_path, out_dir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    x = np.load(x_path)
+    model = CvT(**config, weights=weights, input_shape=(None, None, 3),
+                include_preprocessing=False, classifier_activation=None)
+    np.save(out_dir + "/logits.npy", keras.ops.convert_to_numpy(model(x)))
+    np.save(out_dir + "/logits_predict.npy", model.predict(x, verbose=0))
+    # The training path (stochastic depth, BatchNorm batch statistics) runs too.
+    trained = CvT(**config, weights=weights, input_shape=(None, None, 3), include_preprocessing=False,
+                  classifier_activation=None, drop_path_rate=0.5)
+    np.save(out_dir + "/training.npy", keras.ops.convert_to_numpy(trained(x, training=True)))
+    model.save_weights(out_dir + "/from_torch.weights.h5")
+    with open(out_dir + "/backend.txt", "w") as f:
+        f.write(keras.backend.backend())
+    """
+)
+
+
+def _sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def torch_run(tiny_reference, tmp_path_factory):
+    """Runs the tiny reference model under the PyTorch backend; returns its output folder."""
+    import json
+
+    weights, x, _ = tiny_reference
+    out_dir = tmp_path_factory.mktemp("torch_backend")
+    np.save(out_dir / "x.npy", x)
+    digest = _sha256(weights)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "torch",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_SCRIPT, json.dumps(TINY_CONFIG), str(weights), str(out_dir / "x.npy"),
+         str(out_dir)],
+        env=env, cwd=out_dir, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Both backends read the one file; the PyTorch run did not rewrite it.
+    assert _sha256(weights) == digest
+    return out_dir
+
+
+def _tf_model(weights):
+    return CvT(**TINY_CONFIG, weights=weights, input_shape=(None, None, 3), include_preprocessing=False,
+               classifier_activation=None)
+
+
+def test_this_session_is_tensorflow():
+    assert keras.backend.backend() == "tensorflow"
+
+
+def test_torch_backend_reproduces_reference_logits(torch_run, tiny_reference):
+    _, _, logits = tiny_reference
+    assert (torch_run / "backend.txt").read_text() == "torch"
+    out = np.load(torch_run / "logits.npy")
+    assert out.shape == logits.shape == (2, 10)
+    assert np.abs(out - logits).max() <= TOLERANCE
+    np.testing.assert_allclose(np.load(torch_run / "logits_predict.npy"), out, rtol=0, atol=1e-6)
+
+
+def test_torch_backend_equals_tensorflow_backend(torch_run, tiny_reference):
+    weights, x, _ = tiny_reference
+    tf_out = keras.ops.convert_to_numpy(_tf_model(weights)(x))
+    torch_out = np.load(torch_run / "logits.npy")
+    assert np.abs(torch_out - tf_out).max() <= 1e-5
+
+
+def test_torch_backend_training_forward(torch_run):
+    out = np.load(torch_run / "training.npy")
+    assert out.shape == (2, 10)
+    assert np.isfinite(out).all()
+
+
+def test_weights_saved_under_torch_load_under_tensorflow(torch_run, tiny_reference):
+    weights, x, _ = tiny_reference
+    # The file written under PyTorch holds the converter's arrays bit for bit.
+    assert_same_weights_files(weights, torch_run / "from_torch.weights.h5")
+    original = _tf_model(weights)
+    from_torch = _tf_model(torch_run / "from_torch.weights.h5")
+    for a, b in zip(original.weights, from_torch.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(from_torch(x)), keras.ops.convert_to_numpy(original(x))
+    )
