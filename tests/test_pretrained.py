@@ -1,0 +1,560 @@
+"""Pretrained names: download from the hub, verify, convert, cache; all offline.
+
+A local HTTP server on 127.0.0.1 stands in for the hub at `HF_ENDPOINT`: resolve URLs answer
+with a 302 to a CDN path carrying the file's SHA-256 as `X-Linked-Etag`/`ETag`, like
+huggingface.co, and the CDN path honours Range requests. The file it serves is the CvT-13
+original-code reference checkpoint written as HuggingFace's `tf_model.h5`, so the end-to-end
+test ends where the parity tests do: the original model's logits.
+"""
+
+import dataclasses
+import hashlib
+import http.server
+import os
+import re
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+import keras_cvt
+from keras_cvt import CvT, CvT13, CvTW24, hub, pretrained
+from keras_cvt import weights as weights_lib
+from tests.conftest import FIXTURES, REFERENCE
+from weights_conversion import read_checkpoint
+
+TOLERANCE = 1e-4
+UNPINNED = ("cvt13", "imagenet22k-384")  # revision "main", no known SHA-256
+PINNED = ("cvt13", "imagenet")  # a full commit and a SHA-256
+
+
+# --- HuggingFace's tf_model.h5 layout (shared/docs/hf-tf-h5.md), written from original keys ---
+
+_TF_PREFIX = "tf_cvt_for_image_classification"
+# original module (after `stage{i}.`) -> (TF scope under `stages.{i}/`, kind)
+_ATTENTION = r"layers.\1/attention/attention"
+_CONV_PROJECTION = _ATTENTION + r"/convolution_projection_\2/convolution_projection"
+_MODULES = [
+    (r"patch_embed\.proj", "embedding/convolution_embeddings/projection", "conv"),
+    (r"patch_embed\.norm", "embedding/convolution_embeddings/normalization", "norm"),
+    (r"blocks\.(\d+)\.norm1", r"layers.\1/layernorm_before", "norm"),
+    (r"blocks\.(\d+)\.norm2", r"layers.\1/layernorm_after", "norm"),
+    (r"blocks\.(\d+)\.attn\.conv_proj_(q|k|v)\.conv", _CONV_PROJECTION + "/convolution", "conv"),
+    (r"blocks\.(\d+)\.attn\.conv_proj_(q|k|v)\.bn", _CONV_PROJECTION + "/normalization", "norm"),
+    (r"blocks\.(\d+)\.attn\.proj_(q|k|v)", _ATTENTION + r"/projection_\2", "dense"),
+    (r"blocks\.(\d+)\.attn\.proj", r"layers.\1/attention/output/dense", "dense"),
+    (r"blocks\.(\d+)\.mlp\.fc1", r"layers.\1/intermediate/dense", "dense"),
+    (r"blocks\.(\d+)\.mlp\.fc2", r"layers.\1/output/dense", "dense"),
+]
+_QKV = {"q": "query", "k": "key", "v": "value"}
+_LEAVES = {
+    "conv": {"weight": "kernel", "bias": "bias"},
+    "dense": {"weight": "kernel", "bias": "bias"},
+    "norm": {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"},
+}
+# PyTorch -> TensorFlow: Conv2d (O, I, kh, kw) -> HWIO (depthwise (C, 1, 3, 3) -> (3, 3, 1, C));
+# Linear (out, in) -> (in, out).
+_TRANSPOSE = {("conv", "weight"): (2, 3, 1, 0), ("dense", "weight"): (1, 0)}
+
+
+def _tf_weight(key, value):
+    """(top-level layer, TF variable name, array) for an original key, or None to drop it."""
+    if key == "stage2.cls_token":
+        # Created outside any name scope by TFCvtStage, hence the dotted name.
+        return "cvt", "cvt.encoder.stages.2.cls_token:0", value
+    if key.endswith("num_batches_tracked"):
+        return None
+    top = re.fullmatch(r"(norm|head)\.(weight|bias)", key)
+    if top:
+        layer, kind = ("layernorm", "norm") if top.group(1) == "norm" else ("classifier", "dense")
+        leaf = top.group(2)
+        scope = f"{_TF_PREFIX}/{layer}"
+    else:
+        stage, module, leaf = re.fullmatch(r"stage(\d+)\.(.+)\.(\w+)", key).groups()
+        for pattern, replacement, kind in _MODULES:
+            if re.fullmatch(pattern, module):
+                path = re.sub(pattern, replacement, module)
+                break
+        else:
+            raise KeyError(key)
+        path = re.sub(r"_(q|k|v)(?=/|$)", lambda m: "_" + _QKV[m.group(1)], path)
+        layer, scope = "cvt", f"{_TF_PREFIX}/cvt/encoder/stages.{stage}/{path}"
+    permutation = _TRANSPOSE.get((kind, leaf))
+    array = value if permutation is None else np.transpose(value, permutation)
+    return layer, f"{scope}/{_LEAVES[kind][leaf]}:0", np.ascontiguousarray(array)
+
+
+def _save_attribute(group, name, values):
+    # Keras 2 splits a list attribute over name0, name1, ... beyond HDF5's 64 KB header limit.
+    data = np.asarray(values)
+    chunks = 1
+    while any(c.nbytes > 64512 for c in np.array_split(data, chunks)):
+        chunks += 1
+    if chunks == 1:
+        group.attrs[name] = data
+    else:
+        for i, chunk in enumerate(np.array_split(data, chunks)):
+            group.attrs[f"{name}{i}"] = chunk
+
+
+def write_hf_tf_h5(state, path):
+    """Writes an original-key state dict as transformers' TFCvtForImageClassification saves it."""
+    layers = {"cvt": [], "layernorm": [], "classifier": []}
+    for key, value in state.items():
+        weight = _tf_weight(key, value)
+        if weight is not None:
+            layers[weight[0]].append(weight[1:])
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.21.0"
+        _save_attribute(f, "layer_names", [name.encode() for name in layers])
+        for layer in sorted(layers):
+            group = f.create_group(layer)
+            _save_attribute(group, "weight_names", [name.encode() for name, _ in layers[layer]])
+            for name, array in layers[layer]:
+                group.create_dataset(name, data=array)
+        # Keras >= 2.13 adds the model's own (here: no) variables as a group outside layer_names.
+        _save_attribute(f.create_group("top_level_model_weights"), "weight_names", [])
+
+
+def _h5_contents(path):
+    """Datasets (dtype, shape, bytes) and names, with Keras' numbering of model scopes undone."""
+
+    def plain(name):
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        return re.sub(r"^(\w+/)?tf_cvt_for_image_classification_\d+/", r"\1tf_cvt_for_image_classification/", name)
+
+    datasets = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, item: datasets.__setitem__(plain(name), (item.dtype, item.shape, item[()].tobytes()))
+            if isinstance(item, h5py.Dataset)
+            else None
+        )
+        names = {group: [plain(n) for n in f[group].attrs["weight_names"]] for group in f}
+        layers = [plain(n) for n in f.attrs["layer_names"]]
+    return datasets, names, layers
+
+
+def test_helper_writes_what_transformers_writes(tmp_path):
+    # The served file is only as good as its likeness to the hub's: rewriting a file that
+    # transformers' TFCvtForImageClassification wrote gives back every dataset, bit for bit,
+    # under the same names in the same order.
+    real = FIXTURES / "hf_tiny_tf_model.h5"
+    ours = tmp_path / "tf_model.h5"
+    write_hf_tf_h5(read_checkpoint(real), ours)
+    assert _h5_contents(ours) == _h5_contents(real)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(bytes, SHA-256) of the CvT-13 reference checkpoint as a HuggingFace tf_model.h5."""
+    import torch
+
+    state = torch.load(REFERENCE / "cvt13_official_perturbed.pth", map_location="cpu", weights_only=True)
+    path = tmp_path_factory.mktemp("hub") / "tf_model.h5"
+    write_hf_tf_h5({k: v.numpy() for k, v in state.items()}, path)
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference_io():
+    io = np.load(REFERENCE / "cvt13_official_perturbed_io.npz")
+    return io["x"].transpose(0, 2, 3, 1), io["logits"]
+
+
+# --- the stand-in hub ---
+
+
+@dataclasses.dataclass
+class _File:
+    data: bytes
+    etag: str | None  # the SHA-256 the hub reports; None: no X-Linked-Etag / ETag at all
+    redirect: bool = True  # 302 to a CDN path, like LFS files on huggingface.co
+    linked_etag: bool = True  # X-Linked-Etag on the redirect (else ETag alone)
+    truncate: int = 0  # how many answers stop halfway (Content-Length promises all)
+    unavailable: int = 0  # how many answers are 503 first
+    ranges: bool = True  # honours Range (206); else answers every request in full (200)
+    relay: bool = False  # first a relative 307 within the hub, without etags (as for some hub files)
+
+
+class FakeHub:
+    def __init__(self):
+        self.files = {}
+        self.requests = []  # (path, Range header)
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hub.requests.append((self.path, self.headers.get("Range")))
+                hub._answer(self)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # A short poll keeps shutdown() quick: it waits for the serving loop to notice.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def add(self, repo, revision, data, etag="sha256", filename="tf_model.h5", **options):
+        """Serves `data` at the resolve URL; etag="sha256" reports the true checksum of `data`."""
+        if etag == "sha256":
+            etag = hashlib.sha256(data).hexdigest()
+        self.files[f"/{repo}/resolve/{revision}/{filename}"] = _File(data, etag, **options)
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join()
+
+    def _answer(self, handler):
+        # Three stages of one file: its resolve URL, the hub's relay of it, its CDN copy.
+        stage, key = "resolve", handler.path
+        for prefix in ("/cdn", "/api/resolve-cache"):
+            if handler.path.startswith(prefix + "/"):
+                stage, key = prefix, handler.path[len(prefix) :]
+        file = self.files.get(key)
+        if file is None:
+            handler.send_error(404, "Entry not found")
+            return
+        if file.unavailable:
+            file.unavailable -= 1
+            handler.send_error(503, "Service Unavailable")
+            return
+        if file.relay and stage == "resolve":
+            handler.send_response(307)
+            handler.send_header("Location", f"/api/resolve-cache{key}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        if file.redirect and stage != "/cdn":
+            handler.send_response(302)
+            handler.send_header("Location", f"{self.url}/cdn{key}")
+            if file.etag is not None:
+                handler.send_header("X-Linked-Etag" if file.linked_etag else "ETag", f'"{file.etag}"')
+                handler.send_header("X-Linked-Size", str(len(file.data)))
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")
+        if match and file.ranges:
+            start = int(match.group(1))
+            handler.send_response(206)
+            handler.send_header("Content-Range", f"bytes {start}-{len(file.data) - 1}/{len(file.data)}")
+        else:
+            handler.send_response(200)
+        body = file.data[start:]
+        if file.etag is not None and not file.redirect:
+            handler.send_header("ETag", f'"{file.etag}"')
+        handler.send_header("Accept-Ranges", "bytes")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if file.truncate:
+            file.truncate -= 1
+            body = body[: len(body) // 2]
+        try:
+            handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        handler.close_connection = True
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    server = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Cache under tmp_path; no real hub (a closed port) unless a test starts the fake one."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # Retries are part of what is tested; waiting between them is not.
+    monkeypatch.setattr(hub, "BACKOFF_S", 0.0)
+
+
+def cache_contents():
+    """Every entry of the cache directory, hidden ones (partial downloads) included."""
+    directory = weights_lib.cache_dir()
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def entry_of(variant, name):
+    return pretrained.lookup(variant, name)
+
+
+def assert_names_the_file(error, entry):
+    message = str(error)
+    for part in (entry.repo, entry.revision, entry.filename, hub.url_for(entry)):
+        assert part in message
+    # The manual route: download, convert, pass the path.
+    assert "python -m weights_conversion" in message
+    assert "weights=" in message
+
+
+def repin(monkeypatch, variant, name, sha256):
+    entries = tuple(
+        dataclasses.replace(p, sha256=sha256) if (p.variant, p.name) == (variant, name) else p
+        for p in pretrained.PRETRAINED
+    )
+    monkeypatch.setattr(pretrained, "PRETRAINED", entries)
+    return entry_of(variant, name)
+
+
+# --- downloads through the builders ---
+
+
+def test_download_convert_cache_then_reuse_without_network(fake_hub, served, reference_io):
+    data, sha = served
+    x, logits = reference_io
+    entry = entry_of(*UNPINNED)
+    fake_hub.add(entry.repo, entry.revision, data)
+
+    model = CvT13(weights="imagenet22k-384", include_preprocessing=False, classifier_activation=None,
+                  input_shape=(224, 224, 3))
+    assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    # Verified against the hub's LFS id (no pin), followed the redirect, fetched once.
+    assert entry.sha256 is None
+    assert [path for path, _ in fake_hub.requests] == [
+        f"/{entry.repo}/resolve/main/tf_model.h5", f"/cdn/{entry.repo}/resolve/main/tf_model.h5"
+    ]
+    # Only the converted file remains: the 80 MB download is gone.
+    assert cache_contents() == ["cvt13_imagenet22k-384_main.weights.h5"]
+
+    fake_hub.stop()
+    again = CvT13(weights="imagenet22k-384", include_preprocessing=False, classifier_activation=None,
+                  input_shape=(224, 224, 3))
+    assert np.abs(again.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    assert len(fake_hub.requests) == 2
+
+
+def test_pinned_entry_verifies_against_the_pin(fake_hub, served, reference_io, monkeypatch):
+    data, sha = served
+    x, logits = reference_io
+    entry = repin(monkeypatch, *PINNED, sha)
+    # No etag at all: only the pin can have verified it.
+    fake_hub.add(entry.repo, entry.revision, data, etag=None)
+
+    model = CvT13(weights="imagenet", include_preprocessing=False, classifier_activation=None)
+    assert model.input_shape == (None, 224, 224, 3)
+    assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    assert fake_hub.requests[0][0] == f"/microsoft/cvt-13/resolve/{entry.revision}/tf_model.h5"
+    assert cache_contents() == [f"cvt13_imagenet_{entry.revision[:12]}.weights.h5"]
+
+
+def test_wrong_pin_is_refused_and_nothing_cached(fake_hub, served, monkeypatch):
+    data, sha = served
+    wrong = hashlib.sha256(b"another file").hexdigest()
+    entry = repin(monkeypatch, *PINNED, wrong)
+    # The hub's etag is right: the pin wins.
+    fake_hub.add(entry.repo, entry.revision, data)
+    with pytest.raises(hub.ChecksumError) as error:
+        CvT13(weights="imagenet")
+    assert_names_the_file(error.value, entry)
+    assert wrong in str(error.value) and sha in str(error.value)
+    assert cache_contents() == []
+
+
+def test_corrupted_download_is_refused_and_nothing_cached(fake_hub, served):
+    data, sha = served
+    entry = entry_of(*UNPINNED)
+    corrupted = bytearray(data)
+    at = len(data) // 3
+    corrupted[at : at + 8] = bytes(b ^ 0xFF for b in corrupted[at : at + 8])
+    fake_hub.add(entry.repo, entry.revision, bytes(corrupted), etag=sha)
+    with pytest.raises(hub.ChecksumError) as error:
+        CvT13(weights="imagenet22k-384")
+    assert_names_the_file(error.value, entry)
+    assert sha in str(error.value)
+    assert cache_contents() == []
+
+
+def test_truncated_transfer_is_refused_and_nothing_cached(fake_hub, served):
+    data, _ = served
+    entry = entry_of(*UNPINNED)
+    fake_hub.add(entry.repo, entry.revision, data, truncate=hub.ATTEMPTS)
+    with pytest.raises(hub.HubError) as error:
+        CvT13(weights="imagenet22k-384")
+    assert_names_the_file(error.value, entry)
+    assert f"of {len(data)} bytes" in str(error.value)
+    # Each retry resumed where the last one stopped.
+    ranges = [r for path, r in fake_hub.requests if path.startswith("/cdn/")]
+    assert ranges[0] is None and len(ranges) == hub.ATTEMPTS
+    assert all(r is not None for r in ranges[1:])
+    assert cache_contents() == []
+
+
+def test_missing_file_404_is_refused_and_nothing_cached(fake_hub):
+    entry = entry_of(*UNPINNED)
+    with pytest.raises(hub.HubError) as error:
+        CvT13(weights="imagenet22k-384")
+    assert_names_the_file(error.value, entry)
+    assert "404" in str(error.value)
+    # Not retried: a missing file stays missing.
+    assert len(fake_hub.requests) == 1
+    assert cache_contents() == []
+
+
+def test_no_checksum_anywhere_is_refused(fake_hub, served):
+    data, _ = served
+    entry = entry_of(*UNPINNED)
+    fake_hub.add(entry.repo, entry.revision, data, etag=None)
+    with pytest.raises(hub.ChecksumError) as error:
+        CvT13(weights="imagenet22k-384")
+    assert_names_the_file(error.value, entry)
+    assert "X-Linked-Etag" in str(error.value)
+    assert cache_contents() == []
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES"])
+def test_offline_without_cache_raises_at_once(fake_hub, served, monkeypatch, value):
+    data, _ = served
+    entry = entry_of(*UNPINNED)
+    fake_hub.add(entry.repo, entry.revision, data)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    with pytest.raises(hub.OfflineError) as error:
+        CvT13(weights="imagenet22k-384")
+    assert_names_the_file(error.value, entry)
+    assert "HF_HUB_OFFLINE" in str(error.value)
+    assert fake_hub.requests == []
+    assert cache_contents() == []
+
+
+@pytest.mark.parametrize("name", ["imagenet-384", "imagenet22k-384"])
+def test_default_input_size_follows_the_weights(cvt13_reference, monkeypatch, name):
+    # A converted file already in the cache, and no network allowed: loading is all that is left.
+    path, _, _ = cvt13_reference
+    target = weights_lib.cached_path(entry_of("cvt13", name))
+    os.makedirs(os.path.dirname(target))
+    with open(path, "rb") as src, open(target, "wb") as dst:
+        dst.write(src.read())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert CvT13(weights=name).input_shape == (None, 384, 384, 3)
+    assert CvT13(weights=name, include_top=False).input_shape == (None, None, None, 3)
+
+
+# --- the hub client alone (small files: no model) ---
+
+
+def _blob_entry():
+    return pretrained.Pretrained("cvt13", "blob", "test/blob", "0" * 40, None, 224, "none", 0.0)
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["resumed", "restarted"])
+def test_download_retries_503_and_truncation(fake_hub, tmp_path, ranges):
+    data = np.random.RandomState(0).bytes(3_000_001)
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, data, truncate=1, unavailable=1, ranges=ranges)
+    target = tmp_path / "blob.h5"
+    assert hub.download(entry, target) == hashlib.sha256(data).hexdigest()
+    assert target.read_bytes() == data
+    cdn = [r for path, r in fake_hub.requests if path.startswith("/cdn/")]
+    assert cdn == [None, f"bytes={len(data) // 2}-"]
+    assert os.listdir(tmp_path) == ["blob.h5"]
+
+
+def test_download_finds_the_etag_after_a_relative_redirect(fake_hub, tmp_path):
+    data = b"r" * 1000
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, data, relay=True)
+    assert hub.download(entry, tmp_path / "a.h5") == hashlib.sha256(data).hexdigest()
+    assert [path.split("/")[1] for path, _ in fake_hub.requests] == ["test", "api", "cdn"]
+    fake_hub.add(entry.repo, entry.revision, data, etag=hashlib.sha256(b"other").hexdigest(), relay=True)
+    with pytest.raises(hub.ChecksumError):
+        hub.download(entry, tmp_path / "b.h5")
+    assert os.listdir(tmp_path) == ["a.h5"]
+
+
+def test_download_uses_etag_without_redirect(fake_hub, tmp_path):
+    data = b"x" * 1000
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, data, redirect=False)
+    hub.download(entry, tmp_path / "a.h5")
+    fake_hub.add(entry.repo, entry.revision, b"y" * 1000, etag=hashlib.sha256(data).hexdigest(), redirect=False)
+    with pytest.raises(hub.ChecksumError):
+        hub.download(entry, tmp_path / "b.h5")
+    assert os.listdir(tmp_path) == ["a.h5"]
+
+
+def test_download_reads_etag_when_no_linked_etag(fake_hub, tmp_path):
+    data = b"z" * 1000
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, data, etag=hashlib.sha256(b"other").hexdigest(), linked_etag=False)
+    with pytest.raises(hub.ChecksumError) as error:
+        hub.download(entry, tmp_path / "a.h5")
+    assert hashlib.sha256(b"other").hexdigest() in str(error.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_endpoint_and_offline_settings(monkeypatch):
+    entry = entry_of(*PINNED)
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example/")
+    assert hub.url_for(entry) == f"https://mirror.example/microsoft/cvt-13/resolve/{entry.revision}/tf_model.h5"
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert hub.url_for(entry).startswith("https://huggingface.co/microsoft/cvt-13/resolve/")
+    for value, expected in (("1", True), ("true", True), ("Yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert hub.offline() is expected
+
+
+# --- the table and the arguments ---
+
+
+def test_every_name_maps_to_a_file_at_a_revision():
+    assert len(pretrained.PRETRAINED) == 7
+    for p in pretrained.PRETRAINED:
+        assert re.fullmatch(r"microsoft/cvt-[\w-]+", p.repo)
+        assert p.filename == "tf_model.h5"
+        assert p.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", p.revision), p
+        assert p.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", p.sha256), p
+        assert p.resolution == (384 if p.name.endswith("-384") else 224)
+        assert pretrained.lookup(p.variant, p.name) is p
+        assert weights_lib.cached_path(p).endswith(f"{p.variant}_{p.name}_{p.revision[:12]}.weights.h5")
+    assert len({weights_lib.cached_path(p) for p in pretrained.PRETRAINED}) == 7
+    assert pretrained.lookup("cvtw24", "imagenet").name == "imagenet22k-384"
+
+
+def test_cache_lives_under_keras_home(tmp_path):
+    assert weights_lib.cache_dir() == str(tmp_path / "keras" / "models" / "keras_cvt")
+
+
+def test_unknown_name_for_the_variant_lists_the_valid_ones(fake_hub):
+    with pytest.raises(ValueError, match=r"imagenet-384.*\['imagenet', 'imagenet22k-384'\]"):
+        CvTW24(weights="imagenet-384")
+    with pytest.raises(ValueError, match="imagenet22k-384"):
+        CvT13(weights="imagenet-1k")
+    assert fake_hub.requests == []
+
+
+def test_generic_builder_takes_no_names(fake_hub):
+    with pytest.raises(ValueError, match="CvT13, CvT21 and CvTW24"):
+        CvT((1, 2, 10), (64, 192, 384), (1, 3, 6), weights="imagenet")
+    assert fake_hub.requests == []
+
+
+def test_pretrained_name_refuses_other_classes_and_channels(fake_hub):
+    with pytest.raises(ValueError, match="classes=10"):
+        CvT13(weights="imagenet", classes=10)
+    with pytest.raises(ValueError, match="3 channels"):
+        CvT13(weights="imagenet", include_preprocessing=False, input_shape=(224, 224, 1))
+    assert fake_hub.requests == []
+
+
+def test_available_weights_lists_the_seven_checkpoints():
+    listed = keras_cvt.available_weights()
+    assert len(listed) == 7
+    assert {(w["variant"], w["weights"]) for w in listed} == {(p.variant, p.name) for p in pretrained.PRETRAINED}
+    for w in listed:
+        assert w["resolution"] in (224, 384)
+        assert 80.0 < w["top1"] < 90.0
+    assert [w["weights"] for w in keras_cvt.available_weights("cvtw24")] == ["imagenet22k-384"]
