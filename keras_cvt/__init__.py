@@ -4,6 +4,7 @@ from keras_cvt.cvt import CvT, CvT13, CvT21, CvTW24, MODEL_CONFIGS
 from keras_cvt.layers import ClassToken, ConvAttention, ConvEmbedding, CvTBlock, StochasticDepth
 from keras_cvt.preprocessing import decode_predictions, preprocess_input
 from keras_cvt.pretrained import available_weights
+from keras_cvt.serving import export_for_serving, export_tflite
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,7 @@ __all__ = [
     "StochasticDepth",
     "available_weights",
     "decode_predictions",
+    "export_for_serving",
+    "export_tflite",
     "preprocess_input",
 ]

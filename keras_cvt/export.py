@@ -1,0 +1,142 @@
+"""Exports a CvT classifier as a TF Serving SavedModel that takes encoded images.
+
+    python -m keras_cvt.export --model cvt13 --weights imagenet --output models/cvt13/1
+    python -m keras_cvt.export --model cvt13 --weights my.weights.h5 --output models/mine/1 \\
+        --size 224 --crop-ratio 0.875 --labels labels.txt
+
+With a pretrained name (see `keras_cvt.available_weights()`) the images are transformed as
+that checkpoint was evaluated (224 with a 0.875 centre crop, or a straight resize to 384);
+`--size` and `--crop-ratio` override it. With a `.weights.h5` file they default to 224 and
+0.875, and the number of classes is read from the file. See `keras_cvt.serving` for the
+signatures.
+"""
+
+import argparse
+import os
+import sys
+
+from keras_cvt import cvt, pretrained, serving
+from keras_cvt import weights as weights_lib
+
+DEFAULT_SIZE = 224
+DEFAULT_CROP_RATIO = 0.875
+_UNSET = object()
+_BUILDERS = {"cvt13": cvt.CvT13, "cvt21": cvt.CvT21, "cvtw24": cvt.CvTW24}
+
+
+def is_weights_path(weights):
+    """Whether `--weights` is a file rather than a pretrained name (the builders' rule)."""
+    return os.path.exists(weights) or weights.endswith(".h5") or "/" in weights or os.sep in weights
+
+
+def evaluation_settings(variant, weights, size=None, crop_ratio=_UNSET):
+    """`(image_size, crop_ratio)` of the export: the checkpoint's unless given.
+
+    Raises ValueError (listing the names) for a name `variant` has no checkpoint of.
+    """
+    if is_weights_path(weights):
+        default_size, default_crop_ratio = DEFAULT_SIZE, DEFAULT_CROP_RATIO
+    else:
+        entry = pretrained.lookup(variant, weights)
+        default_size, default_crop_ratio = entry.resolution, entry.crop_ratio
+    return (
+        default_size if size is None else size,
+        default_crop_ratio if crop_ratio is _UNSET else crop_ratio,
+    )
+
+
+def build_model(variant, weights):
+    """The classifier to export, taking images of any size (for `predict_pixels`)."""
+    if not is_weights_path(weights):
+        return _BUILDERS[variant](weights=weights, input_shape=(None, None, 3))
+    path = weights_lib.resolve(weights)
+    classes = weights_lib.head_classes(path)
+    if classes is None:
+        raise ValueError(f"`--weights` file {path!r} has no classifier to serve")
+    return cvt.CvT(
+        **cvt.MODEL_CONFIGS[variant], weights=path, classes=classes, input_shape=(None, None, 3), name=variant
+    )
+
+
+def _crop_ratio(text):
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {text!r}") from None
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_cvt.export",
+        description="Export a CvT classifier as a TF Serving SavedModel that takes encoded images.",
+    )
+    parser.add_argument("--model", required=True, choices=sorted(cvt.MODEL_CONFIGS), help="the architecture")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="a pretrained name (imagenet, imagenet-384, imagenet22k-384) or a .weights.h5 file",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="the SavedModel directory; TF Serving wants a numbered version, e.g. models/cvt13/1",
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="image height and width (default: the checkpoint's, or 224)"
+    )
+    parser.add_argument(
+        "--crop-ratio",
+        type=_crop_ratio,
+        default=_UNSET,
+        help="centre crop ratio, or 'none' for a straight resize (default: the checkpoint's, or 0.875)",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="classes returned per image (default: 5)")
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="a UTF-8 text file with one label per line, in class order (default: ImageNet names "
+        "for 1000 classes, class indices otherwise)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    return parser
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        size, crop_ratio = evaluation_settings(args.model, args.weights, args.size, args.crop_ratio)
+        labels = None
+        if args.labels is not None:
+            with open(args.labels, encoding="utf-8") as f:
+                labels = f.read().splitlines()
+        model = build_model(args.model, args.weights)
+        path = serving.export_for_serving(
+            model,
+            args.output,
+            image_size=size,
+            crop_ratio=crop_ratio,
+            top_k=args.top_k,
+            labels=labels,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    print(f"SavedModel written to {path} (images transformed to {size} x {size}, crop_ratio={crop_ratio})")
+    print(
+        f"signatures: {serving.IMAGES_SIGNATURE} (images -> classes, labels, scores), "
+        f"{serving.PIXELS_SIGNATURE} and {serving.PIXELS_UINT8_SIGNATURE} (pixels -> probabilities)"
+    )
+    if not os.path.basename(path).isdigit():
+        print(
+            "note: TF Serving loads numbered version directories (models/NAME/1); point its "
+            "model base path at the parent of one",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

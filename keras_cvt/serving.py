@@ -1,0 +1,417 @@
+"""Exports for serving: a TF Serving SavedModel that takes encoded images, and TFLite files.
+
+`export_for_serving` writes a SavedModel whose default signature takes what a client has (the
+bytes of JPEG, PNG, GIF, BMP or WebP files) and does the evaluation transform of the weights in
+the graph, so clients need neither Keras nor this package, nor a copy of the transform. The
+SavedModel holds plain TensorFlow functions and variables: `tf.saved_model.load` and TF Serving
+load it without Keras.
+
+Signatures (inputs -> outputs):
+
+- `serving_default`: `images` (`tf.string`, `[batch]`, encoded image files, of any sizes) ->
+  `classes` (`int32`, `[batch, top_k]`), `labels` (`tf.string`, `[batch, top_k]`) and
+  `scores` (`float32`, `[batch, top_k]`), best first.
+- `predict_pixels`: `pixels` (`float32`, `[batch, height, width, 3]`, RGB in [0, 255], already
+  resized as the client likes; any height and width when the model was built with
+  `input_shape=(None, None, 3)`) -> `probabilities` (`float32`, `[batch, classes]`).
+- `predict_pixels_uint8`: the same for `uint8` pixels. A signature has one dtype per input, and
+  TF Serving cannot cast, so each dtype gets its own signature.
+
+A bad element of `images` (an empty string, bytes that are no image, a corrupt, truncated or
+zero-sized image) fails the whole request with an `InvalidArgumentError` that names it, such
+as "`images`[2] could not be decoded: ..."; the decoder's own message goes to the server's
+log. Too small `pixels` fail the same way. An empty batch gets empty outputs.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from keras_cvt import preprocessing, transforms
+from keras_cvt.layers import ConvEmbedding, conv_output_size
+
+IMAGES_SIGNATURE = "serving_default"
+PIXELS_SIGNATURE = "predict_pixels"
+PIXELS_UINT8_SIGNATURE = "predict_pixels_uint8"
+TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range")
+
+
+def export_for_serving(
+    model, path, *, image_size=224, crop_ratio=0.875, top_k=5, labels=None, overwrite=False
+):
+    """Writes `model` as a SavedModel for TF Serving that classifies encoded images.
+
+    Args:
+        model: a CvT classifier (`include_top=True`); build it with `input_shape=(None, None, 3)`
+            so that `predict_pixels` takes any height and width. Models built with
+            `include_preprocessing=False` get the ImageNet normalisation in the signatures, and
+            a classifier without activation (`classifier_activation=None`) gets a softmax, so
+            every signature takes pixels in [0, 255] and returns probabilities.
+        path: the directory to write, for TF Serving a numbered version directory such as
+            `models/cvt13/1`. The SavedModel is written to a hidden directory beside it and
+            renamed into place when complete, so a server polling `models/cvt13` never sees
+            half a model.
+        image_size: the height and width the images are transformed to (the weights'
+            resolution, see `keras_cvt.pretrained`).
+        crop_ratio: the evaluation crop: the short side is resized to
+            `int(image_size / crop_ratio)` and the centre cropped, or `None` to resize straight
+            to `image_size` (the 384 checkpoints). See `keras_cvt.transforms`.
+        top_k: how many classes `serving_default` returns per image.
+        labels: the strings of the `labels` output: `None` for the ImageNet class names when the
+            classifier has 1000 classes and the class indices as strings otherwise, `"imagenet"`
+            for the ImageNet names (requires 1000 classes), or a list of one string per class.
+        overwrite: whether to replace an existing non-empty directory at `path`.
+
+    Returns:
+        The absolute path written.
+    """
+    # Before the minutes that tracing a large model can take.
+    _check_directory_target(path, overwrite)
+    classifier = _Classifier(model)
+    if not isinstance(top_k, int) or not 1 <= top_k <= classifier.classes:
+        raise ValueError(
+            f"`top_k` must be an integer in [1, {classifier.classes}] (the model's classes), got top_k={top_k!r}"
+        )
+    label_strings = _label_strings(labels, classifier.classes)
+    transform = transforms.evaluation_transform(image_size, crop_ratio)
+    for axis, size in zip(("height", "width"), classifier.input_size):
+        if size is not None and size != image_size:
+            raise ValueError(
+                f"`image_size`={image_size} does not fit the model's input {axis} {size}; build the "
+                "model with input_shape=(None, None, 3)"
+            )
+    if image_size < classifier.min_size:
+        raise ValueError(f"`image_size` must be at least {classifier.min_size} for this model, got {image_size}")
+
+    height, width = classifier.input_size
+    # One trace of the network that every signature calls: the SavedModel then holds it once,
+    # not once per signature, and exports trace it once.
+    predict = tf.function(
+        classifier, input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)], autograph=False
+    )
+
+    def serve_images(images):
+        pixels = _decode_and_transform(images, transform, image_size)
+        scores, classes = tf.math.top_k(predict(pixels), k=top_k)
+        return {
+            "classes": tf.cast(classes, tf.int32),
+            "labels": tf.gather(tf.constant(label_strings), classes),
+            "scores": scores,
+        }
+
+    def serve_pixels(pixels):
+        return {"probabilities": predict(tf.cast(_check_pixels(pixels, classifier.min_size), tf.float32))}
+
+    # No archive.track(model): the archive saves the variables the signatures use anyway, and
+    # tracking the model saves every weight a second time (through Keras' variable wrappers),
+    # doubling the SavedModel.
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(
+        IMAGES_SIGNATURE, serve_images, input_signature=[tf.TensorSpec([None], tf.string, name="images")]
+    )
+    for name, dtype in ((PIXELS_SIGNATURE, tf.float32), (PIXELS_UINT8_SIGNATURE, tf.uint8)):
+        archive.add_endpoint(
+            name, serve_pixels, input_signature=[tf.TensorSpec([None, height, width, 3], dtype, name="pixels")]
+        )
+    return _write_directory(path, overwrite, lambda directory: archive.write_out(directory, verbose=False))
+
+
+def export_tflite(model, path, quantization=None, input_size=224):
+    """Writes `model` as a TFLite file: pixels in, probabilities out.
+
+    The TFLite model takes one image already transformed to `input_size` (input `pixels`,
+    `float32`, shape `[1, input_size, input_size, 3]`, RGB in [0, 255]; see
+    `keras_cvt.transforms.evaluation_transform`) and returns `[1, classes]` probabilities,
+    with the normalisation and softmax in the model as in `export_for_serving`. It uses
+    TFLite's builtin operators only (the depthwise convolutions become `DEPTHWISE_CONV_2D`),
+    so it runs on the plain TFLite runtime, without the Flex (select TF ops) delegate.
+
+    Run it with its signature: `interpreter.get_signature_runner()(pixels=x)["probabilities"]`.
+
+    Args:
+        model: a CvT classifier, as for `export_for_serving`.
+        path: the `.tflite` file to write; it is written beside and renamed into place, so an
+            existing file is replaced whole.
+        quantization: `None` (float32), `"float16"` (float16 weights, about half the size) or
+            `"dynamic_range"` (int8 weights, about a quarter of the size, int8 matmuls where the
+            runtime has them). Both change the probabilities slightly; check the accuracy you
+            need on your data.
+        input_size: the height and width of the input.
+
+    Returns:
+        The absolute path written.
+    """
+    with _tflite_converter(model, quantization, input_size) as converter:
+        flatbuffer = converter.convert()
+    return _write_file(path, flatbuffer)
+
+
+class _Classifier:
+    """`model` as a function from [0, 255] pixels to probabilities, whatever its preprocessing."""
+
+    def __init__(self, model):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "SavedModel and TFLite exports trace the model with TensorFlow: run with "
+                f"KERAS_BACKEND=tensorflow (the backend is {keras.backend.backend()!r})"
+            )
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"`model` must be a keras.Model, got {type(model).__name__}")
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ValueError("`model` must have one image input and one output (a CvT classifier)")
+        input_shape, output_shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+        if len(input_shape) != 4 or input_shape[-1] != 3:
+            raise ValueError(f"`model` must take RGB images (batch, height, width, 3), its input is {input_shape}")
+        # The classifier is what makes scores of the output; pooled features are rank 2 too.
+        classifier = model.layers[-1]
+        if not isinstance(classifier, keras.layers.Dense) or len(output_shape) != 2:
+            raise ValueError(
+                "`model` must end with its classifier, a Dense layer with output (batch, classes); its "
+                f"output is {output_shape} from a {type(classifier).__name__} layer: build it with "
+                "include_top=True"
+            )
+        self.model = model
+        self.classes = int(output_shape[-1])
+        self.input_size = input_shape[1:3]
+        # include_preprocessing=True puts this layer first; without it the model expects what the
+        # original PyTorch model expected (normalised input), which clients should not compute.
+        self.normalise = not any(
+            isinstance(layer, keras.layers.Normalization) and layer.name == "preprocessing" for layer in model.layers
+        )
+        self.softmax = classifier.activation is keras.activations.linear
+        self.min_size = _min_input_size(model)
+
+    def __call__(self, pixels):
+        pixels = tf.cast(pixels, tf.float32)
+        if self.normalise:
+            pixels = preprocessing.preprocess_input(pixels)
+
+        def predict():
+            outputs = tf.cast(self.model(pixels, training=False), tf.float32)
+            return tf.nn.softmax(outputs, axis=-1) if self.softmax else outputs
+
+        # The convolutions reject an empty batch with a confusing shape error, and an empty
+        # request deserves an empty answer.
+        return tf.cond(
+            tf.shape(pixels)[0] > 0, predict, lambda: tf.zeros([0, self.classes], tf.float32)
+        )
+
+
+def _min_input_size(model):
+    """The smallest height and width from which the token embeddings leave a token."""
+    embeddings = [layer for layer in model.layers if isinstance(layer, ConvEmbedding)]
+    size = 1
+    while True:
+        remaining = size
+        for layer in embeddings:
+            remaining = conv_output_size(remaining, layer.kernel_size, layer.strides, layer.padding)
+        if remaining >= 1:
+            return size
+        size += 1
+
+
+def _label_strings(labels, classes):
+    if labels is None:
+        if classes == len(preprocessing.imagenet_classes()):
+            return _imagenet_labels()
+        return [str(i) for i in range(classes)]
+    if isinstance(labels, str):
+        if labels != "imagenet":
+            raise ValueError(f"`labels` must be None, 'imagenet' or a list of strings, got labels={labels!r}")
+        if classes != len(preprocessing.imagenet_classes()):
+            raise ValueError(
+                f"`labels`='imagenet' needs a classifier with 1000 classes, the model has {classes}"
+            )
+        return _imagenet_labels()
+    labels = list(labels)
+    if len(labels) != classes or not all(isinstance(label, str) for label in labels):
+        raise ValueError(
+            f"`labels` must hold one string per class ({classes}), got {len(labels)} "
+            f"items of types {sorted({type(label).__name__ for label in labels})}"
+        )
+    return labels
+
+
+def _imagenet_labels():
+    # The names decode_predictions returns, so served and in-process results read the same.
+    return [names.split(",")[0].replace(" ", "_") for _, names in preprocessing.imagenet_classes()]
+
+
+def _first(mask):
+    """Index of the first True of a boolean vector, or its length when there is none."""
+    return tf.argmax(tf.concat([mask, [True]], axis=0), output_type=tf.int32)
+
+
+def _decode_and_transform(images, transform, image_size):
+    """Encoded images `[batch]` -> transformed pixels `[batch, size, size, 3]`, or a clean error.
+
+    A bad element fails the whole request with an InvalidArgumentError that names it: dropping
+    it would shift every later result onto the wrong image.
+    """
+    empty = tf.equal(tf.strings.length(images), 0)
+    check_empty = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(empty)),
+        [tf.strings.format("`images`[{}] is an empty string, not an encoded image", _first(empty))],
+    )
+    with tf.control_dependencies([check_empty]):
+        count = tf.shape(images)[0]
+        indices = tf.range(count)
+
+    def decode(index, encoded):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        check_size = tf.debugging.assert_positive(tf.shape(image)[:2], message="zero-sized image")
+        with tf.control_dependencies([check_size]):
+            return index, transform(image)
+
+    # Graph functions cannot catch a decoder's error, so which image failed would be lost: a
+    # tf.data pipeline can skip failed elements (logging the decoder's message), and the
+    # indices that come through tell which one it was.
+    decoded = (
+        tf.data.Dataset.from_tensor_slices((indices, images))
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .ignore_errors(log_warning=True)
+    )
+    # The sentinel keeps the one batch non-empty when nothing (or no image) came through.
+    sentinel = tf.data.Dataset.from_tensors((tf.constant(-1), tf.zeros([image_size, image_size, 3])))
+    decoded_indices, pixels = (
+        decoded.concatenate(sentinel).batch(tf.cast(count, tf.int64) + 1).get_single_element()
+    )
+    decoded_indices, pixels = decoded_indices[:-1], pixels[:-1]
+    succeeded = tf.scatter_nd(decoded_indices[:, None], tf.ones_like(decoded_indices), [count]) > 0
+    check_decoded = tf.debugging.Assert(
+        tf.reduce_all(succeeded),
+        [
+            tf.strings.format(
+                "`images`[{}] could not be decoded: not a JPEG, PNG, GIF, BMP or WebP image, or a "
+                "corrupt, truncated or zero-sized one",
+                _first(tf.logical_not(succeeded)),
+            )
+        ],
+    )
+    with tf.control_dependencies([check_decoded]):
+        return tf.identity(pixels)
+
+
+def _check_pixels(pixels, min_size):
+    shape = tf.shape(pixels)
+    check = tf.debugging.Assert(
+        tf.reduce_all(shape[1:3] >= min_size),
+        [
+            tf.strings.format(
+                "`pixels` height and width must be at least {}, got {}", (min_size, shape[1:3])
+            )
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(pixels)
+
+
+@contextlib.contextmanager
+def _tflite_converter(model, quantization, input_size):
+    """Yields the converter `export_tflite` uses, configured (builtin operators only)."""
+    if quantization not in TFLITE_QUANTIZATIONS:
+        raise ValueError(f"`quantization` must be one of {TFLITE_QUANTIZATIONS}, got quantization={quantization!r}")
+    classifier = _Classifier(model)
+    if not isinstance(input_size, int) or input_size < classifier.min_size:
+        raise ValueError(
+            f"`input_size` must be an integer of at least {classifier.min_size}, got input_size={input_size!r}"
+        )
+    for axis, size in zip(("height", "width"), classifier.input_size):
+        if size is not None and size != input_size:
+            raise ValueError(f"`input_size`={input_size} does not fit the model's input {axis} {size}")
+
+    # A fixed batch of one: the model's reshapes then have static shapes, which TFLite's
+    # builtin RESHAPE and BATCH_MATMUL handle without dynamic-shape fallbacks. The empty-batch
+    # guard of the SavedModel would become a control-flow op TFLite does not need.
+    def predict(pixels):
+        outputs = tf.cast(classifier.model(
+            preprocessing.preprocess_input(pixels) if classifier.normalise else pixels, training=False
+        ), tf.float32)
+        return {"probabilities": tf.nn.softmax(outputs, axis=-1) if classifier.softmax else outputs}
+
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(
+        "serving_default",
+        predict,
+        input_signature=[tf.TensorSpec([1, input_size, input_size, 3], tf.float32, name="pixels")],
+    )
+    # Through a SavedModel, TFLite's standard route: the converter then freezes every Keras
+    # variable into a constant (from a concrete function some stay TFLite resource variables
+    # that nothing initialises).
+    with tempfile.TemporaryDirectory() as directory:
+        archive.write_out(directory, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["serving_default"])
+        # Select TF ops would need the Flex delegate, which most TFLite runtimes lack:
+        # conversion fails instead of silently depending on it.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        yield converter
+
+
+def _target(path):
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    return path, parent, name
+
+
+def _readable_mode(mode):
+    # mkdtemp/mkstemp create private (0700/0600) entries; a model server running as another
+    # user (a Docker volume) must be able to read what we publish.
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def _check_directory_target(path, overwrite):
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path!r} exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(f"{path!r} exists and is not empty; pass overwrite=True to replace it")
+
+
+def _write_directory(path, overwrite, write):
+    _check_directory_target(path, overwrite)
+    path, parent, name = _target(path)
+    # Beside the target, so the rename stays on one file system; the dot keeps TF Serving, which
+    # only loads numbered version directories, from looking at it.
+    staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        write(staging)
+        os.chmod(staging, _readable_mode(0o755))
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            os.rename(path, os.path.join(old, name))
+            os.rename(staging, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def _write_file(path, content):
+    path, parent, name = _target(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory")
+    descriptor, staging = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(content)
+        os.chmod(staging, _readable_mode(0o644))
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
+    return path
