@@ -1,7 +1,7 @@
-"""The PyTorch Keras backend runs the same model, from the same `.weights.h5` file.
+"""The PyTorch and JAX Keras backends run the same model, from the same `.weights.h5` file.
 
 The test session runs on the TensorFlow backend (Keras picks its backend once per process),
-so the PyTorch side runs in a subprocess with KERAS_BACKEND=torch.
+so the other backends run in a subprocess with KERAS_BACKEND set.
 """
 
 import hashlib
@@ -47,18 +47,18 @@ def _sha256(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def torch_run(tiny_reference, tmp_path_factory):
-    """Runs the tiny reference model under the PyTorch backend; returns its output folder."""
+@pytest.fixture(scope="module", params=["torch", "jax"])
+def backend_run(request, tiny_reference, tmp_path_factory):
+    """Runs the tiny reference model under another backend; returns its output folder."""
     import json
 
     weights, x, _ = tiny_reference
-    out_dir = tmp_path_factory.mktemp("torch_backend")
+    out_dir = tmp_path_factory.mktemp(f"{request.param}_backend")
     np.save(out_dir / "x.npy", x)
     digest = _sha256(weights)
     env = {
         **os.environ,
-        "KERAS_BACKEND": "torch",
+        "KERAS_BACKEND": request.param,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     result = subprocess.run(
@@ -81,34 +81,34 @@ def test_this_session_is_tensorflow():
     assert keras.backend.backend() == "tensorflow"
 
 
-def test_torch_backend_reproduces_reference_logits(torch_run, tiny_reference):
+def test_backend_reproduces_reference_logits(backend_run, tiny_reference):
     _, _, logits = tiny_reference
-    assert (torch_run / "backend.txt").read_text() == "torch"
-    out = np.load(torch_run / "logits.npy")
+    assert (backend_run / "backend.txt").read_text() == backend_run.name.split("_backend")[0]
+    out = np.load(backend_run / "logits.npy")
     assert out.shape == logits.shape == (2, 10)
     assert np.abs(out - logits).max() <= TOLERANCE
-    np.testing.assert_allclose(np.load(torch_run / "logits_predict.npy"), out, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.load(backend_run / "logits_predict.npy"), out, rtol=0, atol=1e-6)
 
 
-def test_torch_backend_equals_tensorflow_backend(torch_run, tiny_reference):
+def test_backend_equals_tensorflow_backend(backend_run, tiny_reference):
     weights, x, _ = tiny_reference
     tf_out = keras.ops.convert_to_numpy(_tf_model(weights)(x))
-    torch_out = np.load(torch_run / "logits.npy")
-    assert np.abs(torch_out - tf_out).max() <= 1e-5
+    other_out = np.load(backend_run / "logits.npy")
+    assert np.abs(other_out - tf_out).max() <= 1e-5
 
 
-def test_torch_backend_training_forward(torch_run):
-    out = np.load(torch_run / "training.npy")
+def test_backend_training_forward(backend_run):
+    out = np.load(backend_run / "training.npy")
     assert out.shape == (2, 10)
     assert np.isfinite(out).all()
 
 
-def test_weights_saved_under_torch_load_under_tensorflow(torch_run, tiny_reference):
+def test_weights_saved_under_torch_load_under_tensorflow(backend_run, tiny_reference):
     weights, x, _ = tiny_reference
     # The file written under PyTorch holds the converter's arrays bit for bit.
-    assert_same_weights_files(weights, torch_run / "from_torch.weights.h5")
+    assert_same_weights_files(weights, backend_run / "from_torch.weights.h5")
     original = _tf_model(weights)
-    from_torch = _tf_model(torch_run / "from_torch.weights.h5")
+    from_torch = _tf_model(backend_run / "from_torch.weights.h5")
     for a, b in zip(original.weights, from_torch.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
     np.testing.assert_array_equal(
