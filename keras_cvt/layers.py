@@ -185,6 +185,7 @@ class ConvAttention(layers.Layer):
             setattr(self, f"conv_proj_{part}", layers.DepthwiseConv2D(
                 kernel_size,
                 strides=stride,
+                padding="same" if self._same_is_symmetric(stride) else "valid",
                 use_bias=False,
                 data_format="channels_last",
                 name=f"conv_proj_{part}",
@@ -215,8 +216,16 @@ class ConvAttention(layers.Layer):
             getattr(self, f"proj_{part}").build(input_shape)
         self.proj.build(input_shape)
 
+    def _same_is_symmetric(self, stride):
+        # Unstrided, "same" pads (kernel - 1) / 2 on each side: the symmetric padding itself,
+        # without materialising a padded copy of the map.
+        return stride == 1 and 2 * self.padding == self.kernel_size - 1
+
     def _project(self, part, tokens_map, batch, training):
-        x = getattr(self, f"conv_proj_{part}")(symmetric_pad(tokens_map, self.padding))
+        conv = getattr(self, f"conv_proj_{part}")
+        if conv.padding == "valid":
+            tokens_map = symmetric_pad(tokens_map, self.padding)
+        x = conv(tokens_map)
         x = getattr(self, f"conv_proj_{part}_bn")(x, training=training)
         return ops.reshape(x, (batch, -1, self.dim))
 

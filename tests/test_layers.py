@@ -246,11 +246,11 @@ def test_conv_attention_strided_key_value_maps(kv_stride, height, width):
     layer = ConvAttention(12, 3, kv_stride=kv_stride)
     x = _attention_input(2, height, width, 12, False)
     layer(x, height=height, width=width)
-    x_map = symmetric_pad(x.reshape(2, height, width, 12), layer.padding)
-    expected = (_torch_conv_size(height, 3, kv_stride, 1), _torch_conv_size(width, 3, kv_stride, 1))
+    x_map = x.reshape(2, height, width, 12)
+    expected = _torch_conv_size(height, 3, kv_stride, 1) * _torch_conv_size(width, 3, kv_stride, 1)
     for part in "kv":
-        assert tuple(getattr(layer, f"conv_proj_{part}")(x_map).shape) == (2,) + expected + (12,)
-    assert tuple(layer.conv_proj_q(x_map).shape) == (2, height, width, 12)
+        assert tuple(layer._project(part, x_map, 2, training=False).shape) == (2, expected, 12)
+    assert tuple(layer._project("q", x_map, 2, training=False).shape) == (2, height * width, 12)
 
 
 def test_conv_attention_num_heads_must_divide_dim():
