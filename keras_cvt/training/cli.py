@@ -1,0 +1,49 @@
+"""Command-line arguments that examples/train.py and examples/evaluate.py share."""
+
+from keras_cvt.training.model import BUILDERS
+
+
+def int_list(text):
+    return tuple(int(x) for x in text.split(","))
+
+
+def add_data_arguments(parser):
+    """A TFDS dataset or an image folder, and how to read the dataset."""
+    group = parser.add_argument_group("data")
+    source = group.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="TFDS image classification dataset, e.g. tf_flowers")
+    source.add_argument("--image-folder", help="folder with one sub-folder of images per class")
+    group.add_argument("--data-dir", help="TFDS data directory")
+    group.add_argument("--image-key", default="image", help="TFDS feature holding the image")
+    group.add_argument("--label-key", default="label", help="TFDS feature holding the label")
+    group.add_argument(
+        "--no-download",
+        action="store_true",
+        help="do not download/prepare the TFDS dataset (always the case under --strategy "
+        "multiworker: prepare it beforehand)",
+    )
+    return group
+
+
+def add_architecture_arguments(parser):
+    """`--model`, or a custom architecture with `--depths`, `--embed-dims`, `--num-heads`."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", choices=sorted(BUILDERS), default="cvt13")
+    group.add_argument(
+        "--depths",
+        type=int_list,
+        help="custom architecture, e.g. 1,2,10 (with --embed-dims and --num-heads; replaces --model)",
+    )
+    group.add_argument("--embed-dims", type=int_list)
+    group.add_argument("--num-heads", type=int_list)
+    return group
+
+
+def architecture(parser, args):
+    """The `architecture` argument of `build_model`: a variant name or a custom config."""
+    custom = (args.depths, args.embed_dims, args.num_heads)
+    if not any(custom):
+        return args.model
+    if not all(custom):
+        parser.error("--depths, --embed-dims and --num-heads go together")
+    return {"depths": args.depths, "embed_dims": args.embed_dims, "num_heads": args.num_heads}

@@ -1,0 +1,102 @@
+"""Subprocess side of tests/test_training.py: runs that need a TensorFlow of their own.
+
+    python -m tests.training_worker mirrored RESULT.json -- TRAIN_ARGS...
+    python -m tests.training_worker multiworker RESULT.npz -- TRAIN_ARGS...
+
+`mirrored` splits the CPU into two logical devices (possible only before TensorFlow starts,
+hence a process of its own), trains with examples/train.py on them, and records the
+replicas' copies of every variable. `multiworker` trains as one worker of the cluster in
+`TF_CONFIG` and records its final weights. Results are written atomically.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_atomically(path, write):
+    temporary = f"{path}.incomplete"
+    with open(temporary, "wb") as f:
+        write(f)
+    os.replace(temporary, path)
+
+
+def mirrored(result_path, train_args):
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    train = load_example("train")
+    model, history, _ = train.run(train.parse_args([*train_args, "--strategy", "mirrored"]))
+    strategy = model.distribute_strategy
+
+    def replica_spread(variables):
+        # Largest difference between a variable's copies on the replicas, per variable.
+        spread = {}
+        for v in variables:
+            copies = [c.numpy() for c in v.value.values]
+            spread[v.path] = max(float(np.max(np.abs(c - copies[0]))) if c.size else 0.0 for c in copies)
+        return spread, len(copies)
+
+    model_spread, copies = replica_spread(model.variables)
+    optimizer_spread, _ = replica_spread(model.optimizer.variables)
+
+    # Which variables a recipe optimizer decays, under the strategy: with zero gradients Adam
+    # does not move anything, so only weight decay changes a (non-zero) variable.
+    from keras_cvt import training
+
+    with strategy.scope():
+        optimizer = training.make_optimizer(model, learning_rate=0.1, weight_decay=0.5)
+        optimizer.build(model.trainable_variables)
+    before = {v.path: v.numpy() for v in model.trainable_variables}
+
+    @tf.function
+    def zero_step():
+        def apply():
+            optimizer.apply_gradients([(tf.zeros_like(v.value), v) for v in model.trainable_variables])
+
+        strategy.run(apply)
+
+    zero_step()
+    decayed = sorted(
+        v.path for v in model.trainable_variables if not np.array_equal(v.numpy(), before[v.path])
+    )
+    result = {
+        "replicas": strategy.num_replicas_in_sync,
+        "copies": copies,
+        "model_spread": model_spread,
+        "optimizer_spread": optimizer_spread,
+        "loss": history["loss"],
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "decayed": decayed,
+        "trainable": sorted(before),
+    }
+    write_atomically(result_path, lambda f: f.write(json.dumps(result).encode()))
+
+
+def multiworker(result_path, train_args):
+    train = load_example("train")
+    model, _, (top1, top5) = train.run(train.parse_args([*train_args, "--strategy", "multiworker"]))
+    arrays = {v.path: v.numpy() for v in model.weights}
+    arrays["__iterations__"] = np.asarray(int(model.optimizer.iterations.numpy()))
+    arrays["__top1__"] = np.asarray(top1)
+    write_atomically(result_path, lambda f: np.savez(f, **arrays))
+
+
+if __name__ == "__main__":
+    command, result, separator, *args = sys.argv[1:]
+    assert separator == "--", "usage: python -m tests.training_worker COMMAND RESULT -- TRAIN_ARGS..."
+    {"mirrored": mirrored, "multiworker": multiworker}[command](result, args)
