@@ -1,6 +1,7 @@
 """CvT (Convolutional vision Transformer) for Keras, shaped like `keras.applications`."""
 
 from keras_cvt.cvt import CvT, CvT13, CvT21, CvTW24, MODEL_CONFIGS
+from keras_cvt.inference import optimize_for_inference
 from keras_cvt.layers import ClassToken, ConvAttention, ConvEmbedding, CvTBlock, StochasticDepth
 from keras_cvt.preprocessing import decode_predictions, preprocess_input
 from keras_cvt.pretrained import available_weights
@@ -23,5 +24,6 @@ __all__ = [
     "decode_predictions",
     "export_for_serving",
     "export_tflite",
+    "optimize_for_inference",
     "preprocess_input",
 ]

@@ -1,0 +1,91 @@
+"""A CvT rewritten for fast inference: the same function with fewer operations.
+
+`optimize_for_inference(model)` returns a new model, built from `model`'s config with every
+`CvTBlock` in its folded form (`CvTBlock(folded=True)`), whose weights are computed from
+`model`'s:
+
+- each attention BatchNorm (inference statistics) folded into its depthwise convolution,
+  `w * gamma / sqrt(var + eps)` with the bias `beta - mean * gamma / sqrt(var + eps)`;
+- the attention scale folded into the query projection (`proj_q` kernel and bias);
+- QuickGELU's 1.702 folded into `fc1` (times 1.702) and `fc2`'s kernel (divided by it), so that
+  the activation is a plain SiLU, which TensorFlow runs as one fused operation.
+
+Outputs equal the original model's to float32 rounding (the tests hold them to 1e-5), for
+any input size. With `dtype="bfloat16"` the copy computes in bfloat16 (weights stored in
+bfloat16; LayerNorm statistics, the attention softmax and the classifier in float32): the
+fast path on CPUs with AVX-512 BF16 and on GPUs. The folded model has no BatchNorm to update,
+so it is meant for inference; train the original model.
+"""
+
+import keras
+import numpy as np
+
+from keras_cvt.layers import QUICK_GELU_FACTOR, CvTBlock
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def optimize_for_inference(model, dtype=None):
+    """Returns a copy of `model` with BatchNorm, the attention scale and QuickGELU folded.
+
+    Args:
+        model: a model built by `keras_cvt` (`CvT13`, `CvT`, ... with any arguments).
+        dtype: None keeps `model`'s dtype policy; `"float32"`, `"bfloat16"` or `"float16"` sets
+            the compute (and weight) dtype of every layer except the classifier, which stays
+            float32.
+
+    Returns:
+        A new `keras.Model` with the same inputs, outputs and layer names (except the
+        removed `conv_proj_*_bn` layers).
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model, got {type(model).__name__}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be None or one of {DTYPES}, got dtype={dtype!r}")
+    if not is_foldable(model):
+        raise ValueError(f"`model` {model.name!r} has no CvTBlock layers: not a keras_cvt model")
+
+    config = model.get_config()
+    for layer_config in config["layers"]:
+        if layer_config["class_name"].endswith("CvTBlock"):
+            layer_config["config"]["folded"] = True
+        if dtype is not None and layer_config["config"].get("name") != "predictions":
+            layer_config["config"]["dtype"] = dtype
+    optimized = model.__class__.from_config(config)
+
+    for layer in model.layers:
+        target = optimized.get_layer(layer.name)
+        if isinstance(layer, CvTBlock) and not layer.folded:
+            _fold_block(layer, target)
+        else:
+            target.set_weights(layer.get_weights())
+    return optimized
+
+
+def is_foldable(model):
+    """Whether `model` has `CvTBlock` layers for `optimize_for_inference` to fold."""
+    return any(isinstance(layer, CvTBlock) for layer in model.layers)
+
+
+def _fold_block(block, folded):
+    for name in ("norm1", "norm2"):
+        getattr(folded, name).set_weights(getattr(block, name).get_weights())
+    attention, folded_attention = block.attn, folded.attn
+    for part in "qkv":
+        (kernel,) = getattr(attention, f"conv_proj_{part}").get_weights()
+        batch_norm = getattr(attention, f"conv_proj_{part}_bn")
+        gamma, beta, mean, variance = (w.astype(np.float64) for w in batch_norm.get_weights())
+        factor = gamma / np.sqrt(variance + batch_norm.epsilon)
+        # Depthwise kernels are (height, width, channels, 1): one factor per channel.
+        getattr(folded_attention, f"conv_proj_{part}").set_weights(
+            [kernel * factor[:, None], beta - mean * factor]
+        )
+        projection = getattr(attention, f"proj_{part}").get_weights()
+        if part == "q":
+            projection = [w.astype(np.float64) * attention.scale for w in projection]
+        getattr(folded_attention, f"proj_{part}").set_weights(projection)
+    folded_attention.proj.set_weights(attention.proj.get_weights())
+    kernel, bias = block.fc1.get_weights()
+    folded.fc1.set_weights([kernel * QUICK_GELU_FACTOR, bias * QUICK_GELU_FACTOR])
+    kernel, bias = block.fc2.get_weights()
+    folded.fc2.set_weights([kernel / QUICK_GELU_FACTOR, bias])
