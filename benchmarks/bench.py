@@ -3,10 +3,13 @@
     python benchmarks/bench.py [--model cvt13] [--size 224] [--reps 5]
 
 Measures, in one run on this machine: inference throughput at batch 32 and latency at batch 1
-(keras_cvt on TensorFlow in graph mode and with XLA; the reference in PyTorch eager mode), one
-training step (forward + backward + AdamW) at batch 32 on both sides, a bfloat16 inference
-path, and the float32 matmul peak of the machine. Prints a table with the ratios keras_cvt /
-reference (medians after warm-up) and writes it as JSON to benchmarks/results/.
+(keras_cvt on TensorFlow in graph mode, as built and as `optimize_for_inference` folds it, the
+folded one also with XLA; the reference in PyTorch eager mode), one training step (forward +
+backward + AdamW) at batch 32 on both sides, the bfloat16 inference path
+(`optimize_for_inference(model, dtype="bfloat16")`) with its top-1 agreement with float32, and
+the float32 matmul peak of the machine. All measures are timed in turns, after warm-up; the
+table gives medians and the ratios keras_cvt / reference, and is written as JSON to
+benchmarks/results/.
 """
 
 import argparse
@@ -27,21 +30,29 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.flops import forward_macs  # noqa: E402
-from keras_cvt import MODEL_CONFIGS, CvT  # noqa: E402
+from keras_cvt import MODEL_CONFIGS, CvT, optimize_for_inference  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 REFERENCE = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
 
 
-def median_seconds(fn, reps, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
+def time_round_robin(groups, reps, warmup):
+    """Median seconds of each callable, timed in turns so that drifts of a shared machine's
+    speed hit every measure alike. `groups`: lists of `(name, fn)` run one group after the
+    other in each turn (TensorFlow, then PyTorch: their thread pools never overlap)."""
+    for group in groups:
+        for _, fn in group:
+            for _ in range(warmup):
+                fn()
+    times = {name: [] for group in groups for name, _ in group}
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for group in groups:
+            for name, fn in group:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+            time.sleep(0.2)  # let the other framework's spinning threads go idle
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_peak_gflops(reps):
@@ -49,7 +60,7 @@ def matmul_peak_gflops(reps):
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    return 2 * n**3 / median_seconds(lambda: matmul().numpy(), reps, 2) / 1e9
+    return 2 * n**3 / time_round_robin([[("matmul", lambda: matmul().numpy())]], reps, 2)["matmul"] / 1e9
 
 
 def keras_model(config, size, classes=1000):
@@ -60,15 +71,20 @@ def keras_model(config, size, classes=1000):
     )
 
 
-def keras_benchmarks(config, size, batch, reps, warmup):
-    model = keras_model(config, size)
-    x32 = tf.random.uniform((batch, size, size, 3))
-    x1 = x32[:1]
-    results = {}
-    for mode, jit in (("graph", False), ("xla", True)):
-        forward = tf.function(lambda x: model(x, training=False), jit_compile=jit)
-        results[f"keras_{mode}_b{batch}_s"] = median_seconds(lambda: forward(x32).numpy(), reps, warmup)
-        results[f"keras_{mode}_b1_s"] = median_seconds(lambda: forward(x1).numpy(), reps * 4, warmup)
+def keras_measures(model, size, batch):
+    """`(name, fn)` pairs: inference of the model as built, of `optimize_for_inference` copies
+    (float32, XLA, bfloat16), and a training step."""
+    x = tf.random.uniform((batch, size, size, 3))
+    x1 = x[:1]
+    folded = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype="bfloat16")
+    measures = []
+    for name, net, jit in (("graph", model, False), ("folded", folded, False), ("xla", folded, True),
+                           ("bf16", fast, False)):
+        forward = tf.function(lambda x, net=net: net(x, training=False), jit_compile=jit)
+        measures.append((f"keras_{name}_b{batch}_s", lambda f=forward: f(x).numpy()))
+        if name != "bf16":
+            measures.append((f"keras_{name}_b1_s", lambda f=forward: f(x1).numpy()))
 
     optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -82,42 +98,33 @@ def keras_benchmarks(config, size, batch, reps, warmup):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    results[f"keras_train_b{batch}_s"] = median_seconds(lambda: train_step(x32, labels).numpy(), reps, warmup)
-    return model, results
+    measures.append((f"keras_train_b{batch}_s", lambda: train_step(x, labels).numpy()))
+    return measures
 
 
-def bfloat16_benchmark(config, size, batch, reps, warmup, float_model):
-    """bfloat16 inference throughput, and its top-1 agreement with float32 on real weights."""
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        model = keras_model(config, size)
-    finally:
-        keras.config.set_dtype_policy("float32")
-    model.set_weights(float_model.get_weights())
-    x32 = tf.random.uniform((batch, size, size, 3))
-    forward = tf.function(lambda x: model(x, training=False))
-    seconds = median_seconds(lambda: forward(x32).numpy(), reps, warmup)
-    agreement = None
+def bfloat16_agreement(config, size):
+    """Top-1 agreement of the bfloat16 copy with float32, on the reference CvT-13 weights and
+    inputs (the two reference images and 30 normalised-range noise images); None without them."""
     checkpoint = REFERENCE / "cvt13_official_perturbed.pth"
-    if config is MODEL_CONFIGS["cvt13"] and checkpoint.is_file():
-        from weights_conversion import convert
+    if config is not MODEL_CONFIGS["cvt13"] or not checkpoint.is_file():
+        return None
+    from weights_conversion import convert
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "ref.weights.h5")
-            convert(checkpoint, path, model="cvt13")
-            float_model.load_weights(path)
-            model.load_weights(path)
-        reference_x = np.load(REFERENCE / "cvt13_official_perturbed_io.npz")["x"].transpose(0, 2, 3, 1)
-        # The two reference images plus normalised-range noise images: 32 inputs in all.
-        noise = np.random.RandomState(0).normal(size=(30,) + reference_x.shape[1:]).astype("float32")
-        inputs = tf.image.resize(np.concatenate([reference_x, noise]), (size, size))
-        top_float = np.argmax(float_model.predict(inputs, verbose=0), axis=-1)
-        top_bf16 = np.argmax(model.predict(inputs, verbose=0), axis=-1)
-        agreement = float(np.mean(top_float == top_bf16))
-    return seconds, agreement
+    model = keras_model(config, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ref.weights.h5")
+        convert(checkpoint, path, model="cvt13")
+        model.load_weights(path)
+    fast = optimize_for_inference(model, dtype="bfloat16")
+    reference_x = np.load(REFERENCE / "cvt13_official_perturbed_io.npz")["x"].transpose(0, 2, 3, 1)
+    noise = np.random.RandomState(0).normal(size=(30,) + reference_x.shape[1:]).astype("float32")
+    inputs = tf.image.resize(np.concatenate([reference_x, noise]), (size, size))
+    top_float = np.argmax(model.predict(inputs, verbose=0), axis=-1)
+    top_bf16 = np.argmax(fast.predict(inputs, verbose=0), axis=-1)
+    return float(np.mean(top_float == top_bf16))
 
 
-def torch_benchmarks(config, size, batch, reps, warmup):
+def torch_measures(config, size, batch):
     import torch
     from transformers import CvtConfig, CvtForImageClassification
 
@@ -126,25 +133,28 @@ def torch_benchmarks(config, size, batch, reps, warmup):
         CvtConfig(embed_dim=list(config["embed_dims"]), depth=list(config["depths"]),
                   num_heads=list(config["num_heads"]), num_labels=1000)
     )
-    x32 = torch.rand(batch, 3, size, size)
-    x1 = x32[:1]
-    results = {}
-    model.eval()
-    with torch.inference_mode():
-        results[f"torch_eager_b{batch}_s"] = median_seconds(lambda: model(x32).logits, reps, warmup)
-        results["torch_eager_b1_s"] = median_seconds(lambda: model(x1).logits, reps * 4, warmup)
-    model.train()
+    x = torch.rand(batch, 3, size, size)
+    x1 = x[:1]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     labels = torch.randint(0, 1000, (batch,))
 
+    def infer(inputs):
+        model.eval()
+        with torch.inference_mode():
+            return model(inputs).logits
+
     def train_step():
+        model.train()
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x32).logits, labels)
+        loss = torch.nn.functional.cross_entropy(model(x).logits, labels)
         loss.backward()
         optimizer.step()
 
-    results[f"torch_train_b{batch}_s"] = median_seconds(train_step, reps, warmup)
-    return results
+    return [
+        (f"torch_eager_b{batch}_s", lambda: infer(x)),
+        ("torch_eager_b1_s", lambda: infer(x1)),
+        (f"torch_train_b{batch}_s", train_step),
+    ]
 
 
 def main(argv=None):
@@ -160,11 +170,9 @@ def main(argv=None):
 
     peak = matmul_peak_gflops(args.reps)
     gflop_per_image = 2 * forward_macs(config["depths"], config["embed_dims"], args.size) / 1e9
-    float_model, seconds = keras_benchmarks(config, args.size, b, args.reps, args.warmup)
-    seconds.update(torch_benchmarks(config, args.size, b, args.reps, args.warmup))
-    seconds[f"keras_bf16_b{b}_s"], bf16_agreement = bfloat16_benchmark(
-        config, args.size, b, args.reps, args.warmup, float_model
-    )
+    groups = [keras_measures(keras_model(config, args.size), args.size, b), torch_measures(config, args.size, b)]
+    seconds = time_round_robin(groups, args.reps, args.warmup)
+    bf16_agreement = bfloat16_agreement(config, args.size)
 
     ceiling = peak / gflop_per_image  # images/s a forward pass could reach at the matmul peak
     rows = []
@@ -180,13 +188,16 @@ def main(argv=None):
 
     row(f"torch eager, batch {b}", f"torch_eager_b{b}_s", b)
     row(f"keras graph, batch {b}", f"keras_graph_b{b}_s", b, f"torch_eager_b{b}_s")
-    row(f"keras xla, batch {b}", f"keras_xla_b{b}_s", b, f"torch_eager_b{b}_s")
+    row(f"keras folded graph, batch {b}", f"keras_folded_b{b}_s", b, f"torch_eager_b{b}_s")
+    row(f"keras folded xla, batch {b}", f"keras_xla_b{b}_s", b, f"torch_eager_b{b}_s")
     row("torch eager, batch 1 latency", "torch_eager_b1_s", 1)
     row("keras graph, batch 1 latency", "keras_graph_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
-    row("keras xla, batch 1 latency", "keras_xla_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
+    row("keras folded graph, batch 1 latency", "keras_folded_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
+    row("keras folded xla, batch 1 latency", "keras_xla_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
     row(f"torch train step, batch {b}", f"torch_train_b{b}_s", b)
     row(f"keras train step, batch {b}", f"keras_train_b{b}_s", b, f"torch_train_b{b}_s")
-    row(f"keras bfloat16 graph, batch {b}", f"keras_bf16_b{b}_s", b, f"keras_graph_b{b}_s")
+    row(f"keras bfloat16 folded, batch {b}", f"keras_bf16_b{b}_s", b, f"keras_graph_b{b}_s")
+    row("  the same vs folded float32", f"keras_bf16_b{b}_s", b, f"keras_folded_b{b}_s")
 
     print(f"{args.model} at {args.size}: {gflop_per_image / 2:.2f} GMAC/image; float32 matmul peak "
           f"{peak:.0f} GFLOP/s, so at most {ceiling:.1f} images/s (training steps: 3x the forward work)")
@@ -195,7 +206,8 @@ def main(argv=None):
         ratio = f"{r['ratio_vs_reference']:.2f}x" if r["ratio_vs_reference"] is not None else "ref"
         print(f"{r['measure']:34s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
     print("ratios: throughput keras / reference (higher is better); latency keras / reference "
-          "(lower is better); bfloat16 row: bfloat16 / float32 throughput")
+          "(lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as built, then "
+          "folded); folded: keras_cvt.optimize_for_inference")
     if bf16_agreement is not None:
         print(f"bfloat16 top-1 agreement with float32 on the reference inputs: {bf16_agreement:.1%}")
 
