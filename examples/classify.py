@@ -14,8 +14,8 @@ import numpy as np
 
 import keras_cvt
 from keras_cvt import pretrained, transforms
+from keras_cvt.cvt import BUILDERS
 
-BUILDERS = {"cvt13": keras_cvt.CvT13, "cvt21": keras_cvt.CvT21, "cvtw24": keras_cvt.CvTW24}
 
 
 def main(argv=None):

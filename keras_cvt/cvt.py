@@ -314,3 +314,5 @@ def _variant(variant, model_name, default_name):
 CvT13 = _variant("cvt13", "CvT13", "cvt13")
 CvT21 = _variant("cvt21", "CvT21", "cvt21")
 CvTW24 = _variant("cvtw24", "CvTW24", "cvtw24")
+
+BUILDERS = {"cvt13": CvT13, "cvt21": CvT21, "cvtw24": CvTW24}

@@ -21,12 +21,6 @@ from keras_cvt import weights as weights_lib
 DEFAULT_SIZE = 224
 DEFAULT_CROP_RATIO = 0.875
 _UNSET = object()
-_BUILDERS = {"cvt13": cvt.CvT13, "cvt21": cvt.CvT21, "cvtw24": cvt.CvTW24}
-
-
-def is_weights_path(weights):
-    """Whether `--weights` is a file rather than a pretrained name (the builders' rule)."""
-    return os.path.exists(weights) or weights.endswith(".h5") or "/" in weights or os.sep in weights
 
 
 def evaluation_settings(variant, weights, size=None, crop_ratio=_UNSET):
@@ -34,7 +28,7 @@ def evaluation_settings(variant, weights, size=None, crop_ratio=_UNSET):
 
     Raises ValueError (listing the names) for a name `variant` has no checkpoint of.
     """
-    if is_weights_path(weights):
+    if not weights_lib.is_pretrained_name(weights):
         default_size, default_crop_ratio = DEFAULT_SIZE, DEFAULT_CROP_RATIO
     else:
         entry = pretrained.lookup(variant, weights)
@@ -47,8 +41,8 @@ def evaluation_settings(variant, weights, size=None, crop_ratio=_UNSET):
 
 def build_model(variant, weights):
     """The classifier to export, taking images of any size (for `predict_pixels`)."""
-    if not is_weights_path(weights):
-        return _BUILDERS[variant](weights=weights, input_shape=(None, None, 3))
+    if weights_lib.is_pretrained_name(weights):
+        return cvt.BUILDERS[variant](weights=weights, input_shape=(None, None, 3))
     path = weights_lib.resolve(weights)
     classes = weights_lib.head_classes(path)
     if classes is None:

@@ -264,7 +264,7 @@ def _decode_and_transform(images, transform, image_size):
         indices = tf.range(count)
 
     def decode(index, encoded):
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = transforms.decode_image(encoded)
         check_size = tf.debugging.assert_positive(tf.shape(image)[:2], message="zero-sized image")
         with tf.control_dependencies([check_size]):
             return index, transform(image)

@@ -60,6 +60,11 @@ def evaluation_transform_for(variant, weights):
     return evaluation_transform(entry.resolution, entry.crop_ratio)
 
 
+def decode_image(encoded):
+    """Decodes JPEG, PNG, BMP or GIF (its first frame) bytes as an RGB uint8 image."""
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
 def load_image(path):
     """Reads and decodes an image file (JPEG, PNG, BMP, GIF's first frame) as RGB uint8."""
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return decode_image(tf.io.read_file(path))

@@ -25,7 +25,8 @@ def cached_path(entry):
     return os.path.join(cache_dir(), f"{entry.variant}_{entry.name}_{entry.revision[:12]}{_SUFFIX}")
 
 
-def _is_name(weights):
+def is_pretrained_name(weights):
+    """Whether `weights` names a pretrained checkpoint rather than giving a file path."""
     # A path says so with a directory or an .h5 suffix; anything else is taken for a name, so
     # that a typo of one is reported against the list of names rather than as a missing file.
     return isinstance(weights, str) and not weights.endswith(".h5") and not {"/", os.sep} & set(weights)
@@ -37,7 +38,7 @@ def pretrained_entry(weights, variant=None):
     Raises ValueError for a name that `variant` does not have (listing those it has), and for
     any name when `variant` is None: the generic `CvT` builder has no pretrained weights.
     """
-    if weights is None or not _is_name(weights):
+    if weights is None or not is_pretrained_name(weights):
         return None
     if variant is None:
         raise ValueError(

@@ -35,7 +35,8 @@ from keras_cvt.training.data import (
     tfds_source,
 )
 from keras_cvt.training.fit import ResumableBackupAndRestore, SyncBatchNormStatistics, evaluate, fit
-from keras_cvt.training.model import BUILDERS, build_model, head_classes, is_weights_path
+from keras_cvt.cvt import BUILDERS
+from keras_cvt.training.model import build_model, head_classes
 from keras_cvt.training.pipeline import Augmentation, eval_dataset, random_resized_crop, train_dataset
 from keras_cvt.training.recipe import (
     ADAM_BETAS,

@@ -1,6 +1,6 @@
 """Command-line arguments that examples/train.py and examples/evaluate.py share."""
 
-from keras_cvt.training.model import BUILDERS
+from keras_cvt.cvt import BUILDERS
 
 
 def int_list(text):

@@ -61,7 +61,7 @@ def tfds_source(name, split, data_dir=None, image_key="image", label_key="label"
         num_classes=label_feature.num_classes,
         class_names=list(label_feature.names),
         load=load,
-        decode=_decode_encoded,
+        decode=transforms.decode_image,
     )
 
 
@@ -149,7 +149,3 @@ def _tensor_source(items, labels, class_names, decode):
         return ds.shard(num_shards, shard_index) if num_shards > 1 else ds
 
     return ImageSource(len(labels), len(class_names), list(class_names), load, decode)
-
-
-def _decode_encoded(encoded):
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)

@@ -7,8 +7,7 @@ import keras
 import keras_cvt
 from keras_cvt import pretrained
 from keras_cvt import weights as weights_lib
-
-BUILDERS = {"cvt13": keras_cvt.CvT13, "cvt21": keras_cvt.CvT21, "cvtw24": keras_cvt.CvTW24}
+from keras_cvt.cvt import BUILDERS
 
 
 def build_model(architecture, num_classes, image_size, weights=None, drop_path_rate=None, name=None):
@@ -57,16 +56,12 @@ def build_model(architecture, num_classes, image_size, weights=None, drop_path_r
     )(backbone.output)
     return keras.Model(backbone.input, logits, name=backbone.name)
 
-def is_weights_path(weights):
-    """Whether `weights` is a file path rather than a pretrained name."""
-    weights = os.fspath(weights)
-    return weights.endswith(".h5") or "/" in weights or os.sep in weights or os.path.isfile(weights)
 
 def head_classes(architecture, weights):
     """Classes of the classifier in `weights` (None without weights or without a classifier)."""
     if weights is None:
         return None
-    if is_weights_path(weights):
+    if not weights_lib.is_pretrained_name(weights):
         return weights_lib.head_classes(os.fspath(weights))
     if not isinstance(architecture, str):
         raise ValueError(f"pretrained `weights`={weights!r} need a variant name as `architecture`")

@@ -42,8 +42,12 @@ def random_resized_crop(image, size, scale=CROP_SCALE, ratio=CROP_RATIO, attempt
         tf.random.uniform([], 0, shape[1] - crop_w + 1, dtype=tf.int32),
         (shape[1] - crop_w) // 2,
     )
-    crop = tf.cast(image[top : top + crop_h, left : left + crop_w], tf.float32)
-    resized = tf.image.resize(crop, (size, size), method="bicubic", antialias=True)
+    return _resize(image[top : top + crop_h, left : left + crop_w], size)
+
+
+def _resize(image, size):
+    # Bicubic like the original's timm loader; float32 in [0, 255], not rounded to uint8.
+    resized = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bicubic", antialias=True)
     return tf.ensure_shape(tf.clip_by_value(resized, 0.0, 255.0), (size, size, 3))
 
 
@@ -89,10 +93,7 @@ def train_dataset(
         def prepare(item, label):
             image = source.decode(item)
             if augmentation.crop_scale is None:
-                image = tf.image.resize(
-                    tf.cast(image, tf.float32), (image_size, image_size), method="bicubic", antialias=True
-                )
-                image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (image_size, image_size, 3))
+                image = _resize(image, image_size)
             else:
                 image = random_resized_crop(
                     image, image_size, augmentation.crop_scale, augmentation.crop_ratio
