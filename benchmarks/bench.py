@@ -4,7 +4,8 @@
 
 Measures, in one run on this machine: inference throughput at batch 32 and latency at batch 1
 (keras_cvt on TensorFlow in graph mode, as built and as `optimize_for_inference` folds it, the
-folded one also with XLA; the reference in PyTorch eager mode), one training step (forward +
+folded one also with XLA; the reference in PyTorch eager mode; latency timed in samples of
+`--latency-calls` back-to-back calls), one training step (forward +
 backward + AdamW) at batch 32 on both sides, the bfloat16 inference path
 (`optimize_for_inference(model, dtype="bfloat16")`) with its top-1 agreement with float32, and
 the float32 matmul peak of the machine. All measures are timed in turns, after warm-up; the
@@ -71,7 +72,18 @@ def keras_model(config, size, classes=1000):
     )
 
 
-def keras_measures(model, size, batch):
+def repeated(fn, calls):
+    """One timed sample made of `calls` back-to-back calls: a single batch-1 call is too short
+    to time reliably on a shared machine. The table divides these samples by `calls`."""
+
+    def run():
+        for _ in range(calls):
+            fn()
+
+    return run
+
+
+def keras_measures(model, size, batch, latency_calls):
     """`(name, fn)` pairs: inference of the model as built, of `optimize_for_inference` copies
     (float32, XLA, bfloat16), and a training step."""
     x = tf.random.uniform((batch, size, size, 3))
@@ -84,7 +96,7 @@ def keras_measures(model, size, batch):
         forward = tf.function(lambda x, net=net: net(x, training=False), jit_compile=jit)
         measures.append((f"keras_{name}_b{batch}_s", lambda f=forward: f(x).numpy()))
         if name != "bf16":
-            measures.append((f"keras_{name}_b1_s", lambda f=forward: f(x1).numpy()))
+            measures.append((f"keras_{name}_b1_s", repeated(lambda f=forward: f(x1).numpy(), latency_calls)))
 
     optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -124,7 +136,7 @@ def bfloat16_agreement(config, size):
     return float(np.mean(top_float == top_bf16))
 
 
-def torch_measures(config, size, batch):
+def torch_measures(config, size, batch, latency_calls):
     import torch
     from transformers import CvtConfig, CvtForImageClassification
 
@@ -152,7 +164,7 @@ def torch_measures(config, size, batch):
 
     return [
         (f"torch_eager_b{batch}_s", lambda: infer(x)),
-        ("torch_eager_b1_s", lambda: infer(x1)),
+        ("torch_eager_b1_s", repeated(lambda: infer(x1), latency_calls)),
         (f"torch_train_b{batch}_s", train_step),
     ]
 
@@ -164,13 +176,18 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--latency-calls", type=int, default=10,
+                        help="batch-1 calls per timed sample of the latency measures")
     args = parser.parse_args(argv)
     config = MODEL_CONFIGS[args.model]
     b = args.batch
 
     peak = matmul_peak_gflops(args.reps)
     gflop_per_image = 2 * forward_macs(config["depths"], config["embed_dims"], args.size) / 1e9
-    groups = [keras_measures(keras_model(config, args.size), args.size, b), torch_measures(config, args.size, b)]
+    groups = [
+        keras_measures(keras_model(config, args.size), args.size, b, args.latency_calls),
+        torch_measures(config, args.size, b, args.latency_calls),
+    ]
     seconds = time_round_robin(groups, args.reps, args.warmup)
     bf16_agreement = bfloat16_agreement(config, args.size)
 
@@ -178,11 +195,14 @@ def main(argv=None):
     rows = []
 
     def row(name, key, images, reference_key=None, lower_is_better=False):
-        value = seconds[key]
+        # Latency samples time `latency_calls` calls; both sides of a ratio alike.
+        calls = args.latency_calls if key.endswith("_b1_s") else 1
+        value = seconds[key] / calls
         rate = images / value
         ratio = None
         if reference_key:
-            ratio = seconds[reference_key] / value if not lower_is_better else value / seconds[reference_key]
+            reference = seconds[reference_key] / calls
+            ratio = reference / value if not lower_is_better else value / reference
         rows.append({"measure": name, "seconds": value, "images_per_s": rate,
                      "pct_of_ceiling": 100 * rate / ceiling, "ratio_vs_reference": ratio})
 
@@ -213,6 +233,7 @@ def main(argv=None):
 
     report = {
         "model": args.model, "size": args.size, "batch": b, "reps": args.reps,
+        "latency_calls": args.latency_calls,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
         "matmul_peak_gflops": peak, "gmac_per_image": gflop_per_image / 2, "ceiling_images_per_s": ceiling,

@@ -12,7 +12,7 @@
 
 Outputs equal the original model's to float32 rounding (the tests hold them to 1e-5), for
 any input size. With `dtype="bfloat16"` the copy computes in bfloat16 (weights stored in
-bfloat16; LayerNorm statistics, the attention softmax and the classifier in float32): the
+bfloat16; LayerNorm statistics and the classifier in float32): the
 fast path on CPUs with AVX-512 BF16 and on GPUs. The folded model has no BatchNorm to update,
 so it is meant for inference; train the original model.
 """

@@ -263,8 +263,12 @@ class ConvAttention(layers.Layer):
             qkv.append(self._split_heads(t, batch))
         q, k, v = qkv
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
-        # Softmax in float32 keeps mixed-precision attention from overflowing.
-        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
+        if training or keras.backend.standardize_dtype(scores.dtype) == "float16":
+            # float16 scores can overflow, and training wants float32 softmax gradients. For
+            # bfloat16 inference (float32's range) the two casts of the attention matrix would
+            # cost more than the softmax itself.
+            scores = ops.cast(scores, "float32")
+        weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
         out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (-1, self.dim)))
         return ops.reshape(out, (batch, -1, self.dim))
