@@ -2,7 +2,14 @@
 
 from keras_cvt.cvt import CvT, CvT13, CvT21, CvTW24, MODEL_CONFIGS
 from keras_cvt.inference import optimize_for_inference
-from keras_cvt.layers import ClassToken, ConvAttention, ConvEmbedding, CvTBlock, StochasticDepth
+from keras_cvt.layers import (
+    ClassToken,
+    ConvAttention,
+    ConvEmbedding,
+    CvTBlock,
+    LayerNorm,
+    StochasticDepth,
+)
 from keras_cvt.preprocessing import decode_predictions, preprocess_input
 from keras_cvt.pretrained import available_weights
 from keras_cvt.serving import export_for_serving, export_tflite
@@ -19,6 +26,7 @@ __all__ = [
     "ConvAttention",
     "ConvEmbedding",
     "CvTBlock",
+    "LayerNorm",
     "StochasticDepth",
     "available_weights",
     "decode_predictions",

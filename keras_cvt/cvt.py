@@ -9,7 +9,7 @@ from keras import layers
 
 from keras_cvt import weights as weights_lib
 from keras_cvt.pretrained import ALIASES, available_weights
-from keras_cvt.layers import NORM_EPSILON, ClassToken, ConvEmbedding, CvTBlock, conv_output_size
+from keras_cvt.layers import ClassToken, ConvEmbedding, CvTBlock, LayerNorm, conv_output_size
 from keras_cvt.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 # The published variants (experiments/imagenet/cvt/*.yaml). The original applies stochastic
@@ -167,7 +167,7 @@ def CvT(
 
     if include_top or pooling == "token":
         cls_token = layers.Reshape((embed_dims[last],), name="cls_token_flatten")(cls_token)
-        cls_token = layers.LayerNormalization(epsilon=NORM_EPSILON, name="head_norm")(cls_token)
+        cls_token = LayerNorm(name="head_norm")(cls_token)
     if include_top:
         x = layers.Dense(
             classes,

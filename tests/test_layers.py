@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from keras_cvt import ClassToken, ConvAttention, ConvEmbedding, CvTBlock, StochasticDepth
+from keras_cvt import ClassToken, ConvAttention, ConvEmbedding, CvTBlock, LayerNorm, StochasticDepth
 from keras_cvt.layers import NORM_EPSILON, quick_gelu, symmetric_pad
 
 
@@ -380,6 +380,61 @@ def test_cvt_block_config_roundtrip():
     block(inputs)
     _randomize(block, 10)
     _check_config_roundtrip(block, kwargs, lambda l: l(inputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# LayerNorm
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 16), (7, 64), (1, 3, 4, 24)])
+def test_layer_norm_matches_torch_and_keras(shape):
+    rng = np.random.RandomState(0)
+    # A large mean against a small spread: a one-pass E[x^2] - E[x]^2 variance would fail here.
+    x = (rng.normal(size=shape) * 0.5 + 20.0).astype("float32")
+    layer = LayerNorm()
+    layer.build(shape)
+    _randomize(layer, 1)
+    gamma, beta = layer.get_weights()
+    want = torch.nn.functional.layer_norm(
+        torch.from_numpy(x), (shape[-1],), torch.from_numpy(gamma), torch.from_numpy(beta), eps=1e-5
+    ).numpy()
+    out = _np(layer(x))
+    assert out.dtype == np.float32 and out.shape == shape
+    np.testing.assert_allclose(out, want, atol=2e-5, rtol=1e-5)
+    keras_layer = keras.layers.LayerNormalization(epsilon=NORM_EPSILON)
+    keras_layer.build(shape)
+    keras_layer.set_weights([gamma, beta])
+    np.testing.assert_allclose(out, _np(keras_layer(x)), atol=2e-5, rtol=1e-5)
+
+
+def test_layer_norm_reduced_precision_keeps_float32_statistics():
+    x = np.random.RandomState(0).normal(size=(4, 32)).astype("float32") * 3.0 + 1.0
+    layer = LayerNorm(dtype="mixed_bfloat16")
+    out = layer(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert layer.gamma.dtype == "float32"
+    reference = _np(LayerNorm()(x))
+    # Only the output's rounding to bfloat16 (8-bit mantissa) differs.
+    np.testing.assert_allclose(_np(keras.ops.cast(out, "float32")), reference, atol=2e-2, rtol=1e-2)
+
+
+def test_layer_norm_config_roundtrip_and_weights_layout():
+    layer = LayerNorm(name="norm")
+    layer.build((None, 6))
+    config = layer.get_config()
+    assert config["epsilon"] == NORM_EPSILON and config["name"] == "norm"
+    assert [v.path for v in layer.weights] == ["norm/gamma", "norm/beta"]
+    rebuilt = LayerNorm.from_config(config)
+    assert rebuilt.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is LayerNorm
+
+
+@pytest.mark.parametrize("kwargs", [{"axis": 1}, {"center": False}, {"scale": False}])
+def test_layer_norm_rejects_other_forms(kwargs):
+    with pytest.raises(ValueError, match="axis=-1"):
+        LayerNorm(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
