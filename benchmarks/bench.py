@@ -38,9 +38,10 @@ REFERENCE = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "
 
 
 def time_round_robin(groups, reps, warmup):
-    """Median seconds of each callable, timed in turns so that drifts of a shared machine's
-    speed hit every measure alike. `groups`: lists of `(name, fn)` run one group after the
-    other in each turn (TensorFlow, then PyTorch: their thread pools never overlap)."""
+    """Median seconds per call of each callable, timed in turns so that drifts of a shared
+    machine's speed hit every measure alike. `groups`: lists of `(name, fn)` run one group after
+    the other in each turn (TensorFlow, then PyTorch: their thread pools never overlap); a `fn`
+    made by `repeated` counts as its number of calls."""
     for group in groups:
         for _, fn in group:
             for _ in range(warmup):
@@ -51,7 +52,7 @@ def time_round_robin(groups, reps, warmup):
             for name, fn in group:
                 start = time.perf_counter()
                 fn()
-                times[name].append(time.perf_counter() - start)
+                times[name].append((time.perf_counter() - start) / getattr(fn, "calls", 1))
             time.sleep(0.2)  # let the other framework's spinning threads go idle
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -73,14 +74,26 @@ def keras_model(config, size, classes=1000):
 
 
 def repeated(fn, calls):
-    """One timed sample made of `calls` back-to-back calls: a single batch-1 call is too short
-    to time reliably on a shared machine. The table divides these samples by `calls`."""
+    """One timed sample made of `calls` back-to-back calls (a single batch-1 call is too short
+    to time reliably on a shared machine); `time_round_robin` reports it per call."""
 
     def run():
         for _ in range(calls):
             fn()
 
+    run.calls = calls
     return run
+
+
+def add_arguments(parser, reps):
+    """The arguments every benchmark here takes: model, input size, batch, timing."""
+    parser.add_argument("--model", choices=sorted(MODEL_CONFIGS), default="cvt13")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--latency-calls", type=int, default=10,
+                        help="batch-1 calls per timed sample of the latency measures")
 
 
 def keras_measures(model, size, batch, latency_calls):
@@ -171,13 +184,7 @@ def torch_measures(config, size, batch, latency_calls):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(MODEL_CONFIGS), default="cvt13")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--latency-calls", type=int, default=10,
-                        help="batch-1 calls per timed sample of the latency measures")
+    add_arguments(parser, reps=5)
     args = parser.parse_args(argv)
     config = MODEL_CONFIGS[args.model]
     b = args.batch
@@ -195,14 +202,11 @@ def main(argv=None):
     rows = []
 
     def row(name, key, images, reference_key=None, lower_is_better=False):
-        # Latency samples time `latency_calls` calls; both sides of a ratio alike.
-        calls = args.latency_calls if key.endswith("_b1_s") else 1
-        value = seconds[key] / calls
+        value = seconds[key]
         rate = images / value
         ratio = None
         if reference_key:
-            reference = seconds[reference_key] / calls
-            ratio = reference / value if not lower_is_better else value / reference
+            ratio = seconds[reference_key] / value if not lower_is_better else value / seconds[reference_key]
         rows.append({"measure": name, "seconds": value, "images_per_s": rate,
                      "pct_of_ceiling": 100 * rate / ceiling, "ratio_vs_reference": ratio})
 

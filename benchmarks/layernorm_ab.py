@@ -18,7 +18,7 @@ import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench import keras_model, repeated, time_round_robin  # noqa: E402
+from benchmarks.bench import add_arguments, keras_model, repeated, time_round_robin  # noqa: E402
 from keras_cvt import MODEL_CONFIGS, LayerNorm, optimize_for_inference  # noqa: E402
 
 FORMS = {"keras": keras.layers.LayerNormalization.call, "ours": LayerNorm.call}
@@ -46,18 +46,13 @@ def measures(model, size, batch, latency_calls):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(MODEL_CONFIGS), default="cvt13")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--latency-calls", type=int, default=10)
+    add_arguments(parser, reps=7)
     args = parser.parse_args(argv)
     model = keras_model(MODEL_CONFIGS[args.model], args.size)
-    seconds = time_round_robin([measures(model, args.size, args.batch, args.latency_calls)], args.reps, 1)
+    seconds = time_round_robin([measures(model, args.size, args.batch, args.latency_calls)], args.reps, args.warmup)
     print(f"{'folded model':24s} {'keras (s)':>10s} {'ours (s)':>10s} {'keras / ours':>13s}")
     for measure in dict.fromkeys(key.split("|")[0] for key in seconds):
-        calls = args.latency_calls if "batch 1" in measure else 1
-        theirs, ours = seconds[f"{measure}|keras"] / calls, seconds[f"{measure}|ours"] / calls
+        theirs, ours = seconds[f"{measure}|keras"], seconds[f"{measure}|ours"]
         print(f"{measure:24s} {theirs:10.4f} {ours:10.4f} {theirs / ours:12.3f}x")
 
 
