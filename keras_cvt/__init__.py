@@ -7,6 +7,7 @@ from keras_cvt.layers import (
     ConvAttention,
     ConvEmbedding,
     CvTBlock,
+    HeadProjection,
     LayerNorm,
     StochasticDepth,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ConvAttention",
     "ConvEmbedding",
     "CvTBlock",
+    "HeadProjection",
     "LayerNorm",
     "StochasticDepth",
     "available_weights",

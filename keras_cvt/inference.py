@@ -6,7 +6,10 @@
 
 - each attention BatchNorm (inference statistics) folded into its depthwise convolution,
   `w * gamma / sqrt(var + eps)` with the bias `beta - mean * gamma / sqrt(var + eps)`;
-- the attention scale folded into the query projection (`proj_q` kernel and bias);
+- q, k and v projected straight into attention heads (`keras_cvt.layers.HeadProjection`,
+  no transposes), with the attention scale folded into the query projection, the key bias
+  dropped (it shifts each row of scores by a constant, which softmax ignores) and the value
+  bias folded into the output projection's bias (attention weights sum to 1 per row);
 - QuickGELU's 1.702 folded into `fc1` (times 1.702) and `fc2`'s kernel (divided by it), so that
   the activation is a plain SiLU, which TensorFlow runs as one fused operation.
 
@@ -80,11 +83,24 @@ def _fold_block(block, folded):
         getattr(folded_attention, f"conv_proj_{part}").set_weights(
             [kernel * factor[:, None], beta - mean * factor]
         )
+    heads, head_dim = attention.num_heads, attention.dim // attention.num_heads
+    value_bias = None
+    for part in "qkv":
         projection = getattr(attention, f"proj_{part}").get_weights()
         if part == "q":
-            projection = [w.astype(np.float64) * attention.scale for w in projection]
-        getattr(folded_attention, f"proj_{part}").set_weights(projection)
-    folded_attention.proj.set_weights(attention.proj.get_weights())
+            weights = [w.astype(np.float64) * attention.scale for w in projection]
+        else:
+            kernel, *bias = projection
+            # (dim, heads * head_dim) -> (heads, dim, head_dim): output column
+            # h * head_dim + j is head h's feature j, as `_split_heads` reads it.
+            weights = [kernel.reshape(-1, heads, head_dim).transpose(1, 0, 2)]
+            if part == "v" and bias:
+                value_bias = bias[0].astype(np.float64)
+        getattr(folded_attention, f"proj_{part}").set_weights(weights)
+    kernel, bias = (w.astype(np.float64) for w in attention.proj.get_weights())
+    if value_bias is not None:
+        bias = bias + value_bias @ kernel
+    folded_attention.proj.set_weights([kernel, bias])
     kernel, bias = block.fc1.get_weights()
     folded.fc1.set_weights([kernel * QUICK_GELU_FACTOR, bias * QUICK_GELU_FACTOR])
     kernel, bias = block.fc2.get_weights()

@@ -171,6 +171,61 @@ def conv_output_size(size, kernel_size, strides, padding):
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
+class HeadProjection(layers.Layer):
+    """A Linear layer whose output comes out split into attention heads, heads first.
+
+    Maps tokens `(batch, tokens, input_dim)` to `(num_heads, batch, tokens, head_dim)` with
+    one matmul of the flattened tokens against a `(num_heads, input_dim, head_dim)` kernel.
+    Heads and batch are then the leading (batch) dimensions of the attention matmuls, so the
+    transpose that splitting a Dense layer's output into heads needs is saved: it costs more
+    than the matmul at small batches. (Heads first rather than batch first: TensorFlow's
+    oneDNN kernel crashes on a `(batch, 1, tokens, input_dim)` broadcast against the kernel.)
+
+    Args:
+        num_heads: number of heads.
+        head_dim: width of each head.
+        use_bias: whether a `(num_heads, 1, head_dim)` bias is added.
+    """
+
+    def __init__(self, num_heads, head_dim, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.use_bias = use_bias
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(self.num_heads, input_shape[-1], self.head_dim),
+            initializer=_dense_initializer(),
+            name="kernel",
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                shape=(self.num_heads, 1, self.head_dim), initializer="zeros", name="bias"
+            )
+
+    def call(self, x):
+        batch = ops.shape(x)[0]
+        tokens = ops.reshape(x, (-1, ops.shape(x)[-1]))
+        y = ops.matmul(tokens, ops.cast(self.kernel, self.compute_dtype))
+        if self.use_bias:
+            y = y + ops.cast(self.bias, self.compute_dtype)
+        return ops.reshape(y, (self.num_heads, batch, -1, self.head_dim))
+
+    def compute_output_shape(self, input_shape):
+        return (self.num_heads, input_shape[0], input_shape[1], self.head_dim)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+            "use_bias": self.use_bias,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_cvt")
 class ConvAttention(layers.Layer):
     """Multi-head attention with convolutional projections (the original's `dw_bn`).
 
@@ -191,8 +246,11 @@ class ConvAttention(layers.Layer):
         padding: symmetric zero padding of the projections.
         qkv_bias: whether the q/k/v Linear layers have a bias.
         folded: the inference form that `keras_cvt.optimize_for_inference` builds: each
-            BatchNorm folded into its depthwise convolution (which gets a bias) and the
-            attention scale folded into the query projection's weights.
+            BatchNorm folded into its depthwise convolution (which gets a bias), and q, k
+            and v projected straight into heads (`HeadProjection`), with the attention scale
+            folded into the query projection, no key bias (it adds one constant to each row
+            of scores, which softmax ignores) and the value bias folded into `proj`'s bias
+            (each row of attention weights sums to 1, so it passes through unchanged).
     """
 
     def __init__(
@@ -239,13 +297,23 @@ class ConvAttention(layers.Layer):
                     name=f"conv_proj_{part}_bn",
                     dtype=self.dtype_policy,
                 ))
-            setattr(self, f"proj_{part}", layers.Dense(
-                dim,
-                use_bias=qkv_bias,
-                kernel_initializer=_dense_initializer(),
-                name=f"proj_{part}",
-                dtype=self.dtype_policy,
-            ))
+            if folded and part != "q":
+                projection = HeadProjection(
+                    num_heads,
+                    dim // num_heads,
+                    use_bias=False,
+                    name=f"proj_{part}",
+                    dtype=self.dtype_policy,
+                )
+            else:
+                projection = layers.Dense(
+                    dim,
+                    use_bias=qkv_bias,
+                    kernel_initializer=_dense_initializer(),
+                    name=f"proj_{part}",
+                    dtype=self.dtype_policy,
+                )
+            setattr(self, f"proj_{part}", projection)
         self.proj = layers.Dense(
             dim, kernel_initializer=_dense_initializer(), name="proj", dtype=self.dtype_policy
         )
@@ -275,7 +343,8 @@ class ConvAttention(layers.Layer):
 
     def _split_heads(self, x, batch):
         x = ops.reshape(x, (batch, -1, self.num_heads, self.dim // self.num_heads))
-        return ops.transpose(x, (0, 2, 1, 3))
+        # Heads first in the folded form, the layout `HeadProjection` gives k and v.
+        return ops.transpose(x, (2, 0, 1, 3) if self.folded else (0, 2, 1, 3))
 
     def call(self, x, height, width, training=None):
         batch = ops.shape(x)[0]
@@ -287,7 +356,11 @@ class ConvAttention(layers.Layer):
             t = self._project(part, tokens_map, batch, training)
             if self.with_cls_token:
                 t = ops.concatenate([cls_token, t], axis=1)
-            t = getattr(self, f"proj_{part}")(ops.reshape(t, (-1, self.dim)))
+            projection = getattr(self, f"proj_{part}")
+            if isinstance(projection, HeadProjection):
+                qkv.append(projection(t))
+                continue
+            t = projection(ops.reshape(t, (-1, self.dim)))
             if part == "q" and not self.folded:
                 # Scaling q costs a pass over dim-wide tokens, scaling the scores one over the
                 # (much larger) attention matrix.
@@ -301,7 +374,8 @@ class ConvAttention(layers.Layer):
             # cost more than the softmax itself.
             scores = ops.cast(scores, "float32")
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
-        out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+        # (heads, batch, ...) when folded, else (batch, heads, ...) -> (batch, tokens, heads, ...)
+        out = ops.transpose(ops.matmul(weights, v), (1, 2, 0, 3) if self.folded else (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (-1, self.dim)))
         return ops.reshape(out, (batch, -1, self.dim))
 

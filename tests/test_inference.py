@@ -23,9 +23,10 @@ def test_folded_cvt13_reproduces_the_original_code(cvt13_reference):
     assert np.max(np.abs(out - logits)) <= 1e-4
     assert np.max(np.abs(out - model.predict(x, verbose=0))) <= 1e-5
     # BatchNorm gone: 4 vectors of width C per projection replaced by one bias, 3 projections
-    # per block; CvT-13's blocks are 1 x 64, 2 x 192 and 10 x 384 wide.
+    # per block; the key and value biases gone too (dropped, folded into `proj`): 11 vectors
+    # per block. CvT-13's blocks are 1 x 64, 2 x 192 and 10 x 384 wide.
     assert model.count_params() == 20_023_208
-    assert folded.count_params() == 20_023_208 - 9 * (64 + 2 * 192 + 10 * 384)
+    assert folded.count_params() == 20_023_208 - 11 * (64 + 2 * 192 + 10 * 384)
     for original, now in zip(before, model.get_weights()):
         np.testing.assert_array_equal(original, now)  # the source model is left alone
 
