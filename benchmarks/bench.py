@@ -4,11 +4,11 @@
 
 Measures, in one run on this machine: inference throughput at batch 32 and latency at batch 1
 (keras_cvt on TensorFlow in graph mode, as built and as `optimize_for_inference` folds it, the
-folded one also with XLA; the reference in PyTorch eager mode; latency timed in samples of
-`--latency-calls` back-to-back calls), one training step (forward +
-backward + AdamW) at batch 32 on both sides, the bfloat16 inference path
-(`optimize_for_inference(model, dtype="bfloat16")`) with its top-1 agreement with float32, and
-the float32 matmul peak of the machine. All measures are timed in turns, after warm-up; the
+folded one also with XLA and frozen by `freeze_for_inference`; the reference in PyTorch eager
+mode; latency timed in samples of `--latency-calls` back-to-back calls), one training step
+(forward + backward + AdamW) at batch 32 on both sides, the bfloat16 inference path
+(`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement with
+float32, and the float32 matmul peak of the machine. All measures are timed in turns, after warm-up; the
 table gives medians and the ratios keras_cvt / reference, and is written as JSON to
 benchmarks/results/.
 """
@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.flops import forward_macs  # noqa: E402
-from keras_cvt import MODEL_CONFIGS, CvT, optimize_for_inference  # noqa: E402
+from keras_cvt import MODEL_CONFIGS, CvT, freeze_for_inference, optimize_for_inference  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 REFERENCE = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
@@ -103,12 +103,15 @@ def keras_measures(model, size, batch, latency_calls):
     x1 = x[:1]
     folded = optimize_for_inference(model)
     fast = optimize_for_inference(model, dtype="bfloat16")
+    forwards = {name: tf.function(lambda x, net=net: net(x, training=False), jit_compile=jit)
+                for name, net, jit in (("graph", model, False), ("folded", folded, False),
+                                       ("xla", folded, True), ("bf16", fast, False))}
+    forwards["frozen"] = freeze_for_inference(folded)
+    forwards["bf16_frozen"] = freeze_for_inference(fast)
     measures = []
-    for name, net, jit in (("graph", model, False), ("folded", folded, False), ("xla", folded, True),
-                           ("bf16", fast, False)):
-        forward = tf.function(lambda x, net=net: net(x, training=False), jit_compile=jit)
+    for name, forward in forwards.items():
         measures.append((f"keras_{name}_b{batch}_s", lambda f=forward: f(x).numpy()))
-        if name != "bf16":
+        if not name.startswith("bf16"):
             measures.append((f"keras_{name}_b1_s", repeated(lambda f=forward: f(x1).numpy(), latency_calls)))
 
     optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
@@ -213,25 +216,29 @@ def main(argv=None):
     row(f"torch eager, batch {b}", f"torch_eager_b{b}_s", b)
     row(f"keras graph, batch {b}", f"keras_graph_b{b}_s", b, f"torch_eager_b{b}_s")
     row(f"keras folded graph, batch {b}", f"keras_folded_b{b}_s", b, f"torch_eager_b{b}_s")
+    row(f"keras folded frozen, batch {b}", f"keras_frozen_b{b}_s", b, f"torch_eager_b{b}_s")
     row(f"keras folded xla, batch {b}", f"keras_xla_b{b}_s", b, f"torch_eager_b{b}_s")
     row("torch eager, batch 1 latency", "torch_eager_b1_s", 1)
     row("keras graph, batch 1 latency", "keras_graph_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
     row("keras folded graph, batch 1 latency", "keras_folded_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
+    row("keras folded frozen, batch 1 latency", "keras_frozen_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
     row("keras folded xla, batch 1 latency", "keras_xla_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
     row(f"torch train step, batch {b}", f"torch_train_b{b}_s", b)
     row(f"keras train step, batch {b}", f"keras_train_b{b}_s", b, f"torch_train_b{b}_s")
     row(f"keras bfloat16 folded, batch {b}", f"keras_bf16_b{b}_s", b, f"keras_graph_b{b}_s")
     row("  the same vs folded float32", f"keras_bf16_b{b}_s", b, f"keras_folded_b{b}_s")
+    row(f"keras bfloat16 frozen, batch {b}", f"keras_bf16_frozen_b{b}_s", b, f"keras_frozen_b{b}_s")
 
     print(f"{args.model} at {args.size}: {gflop_per_image / 2:.2f} GMAC/image; float32 matmul peak "
           f"{peak:.0f} GFLOP/s, so at most {ceiling:.1f} images/s (training steps: 3x the forward work)")
-    print(f"{'measure':34s} {'seconds':>9s} {'images/s':>9s} {'% ceil':>7s} {'ratio':>7s}")
+    print(f"{'measure':38s} {'seconds':>9s} {'images/s':>9s} {'% ceil':>7s} {'ratio':>7s}")
     for r in rows:
         ratio = f"{r['ratio_vs_reference']:.2f}x" if r["ratio_vs_reference"] is not None else "ref"
-        print(f"{r['measure']:34s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
+        print(f"{r['measure']:38s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
     print("ratios: throughput keras / reference (higher is better); latency keras / reference "
           "(lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as built, then "
-          "folded); folded: keras_cvt.optimize_for_inference")
+          "folded; frozen bfloat16 / frozen float32); folded: keras_cvt.optimize_for_inference; "
+          "frozen: keras_cvt.freeze_for_inference of the folded model")
     if bf16_agreement is not None:
         print(f"bfloat16 top-1 agreement with float32 on the reference inputs: {bf16_agreement:.1%}")
 

@@ -1,6 +1,7 @@
 """CvT (Convolutional vision Transformer) for Keras, shaped like `keras.applications`."""
 
 from keras_cvt.cvt import CvT, CvT13, CvT21, CvTW24, MODEL_CONFIGS
+from keras_cvt.frozen import FrozenFunction, freeze_for_inference
 from keras_cvt.inference import optimize_for_inference
 from keras_cvt.layers import (
     ClassToken,
@@ -26,6 +27,7 @@ __all__ = [
     "ClassToken",
     "ConvAttention",
     "ConvEmbedding",
+    "FrozenFunction",
     "CvTBlock",
     "HeadProjection",
     "LayerNorm",
@@ -34,6 +36,7 @@ __all__ = [
     "decode_predictions",
     "export_for_serving",
     "export_tflite",
+    "freeze_for_inference",
     "optimize_for_inference",
     "preprocess_input",
 ]
