@@ -3,9 +3,10 @@
 `freeze_for_inference(model)` traces `model(x, training=False)` once and turns every variable
 it reads into a constant of the graph. TensorFlow then treats the weights as what they are at
 inference, constants: no variable reads per call, and its graph optimizer and oneDNN kernels
-may specialise to them. That pays most at small batches, where weights outweigh activations:
-on the benchmark machine the folded CvT-13 answered batch-1 calls 5-9% sooner frozen, timed in
-turns in one process (`benchmarks/bench.py` has "frozen" rows).
+may specialise to them. It should pay most at small batches, where weights outweigh
+activations: timed in turns in one process on the benchmark machine, the folded CvT-13 answered
+batch-1 calls 5-9% sooner frozen; the full benchmark (`benchmarks/bench.py`, "frozen" rows) has
+seen it both faster and slower, within that machine's run-to-run noise.
 
 The frozen function is TensorFlow-only and inference-only: it holds copies of the weights at
 freezing time (later changes to the model do not reach it), and cannot be trained. Freeze the
