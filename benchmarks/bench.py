@@ -8,9 +8,9 @@ folded one also with XLA and frozen by `freeze_for_inference`; the reference in 
 mode; latency timed in samples of `--latency-calls` back-to-back calls), one training step
 (forward + backward + AdamW) at batch 32 on both sides, the bfloat16 inference path
 (`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement with
-float32, and the float32 matmul peak of the machine. All measures are timed in turns, after warm-up; the
-table gives medians and the ratios keras_cvt / reference, and is written as JSON to
-benchmarks/results/.
+float32, and the float32 matmul peak of the machine. All measures are timed in turns, after
+warm-up; the table gives medians and the ratios keras_cvt / reference, and is written as JSON
+to benchmarks/results/.
 """
 
 import argparse
@@ -98,7 +98,7 @@ def add_arguments(parser, reps):
 
 def keras_measures(model, size, batch, latency_calls):
     """`(name, fn)` pairs: inference of the model as built, of `optimize_for_inference` copies
-    (float32, XLA, bfloat16), and a training step."""
+    (float32, XLA, bfloat16; float32 and bfloat16 also frozen), and a training step."""
     x = tf.random.uniform((batch, size, size, 3))
     x1 = x[:1]
     folded = optimize_for_inference(model)

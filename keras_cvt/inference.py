@@ -6,10 +6,11 @@
 
 - each attention BatchNorm (inference statistics) folded into its depthwise convolution,
   `w * gamma / sqrt(var + eps)` with the bias `beta - mean * gamma / sqrt(var + eps)`;
-- q, k and v projected straight into attention heads (`keras_cvt.layers.HeadProjection`,
-  no transposes), with the attention scale folded into the query projection, the key bias
-  dropped (it shifts each row of scores by a constant, which softmax ignores) and the value
-  bias folded into the output projection's bias (attention weights sum to 1 per row);
+- the attention scale folded into the query projection (`proj_q` kernel and bias);
+- k and v projected straight into attention heads (`keras_cvt.layers.HeadProjection`, no
+  transposes), the key bias dropped (it shifts each row of scores by a constant, which
+  softmax ignores) and the value bias folded into the output projection's bias (attention
+  weights sum to 1 per row);
 - QuickGELU's 1.702 folded into `fc1` (times 1.702) and `fc2`'s kernel (divided by it), so that
   the activation is a plain SiLU, which TensorFlow runs as one fused operation.
 

@@ -246,11 +246,12 @@ class ConvAttention(layers.Layer):
         padding: symmetric zero padding of the projections.
         qkv_bias: whether the q/k/v Linear layers have a bias.
         folded: the inference form that `keras_cvt.optimize_for_inference` builds: each
-            BatchNorm folded into its depthwise convolution (which gets a bias), and q, k
-            and v projected straight into heads (`HeadProjection`), with the attention scale
-            folded into the query projection, no key bias (it adds one constant to each row
-            of scores, which softmax ignores) and the value bias folded into `proj`'s bias
-            (each row of attention weights sums to 1, so it passes through unchanged).
+            BatchNorm folded into its depthwise convolution (which gets a bias), the
+            attention scale folded into the query projection's weights, and k and v
+            projected straight into heads (`HeadProjection`, heads first like q), with no
+            key bias (it adds one constant to each row of scores, which softmax ignores) and
+            the value bias folded into `proj`'s bias (each row of attention weights sums to
+            1, so it passes through unchanged).
     """
 
     def __init__(
