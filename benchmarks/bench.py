@@ -8,9 +8,10 @@ folded one also with XLA and frozen by `freeze_for_inference`; the reference in 
 mode; latency timed in samples of `--latency-calls` back-to-back calls), one training step
 (forward + backward + AdamW) at batch 32 on both sides, the bfloat16 inference path
 (`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement with
-float32, and the float32 matmul peak of the machine. All measures are timed in turns, after
-warm-up; the table gives medians and the ratios keras_cvt / reference, and is written as JSON
-to benchmarks/results/.
+float32, and the float32 matmul peak of the machine. Both models have every weight moved off
+its initial value (`perturb`), as trained weights are. All measures are timed in turns, after
+warm-up; the table gives medians, and ratios keras_cvt / reference as the median over turns of
+the ratio within each turn; it is written as JSON to benchmarks/results/.
 """
 
 import argparse
@@ -38,10 +39,11 @@ REFERENCE = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "
 
 
 def time_round_robin(groups, reps, warmup):
-    """Median seconds per call of each callable, timed in turns so that drifts of a shared
-    machine's speed hit every measure alike. `groups`: lists of `(name, fn)` run one group after
-    the other in each turn (TensorFlow, then PyTorch: their thread pools never overlap); a `fn`
-    made by `repeated` counts as its number of calls."""
+    """Seconds per call of each callable in every turn (a list of `reps` samples per name),
+    timed in turns so that drifts of a shared machine's speed hit every measure alike.
+    `groups`: lists of `(name, fn)` run one group after the other in each turn (TensorFlow,
+    then PyTorch: their thread pools never overlap); a `fn` made by `repeated` counts as its
+    number of calls."""
     for group in groups:
         for _, fn in group:
             for _ in range(warmup):
@@ -54,7 +56,13 @@ def time_round_robin(groups, reps, warmup):
                 fn()
                 times[name].append((time.perf_counter() - start) / getattr(fn, "calls", 1))
             time.sleep(0.2)  # let the other framework's spinning threads go idle
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def paired_ratio(samples, reference):
+    """Median over turns of `reference / samples`: each sample is compared with the reference
+    timed in the same turn, so that a slow stretch of the machine cancels out."""
+    return statistics.median(r / s for s, r in zip(samples, reference))
 
 
 def matmul_peak_gflops(reps):
@@ -62,15 +70,31 @@ def matmul_peak_gflops(reps):
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    return 2 * n**3 / time_round_robin([[("matmul", lambda: matmul().numpy())]], reps, 2)["matmul"] / 1e9
+    seconds = statistics.median(time_round_robin([[("matmul", lambda: matmul().numpy())]], reps, 2)["matmul"])
+    return 2 * n**3 / seconds / 1e9
 
 
 def keras_model(config, size, classes=1000):
-    return CvT(
+    """A model of `config` with every weight moved off its initial value (`perturb`)."""
+    model = CvT(
         config["depths"], config["embed_dims"], config["num_heads"],
         include_preprocessing=False, classifier_activation=None,
         input_shape=(size, size, 3), classes=classes,
     )
+    perturb(model.weights, lambda w: w.numpy(), lambda w, v: w.assign(v), lambda w: w.path)
+    return model
+
+
+def perturb(weights, read, write, name, seed=0):
+    """Adds small noise to every weight, positive to BatchNorm variances. Fresh initialisers
+    give zero biases and unit scales, which a graph optimiser deletes from a graph whose weights
+    are constants (`freeze_for_inference`); trained weights have none, so neither may the
+    benchmark's. Both sides are perturbed alike."""
+    rng = np.random.default_rng(seed)
+    for w in weights:
+        value = read(w)
+        noise = rng.normal(0.0, 0.02, value.shape).astype(value.dtype)
+        write(w, value + (np.abs(noise) if "var" in name(w) else noise))
 
 
 def repeated(fn, calls):
@@ -161,6 +185,10 @@ def torch_measures(config, size, batch, latency_calls):
         CvtConfig(embed_dim=list(config["embed_dims"]), depth=list(config["depths"]),
                   num_heads=list(config["num_heads"]), num_labels=1000)
     )
+    with torch.no_grad():
+        floating = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+        perturb(floating, lambda w: w[1].numpy(), lambda w, v: w[1].copy_(torch.from_numpy(v)),
+                lambda w: w[0])
     x = torch.rand(batch, 3, size, size)
     x1 = x[:1]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
@@ -198,7 +226,8 @@ def main(argv=None):
         keras_measures(keras_model(config, args.size), args.size, b, args.latency_calls),
         torch_measures(config, args.size, b, args.latency_calls),
     ]
-    seconds = time_round_robin(groups, args.reps, args.warmup)
+    samples = time_round_robin(groups, args.reps, args.warmup)
+    seconds = {name: statistics.median(t) for name, t in samples.items()}
     bf16_agreement = bfloat16_agreement(config, args.size)
 
     ceiling = peak / gflop_per_image  # images/s a forward pass could reach at the matmul peak
@@ -209,7 +238,8 @@ def main(argv=None):
         rate = images / value
         ratio = None
         if reference_key:
-            ratio = seconds[reference_key] / value if not lower_is_better else value / seconds[reference_key]
+            pair = (samples[reference_key], samples[key])
+            ratio = paired_ratio(*pair) if lower_is_better else paired_ratio(*reversed(pair))
         rows.append({"measure": name, "seconds": value, "images_per_s": rate,
                      "pct_of_ceiling": 100 * rate / ceiling, "ratio_vs_reference": ratio})
 
@@ -235,8 +265,8 @@ def main(argv=None):
     for r in rows:
         ratio = f"{r['ratio_vs_reference']:.2f}x" if r["ratio_vs_reference"] is not None else "ref"
         print(f"{r['measure']:38s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
-    print("ratios: throughput keras / reference (higher is better); latency keras / reference "
-          "(lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as built, then "
+    print("ratios (median over turns of the ratio in each turn): throughput keras / reference "
+          "(higher is better); latency keras / reference (lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as built, then "
           "folded; frozen bfloat16 / frozen float32); folded: keras_cvt.optimize_for_inference; "
           "frozen: keras_cvt.freeze_for_inference of the folded model")
     if bf16_agreement is not None:
@@ -248,7 +278,7 @@ def main(argv=None):
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
         "matmul_peak_gflops": peak, "gmac_per_image": gflop_per_image / 2, "ceiling_images_per_s": ceiling,
-        "bf16_top1_agreement": bf16_agreement, "rows": rows, "raw_seconds": seconds,
+        "bf16_top1_agreement": bf16_agreement, "rows": rows, "samples_s": samples,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.model}_{args.size}.json"
