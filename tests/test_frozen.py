@@ -5,8 +5,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_cvt import CvT, CvT13, FrozenFunction, freeze_for_inference, optimize_for_inference
+from keras_cvt import (
+    CvT,
+    CvT13,
+    FrozenFunction,
+    LayerNorm,
+    freeze_for_inference,
+    optimize_for_inference,
+)
+from keras_cvt import frozen as frozen_module
 from tests.conftest import TINY_CONFIG
+
+# CI and the benchmark machine run TensorFlow's x86 build, where oneDNN is on by default.
+FUSED = frozen_module.fused_layer_norm_available()
 
 VARIABLE_OPS = {"VarHandleOp", "ReadVariableOp", "VariableV2", "ResourceGather"}
 
@@ -27,6 +38,68 @@ def test_frozen_cvt13_reproduces_the_original_code(cvt13_reference):
     assert np.max(np.abs(out - model.predict(x, verbose=0))) <= 1e-5
     ops = _ops(frozen.graph_def)
     assert "Const" in ops and not ops & VARIABLE_OPS  # every weight is a constant
+    # 3 embeddings, 2 per block in 13 blocks, the head: all 30 run as oneDNN's kernel.
+    assert frozen.fused_layer_norms == (30 if FUSED else 0)
+    assert (frozen_module.FUSED_LAYER_NORM in ops) == FUSED
+    assert not ops & {"Rsqrt", "Square"} if FUSED else {"Rsqrt", "Square"} <= ops
+
+
+def test_fused_layer_norm_is_available_here():
+    # The x86 Linux build that CI installs: without oneDNN the fusion tests would test nothing.
+    assert FUSED
+
+
+@pytest.mark.parametrize("shape", [(6,), (5, 6), (3, 4, 6)])
+def test_layer_norms_fused_at_any_rank_and_only_ours(shape):
+    inputs = keras.Input(shape)
+    hidden = keras.layers.Dense(6, name="dense")(inputs)
+    ours = keras.Model(inputs, LayerNorm(name="norm")(hidden))
+    keras_form = keras.Model(inputs, keras.layers.LayerNormalization(epsilon=1e-5)(hidden))
+    rng = np.random.RandomState(0)
+    ours.get_layer("norm").set_weights([rng.normal(size=6), rng.normal(size=6)])
+    keras_form.layers[-1].set_weights(ours.get_layer("norm").get_weights())
+    x = rng.normal(size=(2,) + shape).astype("float32")
+    frozen = freeze_for_inference(ours)
+    assert frozen.fused_layer_norms == 1
+    np.testing.assert_allclose(frozen(x).numpy(), ours.predict(x, verbose=0), rtol=0, atol=1e-5)
+    # Keras' own form is another graph: left as it is, still correct.
+    frozen_keras = freeze_for_inference(keras_form)
+    assert frozen_keras.fused_layer_norms == 0
+    np.testing.assert_allclose(frozen_keras(x).numpy(), ours.predict(x, verbose=0), rtol=0, atol=1e-5)
+
+
+def test_layer_norm_read_inside_is_not_fused():
+    # A graph that also reads the normalised tokens before gamma and beta must keep them.
+    x = keras.Input((4, 6))
+    norm = LayerNorm(name="norm")
+    out = norm(x)
+
+    class Centered(keras.layers.Layer):
+        def call(self, t):
+            centered = t - keras.ops.mean(t, axis=-1, keepdims=True)
+            variance = keras.ops.mean(keras.ops.square(centered), axis=-1, keepdims=True)
+            scale = keras.ops.rsqrt(variance + 1e-5) * norm.gamma
+            return centered * scale + norm.beta, scale
+
+    fused, scale = Centered()(x)
+    assert freeze_for_inference(keras.Model(x, [out, fused])).fused_layer_norms == 2
+    model = keras.Model(x, [out, keras.ops.sum(scale, axis=-1) + fused[..., 0]])
+    frozen = freeze_for_inference(model)
+    assert frozen.fused_layer_norms == 1  # `norm`, not the one whose scale is also read
+    data = np.random.RandomState(1).normal(size=(2, 4, 6)).astype("float32")
+    for got, expected in zip(frozen(data), model.predict(data, verbose=0)):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_without_onednn_layer_norms_stay_as_they_are(tiny_reference, monkeypatch):
+    path, x, logits = tiny_reference
+    model = CvT(**TINY_CONFIG, weights=path, include_preprocessing=False,
+                classifier_activation=None, input_shape=x.shape[1:])
+    monkeypatch.setattr(frozen_module, "fused_layer_norm_available", lambda: False)
+    frozen = freeze_for_inference(model)
+    assert frozen.fused_layer_norms == 0
+    assert frozen_module.FUSED_LAYER_NORM not in _ops(frozen.graph_def)
+    np.testing.assert_allclose(frozen(x).numpy(), logits, rtol=0, atol=1e-4)
 
 
 def test_frozen_bfloat16_copy_takes_float32_images(cvt13_reference):
@@ -35,6 +108,7 @@ def test_frozen_bfloat16_copy_takes_float32_images(cvt13_reference):
     fast = optimize_for_inference(model, dtype="bfloat16")
     frozen = freeze_for_inference(fast)
     assert frozen.input_signature.dtype == tf.float32
+    assert frozen.fused_layer_norms == (30 if FUSED else 0)  # LayerNorms compute in float32
     out = frozen(x)
     assert out.dtype == tf.float32
     # bfloat16's rounding, as for the unfrozen copy (test_inference.test_bfloat16_copy).
