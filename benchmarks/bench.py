@@ -258,6 +258,7 @@ def main(argv=None):
     row(f"keras bfloat16 folded, batch {b}", f"keras_bf16_b{b}_s", b, f"keras_graph_b{b}_s")
     row("  the same vs folded float32", f"keras_bf16_b{b}_s", b, f"keras_folded_b{b}_s")
     row(f"keras bfloat16 frozen, batch {b}", f"keras_bf16_frozen_b{b}_s", b, f"keras_frozen_b{b}_s")
+    row("  the same vs folded float32", f"keras_bf16_frozen_b{b}_s", b, f"keras_folded_b{b}_s")
 
     print(f"{args.model} at {args.size}: {gflop_per_image / 2:.2f} GMAC/image; float32 matmul peak "
           f"{peak:.0f} GFLOP/s, so at most {ceiling:.1f} images/s (training steps: 3x the forward work)")
@@ -267,7 +268,7 @@ def main(argv=None):
         print(f"{r['measure']:38s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
     print("ratios (median over turns of the ratio in each turn): throughput keras / reference "
           "(higher is better); latency keras / reference (lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as built, then "
-          "folded; frozen bfloat16 / frozen float32); folded: keras_cvt.optimize_for_inference; "
+          "folded; frozen bfloat16 / frozen float32, then folded float32); folded: keras_cvt.optimize_for_inference; "
           "frozen: keras_cvt.freeze_for_inference of the folded model")
     if bf16_agreement is not None:
         print(f"bfloat16 top-1 agreement with float32 on the reference inputs: {bf16_agreement:.1%}")
