@@ -70,7 +70,8 @@ def matmul_peak_gflops(reps):
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    seconds = statistics.median(time_round_robin([[("matmul", lambda: matmul().numpy())]], reps, 2)["matmul"])
+    samples = time_round_robin([[("matmul", lambda: matmul().numpy())]], reps, 2)["matmul"]
+    seconds = statistics.median(samples)
     return 2 * n**3 / seconds / 1e9
 
 

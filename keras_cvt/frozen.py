@@ -137,7 +137,9 @@ def _match_layer_norm(output):
     shifted = rsqrt and _input_op(rsqrt, 0, "AddV2")
     variance = shifted and _input_op(shifted, 0, "Mean")
     square = variance and _input_op(variance, 0, "Square")
-    if mean is None or square is None or mean.inputs[0] is not x or square.inputs[0] is not centered.outputs[0]:
+    if mean is None or square is None:
+        return None
+    if mean.inputs[0] is not x or square.inputs[0] is not centered.outputs[0]:
         return None
     epsilon = _constant(shifted.inputs[1])
     rank, channels = x.shape.rank, x.shape[-1] if x.shape.rank else None
@@ -145,9 +147,11 @@ def _match_layer_norm(output):
         return None
     for reduction in (mean, variance):
         axis = _constant(reduction.inputs[1])
-        if not reduction.get_attr("keep_dims") or axis is None or np.size(axis) != 1 or int(axis) not in (-1, rank - 1):
+        if not reduction.get_attr("keep_dims") or axis is None or np.size(axis) != 1:
             return None
-    if any(v.shape.as_list() != [channels] for v in (gamma, beta)):
+        if int(np.reshape(axis, ())) not in (-1, rank - 1):
+            return None
+    if any(v.shape.as_list() != [channels] or v.dtype != tf.float32 for v in (gamma, beta)):
         return None
     # Intermediate results read only inside the pattern, so that it can all go.
     inside = {(mean, centered), (centered, square), (centered, scaled), (square, variance),

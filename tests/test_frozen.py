@@ -65,7 +65,8 @@ def test_layer_norms_fused_at_any_rank_and_only_ours(shape):
     # Keras' own form is another graph: left as it is, still correct.
     frozen_keras = freeze_for_inference(keras_form)
     assert frozen_keras.fused_layer_norms == 0
-    np.testing.assert_allclose(frozen_keras(x).numpy(), ours.predict(x, verbose=0), rtol=0, atol=1e-5)
+    expected = ours.predict(x, verbose=0)
+    np.testing.assert_allclose(frozen_keras(x).numpy(), expected, rtol=0, atol=1e-5)
 
 
 def test_layer_norm_read_inside_is_not_fused():
