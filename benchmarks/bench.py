@@ -5,13 +5,13 @@
 Measures, in one run on this machine: inference throughput at batch 32 and latency at batch 1
 (keras_cvt on TensorFlow in graph mode, as built and as `optimize_for_inference` folds it, the
 folded one also with XLA and frozen by `freeze_for_inference`; the reference in PyTorch eager
-mode; latency timed in samples of `--latency-calls` back-to-back calls), one training step
-(forward + backward + AdamW) at batch 32 on both sides, the bfloat16 inference path
-(`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement with
-float32, and the float32 matmul peak of the machine. Both models have every weight moved off
-its initial value (`perturb`), as trained weights are. All measures are timed in turns, after
-warm-up; the table gives medians, and ratios keras_cvt / reference as the median over turns of
-the ratio within each turn; it is written as JSON to benchmarks/results/.
+mode; latency as the median call of samples of `--latency-calls` back-to-back calls), one
+training step (forward + backward + AdamW) at batch 32 on both sides, the bfloat16 inference
+path (`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement
+with float32, and the float32 matmul peak of the machine. Both models have every weight moved
+off its initial value (`perturb`), as trained weights are. All measures are timed in turns,
+after warm-up; the table gives medians, and ratios keras_cvt / reference as the median over
+turns of the ratio within each turn; it is written as JSON to benchmarks/results/.
 """
 
 import argparse
@@ -42,8 +42,8 @@ def time_round_robin(groups, reps, warmup):
     """Seconds per call of each callable in every turn (a list of `reps` samples per name),
     timed in turns so that drifts of a shared machine's speed hit every measure alike.
     `groups`: lists of `(name, fn)` run one group after the other in each turn (TensorFlow,
-    then PyTorch: their thread pools never overlap); a `fn` made by `repeated` counts as its
-    number of calls."""
+    then PyTorch: their thread pools never overlap); a `fn` made by `repeated` gives its own
+    per-call time."""
     for group in groups:
         for _, fn in group:
             for _ in range(warmup):
@@ -53,8 +53,9 @@ def time_round_robin(groups, reps, warmup):
         for group in groups:
             for name, fn in group:
                 start = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - start) / getattr(fn, "calls", 1))
+                per_call = fn()
+                elapsed = time.perf_counter() - start
+                times[name].append(per_call if getattr(fn, "per_call", False) else elapsed)
             time.sleep(0.2)  # let the other framework's spinning threads go idle
     return times
 
@@ -99,14 +100,19 @@ def perturb(weights, read, write, name, seed=0):
 
 
 def repeated(fn, calls):
-    """One timed sample made of `calls` back-to-back calls (a single batch-1 call is too short
-    to time reliably on a shared machine); `time_round_robin` reports it per call."""
+    """One sample of `calls` back-to-back calls, each timed: the sample is their median, the
+    latency of a typical call. A shared machine's bursts of load last about a second, so they
+    spoil a few calls of a sample rather than the whole of it."""
 
     def run():
+        seconds = []
         for _ in range(calls):
+            start = time.perf_counter()
             fn()
+            seconds.append(time.perf_counter() - start)
+        return statistics.median(seconds)
 
-    run.calls = calls
+    run.per_call = True
     return run
 
 
