@@ -245,8 +245,9 @@ def main(argv=None):
         rate = images / value
         ratio = None
         if reference_key:
-            pair = (samples[reference_key], samples[key])
-            ratio = paired_ratio(*pair) if lower_is_better else paired_ratio(*reversed(pair))
+            ours, reference = samples[key], samples[reference_key]
+            # Throughput: reference time / ours; latency: our time / the reference's.
+            ratio = paired_ratio(reference, ours) if lower_is_better else paired_ratio(ours, reference)
         rows.append({"measure": name, "seconds": value, "images_per_s": rate,
                      "pct_of_ceiling": 100 * rate / ceiling, "ratio_vs_reference": ratio})
 
