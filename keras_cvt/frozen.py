@@ -2,17 +2,25 @@
 
 `freeze_for_inference(model)` traces `model(x, training=False)` once and turns every variable
 it reads into a constant of the graph. Where TensorFlow runs oneDNN (its x86 builds, by
-default), each `keras_cvt.LayerNorm` in the graph is then replaced by oneDNN's fused LayerNorm
-kernel: one pass instead of nine elementwise operations. TensorFlow's own graph optimizer makes
-that substitution only for the FusedBatchNorm form of Keras 2's LayerNormalization, and the
-model code, which runs on every Keras backend, cannot name a TensorFlow kernel.
+default), the graph is then rewritten in two ways:
+
+- each `keras_cvt.LayerNorm` is replaced by oneDNN's fused LayerNorm kernel: one pass instead
+  of nine elementwise operations. TensorFlow's own graph optimizer makes that substitution only
+  for the FusedBatchNorm form of Keras 2's LayerNormalization, and the model code, which runs
+  on every Keras backend, cannot name a TensorFlow kernel;
+- each matmul weight is read through a `PlaceholderWithDefault` (which returns the constant:
+  nothing can feed it inside the function). oneDNN repacks a constant weight once into a
+  blocked layout of its choosing and caches it; for the 197-token rows of CvT's last stage
+  (an odd row count) that layout's kernel is 20-35% slower than the plain one that a
+  non-constant weight gets (microbenchmark, 197x1536 by 1536x384: 1.52 ms against 1.12 ms; at
+  196 or 6304 rows the two are within 3%). float32 only: for bfloat16 the blocked layout is
+  the faster one.
 
 Timed in turns in one process on the benchmark machine, with perturbed (trained-like) weights,
-the frozen folded CvT-13 ran batch 32 about 7% faster than the unfrozen folded model (3.5% of
-it from the fused LayerNorms) and its bfloat16 copy about 12% faster than the unfrozen
-bfloat16 one; at batch 1 it was 3% slower (oneDNN's matmul with a constant weight and a fused
-bias is slower for the odd 197-token rows of the last stage). The benchmark
-(`benchmarks/bench.py`, "frozen" rows) reports the same measures side by side.
+the frozen folded CvT-13 answered batch 1 about 3% sooner than the unfrozen folded model (4%
+sooner than with constant weights) and ran batch 32 about 6% faster (1.4% less than with
+constant weights; 3.5% from the fused LayerNorms). The benchmark (`benchmarks/bench.py`, "frozen" rows) reports the same
+measures side by side.
 
 The frozen function is TensorFlow-only and inference-only: it holds copies of the weights at
 freezing time (later changes to the model do not reach it), and cannot be trained. Freeze the
@@ -28,6 +36,9 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from tensorflow.python.framework.op_def_registry import get as registered_op
 from tensorflow.python.util import _pywrap_util_port
 
+# Reads a constant as a non-constant: the function cannot feed it, and TensorFlow's constant
+# folding leaves it in place.
+PLAIN_WEIGHT = "PlaceholderWithDefault"
 # oneDNN's LayerNorm kernel, which TensorFlow's graph optimizer substitutes only for the
 # FusedBatchNorm form of Keras 2's LayerNormalization, never for the elementwise form that
 # `keras_cvt.LayerNorm` runs on every backend.
@@ -42,12 +53,14 @@ class FrozenFunction:
     returns, as TensorFlow tensors.
 
     Where TensorFlow runs oneDNN (x86 CPUs by default), each LayerNorm becomes oneDNN's fused
-    LayerNorm kernel, one operation instead of nine.
+    LayerNorm kernel, one operation instead of nine, and matmul weights are read as
+    non-constants, which keeps oneDNN on its plain-layout kernel (see the module docstring).
 
     Attributes:
         input_signature: the `tf.TensorSpec` it takes (batch size None: any batch).
         graph_def: the frozen `GraphDef`.
         fused_layer_norms: how many LayerNorms run as oneDNN's kernel.
+        plain_layout_matmuls: how many matmuls read their weight as a non-constant.
     """
 
     def __init__(self, model, batch_size=None):
@@ -71,11 +84,13 @@ class FrozenFunction:
         concrete = traced.get_concrete_function(self.input_signature)
         self._outputs = concrete.structured_outputs
         function = convert_variables_to_constants_v2(concrete)
-        self.fused_layer_norms = 0
-        if fused_layer_norm_available():
+        self.fused_layer_norms = self.plain_layout_matmuls = 0
+        if onednn_enabled():
             graph_def = function.graph.as_graph_def()
-            self.fused_layer_norms = _fuse_layer_norms(function.graph, graph_def)
-            if self.fused_layer_norms:
+            if fused_layer_norm_available():
+                self.fused_layer_norms = _fuse_layer_norms(function.graph, graph_def)
+            self.plain_layout_matmuls = _plain_layout_matmul_weights(graph_def)
+            if self.fused_layer_norms or self.plain_layout_matmuls:
                 function = _function_from_graph_def(graph_def, function.inputs, function.outputs)
         self._function = function
         self.graph_def = function.graph.as_graph_def()
@@ -102,9 +117,14 @@ def freeze_for_inference(model, batch_size=None):
     return FrozenFunction(model, batch_size=batch_size)
 
 
+def onednn_enabled():
+    """Whether this TensorFlow runs its oneDNN kernels (x86 builds, unless turned off)."""
+    return _pywrap_util_port.IsMklEnabled()
+
+
 def fused_layer_norm_available():
     """Whether this TensorFlow runs oneDNN and has its LayerNorm kernel."""
-    return _pywrap_util_port.IsMklEnabled() and registered_op(FUSED_LAYER_NORM) is not None
+    return onednn_enabled() and registered_op(FUSED_LAYER_NORM) is not None
 
 
 def _tensor_name(tensor):
@@ -201,6 +221,34 @@ def _fuse_layer_norms(graph, graph_def):
             node.CopyFrom(replaced[node.name])
     graph_def.node.extend(added)
     return len(replaced)
+
+
+def _plain_layout_matmul_weights(graph_def):
+    """Makes each float32 MatMul in `graph_def` read its frozen weight (a Const, or the Identity
+    that stood for the variable read) through a `PlaceholderWithDefault` of it. Returns how many.
+
+    bfloat16 weights stay constants: their blocked layout is the faster one (frozen bfloat16
+    CvT-13, batch 32: 5% slower with plain-layout weights; batch 1: the same)."""
+    nodes = {node.name: node for node in graph_def.node}
+    added, count = {}, 0
+    for node in graph_def.node:
+        if node.op != "MatMul":
+            continue
+        weight = nodes.get(node.input[1].split(":")[0])
+        if weight is not None and weight.op == "Identity":
+            weight = nodes.get(weight.input[0].split(":")[0])
+        if weight is None or weight.op != "Const" or weight.attr["dtype"].type != tf.float32:
+            continue
+        name = f"{weight.name}/plain_layout"
+        if name not in added:
+            added[name] = _node(
+                name, PLAIN_WEIGHT, [weight.name], dtype=weight.attr["dtype"],
+                shape=tf.compat.v1.AttrValue(shape=weight.attr["value"].tensor.tensor_shape),
+            )
+        node.input[1] = name
+        count += 1
+    graph_def.node.extend(added.values())
+    return count
 
 
 def _function_from_graph_def(graph_def, inputs, outputs):

@@ -42,6 +42,39 @@ def test_frozen_cvt13_reproduces_the_original_code(cvt13_reference):
     assert frozen.fused_layer_norms == (30 if FUSED else 0)
     assert (frozen_module.FUSED_LAYER_NORM in ops) == FUSED
     assert not ops & {"Rsqrt", "Square"} if FUSED else {"Rsqrt", "Square"} <= ops
+    # q, proj, fc1 and fc2 in 13 blocks, and the classifier: every MatMul weight is read as a
+    # non-constant (k and v are batched matmuls, which the rewrite leaves alone).
+    assert frozen.plain_layout_matmuls == (53 if FUSED else 0)
+    assert _matmul_weight_ops(frozen.graph_def) == {frozen_module.PLAIN_WEIGHT: 53}
+
+
+def _matmul_weight_ops(graph_def):
+    """How many MatMuls read their weight from each kind of operation."""
+    nodes = {node.name: node for node in graph_def.node}
+    counts = {}
+    for node in graph_def.node:
+        if node.op == "MatMul":
+            weight = nodes[node.input[1].split(":")[0]]
+            if weight.op == frozen_module.PLAIN_WEIGHT:
+                assert nodes[weight.input[0]].op == "Const"
+            counts[weight.op] = counts.get(weight.op, 0) + 1
+    return counts
+
+
+def test_only_constant_matmul_weights_are_read_as_non_constants():
+    inputs = keras.Input((4, 6))
+    hidden = keras.layers.Dense(6, name="dense")(keras.ops.reshape(inputs, (-1, 6)))
+    tokens = keras.ops.reshape(hidden, (-1, 4, 6))
+    # A product of two activations: its second operand is no weight.
+    gram = keras.ops.matmul(tokens[0], keras.ops.transpose(tokens[0]))
+    model = keras.Model(inputs, [hidden, gram])
+    frozen = freeze_for_inference(model)
+    assert frozen.plain_layout_matmuls == 1
+    counts = _matmul_weight_ops(frozen.graph_def)
+    assert counts[frozen_module.PLAIN_WEIGHT] == 1 and sum(counts.values()) == 2
+    x = np.random.RandomState(2).normal(size=(3, 4, 6)).astype("float32")
+    for got, expected in zip(frozen(x), model.predict(x, verbose=0)):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
 
 
 def test_fused_layer_norm_is_available_here():
@@ -92,14 +125,15 @@ def test_layer_norm_read_inside_is_not_fused():
         np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
 
 
-def test_without_onednn_layer_norms_stay_as_they_are(tiny_reference, monkeypatch):
+def test_without_onednn_the_graph_is_left_as_frozen(tiny_reference, monkeypatch):
     path, x, logits = tiny_reference
     model = CvT(**TINY_CONFIG, weights=path, include_preprocessing=False,
                 classifier_activation=None, input_shape=x.shape[1:])
-    monkeypatch.setattr(frozen_module, "fused_layer_norm_available", lambda: False)
+    monkeypatch.setattr(frozen_module, "onednn_enabled", lambda: False)
     frozen = freeze_for_inference(model)
-    assert frozen.fused_layer_norms == 0
-    assert frozen_module.FUSED_LAYER_NORM not in _ops(frozen.graph_def)
+    assert frozen.fused_layer_norms == frozen.plain_layout_matmuls == 0
+    ops = _ops(frozen.graph_def)
+    assert frozen_module.FUSED_LAYER_NORM not in ops and frozen_module.PLAIN_WEIGHT not in ops
     np.testing.assert_allclose(frozen(x).numpy(), logits, rtol=0, atol=1e-4)
 
 
@@ -110,6 +144,9 @@ def test_frozen_bfloat16_copy_takes_float32_images(cvt13_reference):
     frozen = freeze_for_inference(fast)
     assert frozen.input_signature.dtype == tf.float32
     assert frozen.fused_layer_norms == (30 if FUSED else 0)  # LayerNorms compute in float32
+    # bfloat16 weights keep oneDNN's blocked layout; the float32 classifier gets the plain one.
+    assert frozen.plain_layout_matmuls == (1 if FUSED else 0)
+    assert _matmul_weight_ops(frozen.graph_def)["Identity"] == 52
     out = frozen(x)
     assert out.dtype == tf.float32
     # bfloat16's rounding, as for the unfrozen copy (test_inference.test_bfloat16_copy).
