@@ -4,14 +4,18 @@
 
 Measures, in one run on this machine: inference throughput at batch 32 and latency at batch 1
 (keras_cvt on TensorFlow in graph mode, as built and as `optimize_for_inference` folds it, the
-folded one also with XLA and frozen by `freeze_for_inference`; the reference in PyTorch eager
-mode; latency as the median call of samples of `--latency-calls` back-to-back calls), one
+folded one also with XLA and frozen by `freeze_for_inference`, for batch 1 also frozen with
+the batch size fixed; the reference in PyTorch eager mode; latency as the median call of samples of `--latency-calls` back-to-back calls), one
 training step (forward + backward + AdamW) at batch 32 on both sides, the bfloat16 inference
 path (`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement
 with float32, and the float32 matmul peak of the machine. Both models have every weight moved
 off its initial value (`perturb`), as trained weights are. All measures are timed in turns,
 after warm-up; the table gives medians, and ratios keras_cvt / reference as the median over
-turns of the ratio within each turn; it is written as JSON to benchmarks/results/.
+turns of the ratio within each turn; it is written as JSON to benchmarks/results/. Each
+latency sample is bracketed by two of the reference's, taken just before and after it: the
+shared machine switches between a fast and a slow state every few seconds (batch-1 calls of
+either framework take about 1.3x as long in the slow one), which a turn of all the measures
+outlasts.
 """
 
 import argparse
@@ -35,6 +39,8 @@ from benchmarks.flops import forward_macs  # noqa: E402
 from keras_cvt import MODEL_CONFIGS, CvT, freeze_for_inference, optimize_for_inference  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+# Seconds between the two frameworks' measures: their spinning thread pools go idle.
+PAUSE = 0.2
 REFERENCE = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
 
 
@@ -56,8 +62,34 @@ def time_round_robin(groups, reps, warmup):
                 per_call = fn()
                 elapsed = time.perf_counter() - start
                 times[name].append(per_call if getattr(fn, "per_call", False) else elapsed)
-            time.sleep(0.2)  # let the other framework's spinning threads go idle
+            time.sleep(PAUSE)
     return times
+
+
+def time_bracketed(reference, measures, turns, warmup):
+    """Latency samples, each taken between two samples of `reference` (a `(name, fn)` pair;
+    every `fn` made by `repeated`). Returns `(times, ratios)`: the samples of every name, and for
+    each of `measures` its samples divided by the mean of the two reference samples around
+    them, a comparison within a few seconds."""
+    for _, fn in [reference] + measures:
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name, _ in [reference] + measures}
+
+    def sample(name, fn):
+        time.sleep(PAUSE)
+        times[name].append(fn())
+        return times[name][-1]
+
+    ratios = {name: [] for name, _ in measures}
+    before = sample(*reference)
+    for _ in range(turns):
+        for name, fn in measures:
+            value = sample(name, fn)
+            after = sample(*reference)
+            ratios[name].append(value / ((before + after) / 2))
+            before = after
+    return times, ratios
 
 
 def paired_ratio(samples, reference):
@@ -125,11 +157,14 @@ def add_arguments(parser, reps):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--latency-calls", type=int, default=10,
                         help="batch-1 calls per timed sample of the latency measures")
+    parser.add_argument("--latency-turns", type=int, default=15,
+                        help="samples of each latency measure, each between two of the reference")
 
 
 def keras_measures(model, size, batch, latency_calls):
     """`(name, fn)` pairs: inference of the model as built, of `optimize_for_inference` copies
-    (float32, XLA, bfloat16; float32 and bfloat16 also frozen), and a training step."""
+    (float32, XLA, bfloat16; float32 and bfloat16 also frozen, float32 for batch 1 also frozen
+    with that batch size, which makes every shape static), and a training step."""
     x = tf.random.uniform((batch, size, size, 3))
     x1 = x[:1]
     folded = optimize_for_inference(model)
@@ -144,6 +179,8 @@ def keras_measures(model, size, batch, latency_calls):
         measures.append((f"keras_{name}_b{batch}_s", lambda f=forward: f(x).numpy()))
         if not name.startswith("bf16"):
             measures.append((f"keras_{name}_b1_s", repeated(lambda f=forward: f(x1).numpy(), latency_calls)))
+    frozen_b1 = freeze_for_inference(folded, batch_size=1)
+    measures.append(("keras_frozen_static_b1_s", repeated(lambda: frozen_b1(x1).numpy(), latency_calls)))
 
     optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -233,7 +270,14 @@ def main(argv=None):
         keras_measures(keras_model(config, args.size), args.size, b, args.latency_calls),
         torch_measures(config, args.size, b, args.latency_calls),
     ]
-    samples = time_round_robin(groups, args.reps, args.warmup)
+    latency = [[m for m in group if "_b1_" in m[0]] for group in groups]
+    throughput = [[m for m in group if "_b1_" not in m[0]] for group in groups]
+    samples = time_round_robin(throughput, args.reps, args.warmup)
+    (reference_latency,) = latency[1]
+    latency_samples, latency_ratios = time_bracketed(
+        reference_latency, latency[0], args.latency_turns, args.warmup
+    )
+    samples.update(latency_samples)
     seconds = {name: statistics.median(t) for name, t in samples.items()}
     bf16_agreement = bfloat16_agreement(config, args.size)
 
@@ -244,10 +288,10 @@ def main(argv=None):
         value = seconds[key]
         rate = images / value
         ratio = None
-        if reference_key:
-            ours, reference = samples[key], samples[reference_key]
-            # Throughput: reference time / ours; latency: our time / the reference's.
-            ratio = paired_ratio(reference, ours) if lower_is_better else paired_ratio(ours, reference)
+        if lower_is_better:  # latency: our time / the reference's around it
+            ratio = statistics.median(latency_ratios[key])
+        elif reference_key:  # throughput: reference time / ours
+            ratio = paired_ratio(samples[key], samples[reference_key])
         rows.append({"measure": name, "seconds": value, "images_per_s": rate,
                      "pct_of_ceiling": 100 * rate / ceiling, "ratio_vs_reference": ratio})
 
@@ -260,6 +304,8 @@ def main(argv=None):
     row("keras graph, batch 1 latency", "keras_graph_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
     row("keras folded graph, batch 1 latency", "keras_folded_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
     row("keras folded frozen, batch 1 latency", "keras_frozen_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
+    row("  the same, frozen for batch size 1", "keras_frozen_static_b1_s", 1, "torch_eager_b1_s",
+        lower_is_better=True)
     row("keras folded xla, batch 1 latency", "keras_xla_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
     row(f"torch train step, batch {b}", f"torch_train_b{b}_s", b)
     row(f"keras train step, batch {b}", f"keras_train_b{b}_s", b, f"torch_train_b{b}_s")
@@ -275,19 +321,22 @@ def main(argv=None):
         ratio = f"{r['ratio_vs_reference']:.2f}x" if r["ratio_vs_reference"] is not None else "ref"
         print(f"{r['measure']:38s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
     print("ratios (median over turns of the ratio in each turn): throughput keras / reference "
-          "(higher is better); latency keras / reference (lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as built, then "
+          "(higher is better); latency keras / the mean of the reference samples just before and "
+          "after (lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as built, then "
           "folded; frozen bfloat16 / frozen float32, then folded float32); folded: keras_cvt.optimize_for_inference; "
-          "frozen: keras_cvt.freeze_for_inference of the folded model")
+          "frozen: keras_cvt.freeze_for_inference of the folded model (for batch size 1: "
+          "freeze_for_inference(folded, batch_size=1))")
     if bf16_agreement is not None:
         print(f"bfloat16 top-1 agreement with float32 on the reference inputs: {bf16_agreement:.1%}")
 
     report = {
         "model": args.model, "size": args.size, "batch": b, "reps": args.reps,
-        "latency_calls": args.latency_calls,
+        "latency_calls": args.latency_calls, "latency_turns": args.latency_turns,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
         "matmul_peak_gflops": peak, "gmac_per_image": gflop_per_image / 2, "ceiling_images_per_s": ceiling,
         "bf16_top1_agreement": bf16_agreement, "rows": rows, "samples_s": samples,
+        "latency_ratios": latency_ratios,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.model}_{args.size}.json"

@@ -109,7 +109,11 @@ def freeze_for_inference(model, batch_size=None):
 
     Args:
         model: a `keras.Model` with one input, such as `optimize_for_inference(CvT13(...))`.
-        batch_size: None for any batch size, or the one batch size the function takes.
+        batch_size: None for any batch size, or the one batch size the function takes. A
+            fixed batch size makes every shape in the graph static, so the shape arithmetic a
+            dynamic batch needs (some 220 small operations in CvT-13) is folded away: for
+            single images, `batch_size=1` answered 2.4% sooner than `None` (CvT-13 at 224,
+            timed in turns in one process).
 
     Returns:
         A `FrozenFunction`: `frozen(images)` equals `model(images, training=False)`.
