@@ -5,10 +5,11 @@
 Measures, in one run on this machine: inference throughput at batch 32 and latency at batch 1
 (keras_cvt on TensorFlow in graph mode, as built and as `optimize_for_inference` folds it, the
 folded one also with XLA and frozen by `freeze_for_inference`, for batch 1 also frozen with
-the batch size fixed; the reference in PyTorch eager mode; latency as the median call of samples of `--latency-calls` back-to-back calls), one
-training step (forward + backward + AdamW) at batch 32 on both sides, the bfloat16 inference
-path (`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement
-with float32, and the float32 matmul peak of the machine. Both models have every weight moved
+the batch size fixed; the reference in PyTorch eager mode; latency as the median call of
+samples of `--latency-calls` back-to-back calls), one training step (forward + backward +
+AdamW) at batch 32 on both sides, the bfloat16 inference path
+(`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement with
+float32, and the float32 matmul peak of the machine. Both models have every weight moved
 off its initial value (`perturb`), as trained weights are. All measures are timed in turns,
 after warm-up; the table gives medians, and ratios keras_cvt / reference as the median over
 turns of the ratio within each turn; it is written as JSON to benchmarks/results/. Each
@@ -44,6 +45,13 @@ PAUSE = 0.2
 REFERENCE = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
 
 
+def warm_up(measures, calls):
+    """Calls every `fn` of the `(name, fn)` pairs `calls` times, untimed."""
+    for _, fn in measures:
+        for _ in range(calls):
+            fn()
+
+
 def time_round_robin(groups, reps, warmup):
     """Seconds per call of each callable in every turn (a list of `reps` samples per name),
     timed in turns so that drifts of a shared machine's speed hit every measure alike.
@@ -51,9 +59,7 @@ def time_round_robin(groups, reps, warmup):
     then PyTorch: their thread pools never overlap); a `fn` made by `repeated` gives its own
     per-call time."""
     for group in groups:
-        for _, fn in group:
-            for _ in range(warmup):
-                fn()
+        warm_up(group, warmup)
     times = {name: [] for group in groups for name, _ in group}
     for _ in range(reps):
         for group in groups:
@@ -71,9 +77,7 @@ def time_bracketed(reference, measures, turns, warmup):
     every `fn` made by `repeated`). Returns `(times, ratios)`: the samples of every name, and for
     each of `measures` its samples divided by the mean of the two reference samples around
     them, a comparison within a few seconds."""
-    for _, fn in [reference] + measures:
-        for _ in range(warmup):
-            fn()
+    warm_up([reference] + measures, warmup)
     times = {name: [] for name, _ in [reference] + measures}
 
     def sample(name, fn):
@@ -180,7 +184,9 @@ def keras_measures(model, size, batch, latency_calls):
         if not name.startswith("bf16"):
             measures.append((f"keras_{name}_b1_s", repeated(lambda f=forward: f(x1).numpy(), latency_calls)))
     frozen_b1 = freeze_for_inference(folded, batch_size=1)
-    measures.append(("keras_frozen_static_b1_s", repeated(lambda: frozen_b1(x1).numpy(), latency_calls)))
+    measures.append(
+        ("keras_frozen_static_b1_s", repeated(lambda: frozen_b1(x1).numpy(), latency_calls))
+    )
 
     optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -284,11 +290,13 @@ def main(argv=None):
     ceiling = peak / gflop_per_image  # images/s a forward pass could reach at the matmul peak
     rows = []
 
-    def row(name, key, images, reference_key=None, lower_is_better=False):
+    def row(name, key, images, reference_key=None):
+        """A table row; latency measures are compared with the reference samples that
+        bracketed them, throughput measures with `reference_key`'s."""
         value = seconds[key]
         rate = images / value
         ratio = None
-        if lower_is_better:  # latency: our time / the reference's around it
+        if key in latency_ratios:  # latency: our time / the reference's around it
             ratio = statistics.median(latency_ratios[key])
         elif reference_key:  # throughput: reference time / ours
             ratio = paired_ratio(samples[key], samples[reference_key])
@@ -301,12 +309,11 @@ def main(argv=None):
     row(f"keras folded frozen, batch {b}", f"keras_frozen_b{b}_s", b, f"torch_eager_b{b}_s")
     row(f"keras folded xla, batch {b}", f"keras_xla_b{b}_s", b, f"torch_eager_b{b}_s")
     row("torch eager, batch 1 latency", "torch_eager_b1_s", 1)
-    row("keras graph, batch 1 latency", "keras_graph_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
-    row("keras folded graph, batch 1 latency", "keras_folded_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
-    row("keras folded frozen, batch 1 latency", "keras_frozen_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
-    row("  the same, frozen for batch size 1", "keras_frozen_static_b1_s", 1, "torch_eager_b1_s",
-        lower_is_better=True)
-    row("keras folded xla, batch 1 latency", "keras_xla_b1_s", 1, "torch_eager_b1_s", lower_is_better=True)
+    row("keras graph, batch 1 latency", "keras_graph_b1_s", 1)
+    row("keras folded graph, batch 1 latency", "keras_folded_b1_s", 1)
+    row("keras folded frozen, batch 1 latency", "keras_frozen_b1_s", 1)
+    row("  the same, frozen for batch size 1", "keras_frozen_static_b1_s", 1)
+    row("keras folded xla, batch 1 latency", "keras_xla_b1_s", 1)
     row(f"torch train step, batch {b}", f"torch_train_b{b}_s", b)
     row(f"keras train step, batch {b}", f"keras_train_b{b}_s", b, f"torch_train_b{b}_s")
     row(f"keras bfloat16 folded, batch {b}", f"keras_bf16_b{b}_s", b, f"keras_graph_b{b}_s")
@@ -322,10 +329,10 @@ def main(argv=None):
         print(f"{r['measure']:38s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
     print("ratios (median over turns of the ratio in each turn): throughput keras / reference "
           "(higher is better); latency keras / the mean of the reference samples just before and "
-          "after (lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as built, then "
-          "folded; frozen bfloat16 / frozen float32, then folded float32); folded: keras_cvt.optimize_for_inference; "
-          "frozen: keras_cvt.freeze_for_inference of the folded model (for batch size 1: "
-          "freeze_for_inference(folded, batch_size=1))")
+          "after (lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as "
+          "built, then folded; frozen bfloat16 / frozen float32, then folded float32); folded: "
+          "keras_cvt.optimize_for_inference; frozen: keras_cvt.freeze_for_inference of the "
+          "folded model (for batch size 1: freeze_for_inference(folded, batch_size=1))")
     if bf16_agreement is not None:
         print(f"bfloat16 top-1 agreement with float32 on the reference inputs: {bf16_agreement:.1%}")
 

@@ -8,19 +8,19 @@ default), the graph is then rewritten in two ways:
   of nine elementwise operations. TensorFlow's own graph optimizer makes that substitution only
   for the FusedBatchNorm form of Keras 2's LayerNormalization, and the model code, which runs
   on every Keras backend, cannot name a TensorFlow kernel;
-- each matmul weight is read through a `PlaceholderWithDefault` (which returns the constant:
+- each float32 matmul weight is read through a `PlaceholderWithDefault` (which returns the constant:
   nothing can feed it inside the function). oneDNN repacks a constant weight once into a
   blocked layout of its choosing and caches it; for the 197-token rows of CvT's last stage
   (an odd row count) that layout's kernel is 20-35% slower than the plain one that a
   non-constant weight gets (microbenchmark, 197x1536 by 1536x384: 1.52 ms against 1.12 ms; at
-  196 or 6304 rows the two are within 3%). float32 only: for bfloat16 the blocked layout is
-  the faster one.
+  196 or 6304 rows the two are within 3%). For bfloat16 the blocked layout is the faster one,
+  so those weights stay constants.
 
 Timed in turns in one process on the benchmark machine, with perturbed (trained-like) weights,
 the frozen folded CvT-13 answered batch 1 about 3% sooner than the unfrozen folded model (4%
 sooner than with constant weights) and ran batch 32 about 6% faster (1.4% less than with
-constant weights; 3.5% from the fused LayerNorms). The benchmark (`benchmarks/bench.py`, "frozen" rows) reports the same
-measures side by side.
+constant weights; 3.5% from the fused LayerNorms). The benchmark (`benchmarks/bench.py`,
+"frozen" rows) reports the same measures side by side.
 
 The frozen function is TensorFlow-only and inference-only: it holds copies of the weights at
 freezing time (later changes to the model do not reach it), and cannot be trained. Freeze the
