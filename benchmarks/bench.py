@@ -8,15 +8,16 @@ folded one also with XLA and frozen by `freeze_for_inference`, for batch 1 also 
 the batch size fixed; the reference in PyTorch eager mode; latency as the median call of
 samples of `--latency-calls` back-to-back calls), one training step (forward + backward +
 AdamW) at batch 32 on both sides, the bfloat16 inference path
-(`optimize_for_inference(model, dtype="bfloat16")`, also frozen) with its top-1 agreement with
-float32, and the float32 matmul peak of the machine. Both models have every weight moved
-off its initial value (`perturb`), as trained weights are. All measures are timed in turns,
-after warm-up; the table gives medians, and ratios keras_cvt / reference as the median over
-turns of the ratio within each turn; it is written as JSON to benchmarks/results/. Each
-latency sample is bracketed by two of the reference's, taken just before and after it: the
-shared machine switches between a fast and a slow state every few seconds (batch-1 calls of
-either framework take about 1.3x as long in the slow one), which a turn of all the measures
-outlasts.
+(`optimize_for_inference(model, dtype="bfloat16")`, also frozen) against the same float32 path
+with its top-1 agreement with float32, and the float32 matmul peak of the machine. Both models
+have every weight moved off its initial value (`perturb`), as trained weights are.
+
+Every sample of a measure is taken between two samples of what it is compared with (the
+reference's same measure; for bfloat16, float32), and compared with their mean: the shared
+machine switches between a fast and a slow state every few seconds (calls of either framework
+take about 1.3x as long in the slow one), which a round of all the measures outlasts. The
+table gives medians of the samples, and ratios keras_cvt / reference as the median of these
+bracketed ratios; it is written as JSON to benchmarks/results/.
 """
 
 import argparse
@@ -73,10 +74,11 @@ def time_round_robin(groups, reps, warmup):
 
 
 def time_bracketed(reference, measures, turns, warmup):
-    """Latency samples, each taken between two samples of `reference` (a `(name, fn)` pair;
-    every `fn` made by `repeated`). Returns `(times, ratios)`: the samples of every name, and for
-    each of `measures` its samples divided by the mean of the two reference samples around
-    them, a comparison within a few seconds."""
+    """Samples of each of `measures` (`(name, fn)` pairs, like `reference`; every `fn` returns
+    its seconds, as those made by `repeated` do), each taken between two samples of
+    `reference`. Returns `(times, ratios)`: the samples of every name, and for each of
+    `measures` its samples divided by the mean of the two reference samples around them, a
+    comparison within a few seconds."""
     warm_up([reference] + measures, warmup)
     times = {name: [] for name, _ in [reference] + measures}
 
@@ -166,9 +168,10 @@ def add_arguments(parser, reps):
 
 
 def keras_measures(model, size, batch, latency_calls):
-    """`(name, fn)` pairs: inference of the model as built, of `optimize_for_inference` copies
-    (float32, XLA, bfloat16; float32 and bfloat16 also frozen, float32 for batch 1 also frozen
-    with that batch size, which makes every shape static), and a training step."""
+    """`(name, fn)` pairs, each `fn` returning its seconds per call: inference of the model as
+    built, of `optimize_for_inference` copies (float32, XLA, bfloat16; float32 and bfloat16 also
+    frozen, float32 for batch 1 also frozen with that batch size, which makes every shape
+    static), and a training step."""
     x = tf.random.uniform((batch, size, size, 3))
     x1 = x[:1]
     folded = optimize_for_inference(model)
@@ -180,7 +183,7 @@ def keras_measures(model, size, batch, latency_calls):
     forwards["bf16_frozen"] = freeze_for_inference(fast)
     measures = []
     for name, forward in forwards.items():
-        measures.append((f"keras_{name}_b{batch}_s", lambda f=forward: f(x).numpy()))
+        measures.append((f"keras_{name}_b{batch}_s", repeated(lambda f=forward: f(x).numpy(), 1)))
         if not name.startswith("bf16"):
             measures.append((f"keras_{name}_b1_s", repeated(lambda f=forward: f(x1).numpy(), latency_calls)))
     frozen_b1 = freeze_for_inference(folded, batch_size=1)
@@ -200,7 +203,7 @@ def keras_measures(model, size, batch, latency_calls):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    measures.append((f"keras_train_b{batch}_s", lambda: train_step(x, labels).numpy()))
+    measures.append((f"keras_train_b{batch}_s", repeated(lambda: train_step(x, labels).numpy(), 1)))
     return measures
 
 
@@ -227,6 +230,7 @@ def bfloat16_agreement(config, size):
 
 
 def torch_measures(config, size, batch, latency_calls):
+    """`(name, fn)` pairs of the reference, as `keras_measures`: inference and a training step."""
     import torch
     from transformers import CvtConfig, CvtForImageClassification
 
@@ -257,9 +261,9 @@ def torch_measures(config, size, batch, latency_calls):
         optimizer.step()
 
     return [
-        (f"torch_eager_b{batch}_s", lambda: infer(x)),
+        (f"torch_eager_b{batch}_s", repeated(lambda: infer(x), 1)),
         ("torch_eager_b1_s", repeated(lambda: infer(x1), latency_calls)),
-        (f"torch_train_b{batch}_s", train_step),
+        (f"torch_train_b{batch}_s", repeated(train_step, 1)),
     ]
 
 
@@ -272,42 +276,49 @@ def main(argv=None):
 
     peak = matmul_peak_gflops(args.reps)
     gflop_per_image = 2 * forward_macs(config["depths"], config["embed_dims"], args.size) / 1e9
-    groups = [
-        keras_measures(keras_model(config, args.size), args.size, b, args.latency_calls),
-        torch_measures(config, args.size, b, args.latency_calls),
+    measures = dict(keras_measures(keras_model(config, args.size), args.size, b, args.latency_calls))
+    measures.update(torch_measures(config, args.size, b, args.latency_calls))
+    # (reference, what is compared with it, samples of each): each sample of the latter is
+    # taken between two of the reference's.
+    comparisons = [
+        ("torch_eager_b1_s", [n for n in measures if n.startswith("keras_") and "_b1_" in n],
+         args.latency_turns),
+        (f"torch_eager_b{b}_s", [f"keras_{n}_b{b}_s" for n in ("graph", "folded", "frozen", "xla")],
+         args.reps),
+        (f"torch_train_b{b}_s", [f"keras_train_b{b}_s"], args.reps),
+        (f"keras_folded_b{b}_s", [f"keras_bf16_b{b}_s"], args.reps),
+        (f"keras_frozen_b{b}_s", [f"keras_bf16_frozen_b{b}_s"], args.reps),
     ]
-    latency = [[m for m in group if "_b1_" in m[0]] for group in groups]
-    throughput = [[m for m in group if "_b1_" not in m[0]] for group in groups]
-    samples = time_round_robin(throughput, args.reps, args.warmup)
-    (reference_latency,) = latency[1]
-    latency_samples, latency_ratios = time_bracketed(
-        reference_latency, latency[0], args.latency_turns, args.warmup
-    )
-    samples.update(latency_samples)
+    samples, time_ratios = {}, {}
+    for reference, names, turns in comparisons:
+        times, ratios = time_bracketed(
+            (reference, measures[reference]), [(n, measures[n]) for n in names], turns, args.warmup
+        )
+        for name, values in times.items():
+            samples.setdefault(name, []).extend(values)
+        time_ratios.update(ratios)
     seconds = {name: statistics.median(t) for name, t in samples.items()}
     bf16_agreement = bfloat16_agreement(config, args.size)
 
     ceiling = peak / gflop_per_image  # images/s a forward pass could reach at the matmul peak
     rows = []
 
-    def row(name, key, images, reference_key=None):
-        """A table row; latency measures are compared with the reference samples that
-        bracketed them, throughput measures with `reference_key`'s."""
+    def row(name, key, images):
+        """A table row; a compared measure gets the median of its bracketed ratios, as a time
+        ratio for latency (lower is better), else as a throughput ratio (higher is better)."""
         value = seconds[key]
         rate = images / value
         ratio = None
-        if key in latency_ratios:  # latency: our time / the reference's around it
-            ratio = statistics.median(latency_ratios[key])
-        elif reference_key:  # throughput: reference time / ours
-            ratio = paired_ratio(samples[key], samples[reference_key])
+        if key in time_ratios:
+            ratio = statistics.median(r if "_b1_" in key else 1 / r for r in time_ratios[key])
         rows.append({"measure": name, "seconds": value, "images_per_s": rate,
                      "pct_of_ceiling": 100 * rate / ceiling, "ratio_vs_reference": ratio})
 
     row(f"torch eager, batch {b}", f"torch_eager_b{b}_s", b)
-    row(f"keras graph, batch {b}", f"keras_graph_b{b}_s", b, f"torch_eager_b{b}_s")
-    row(f"keras folded graph, batch {b}", f"keras_folded_b{b}_s", b, f"torch_eager_b{b}_s")
-    row(f"keras folded frozen, batch {b}", f"keras_frozen_b{b}_s", b, f"torch_eager_b{b}_s")
-    row(f"keras folded xla, batch {b}", f"keras_xla_b{b}_s", b, f"torch_eager_b{b}_s")
+    row(f"keras graph, batch {b}", f"keras_graph_b{b}_s", b)
+    row(f"keras folded graph, batch {b}", f"keras_folded_b{b}_s", b)
+    row(f"keras folded frozen, batch {b}", f"keras_frozen_b{b}_s", b)
+    row(f"keras folded xla, batch {b}", f"keras_xla_b{b}_s", b)
     row("torch eager, batch 1 latency", "torch_eager_b1_s", 1)
     row("keras graph, batch 1 latency", "keras_graph_b1_s", 1)
     row("keras folded graph, batch 1 latency", "keras_folded_b1_s", 1)
@@ -315,11 +326,9 @@ def main(argv=None):
     row("  the same, frozen for batch size 1", "keras_frozen_static_b1_s", 1)
     row("keras folded xla, batch 1 latency", "keras_xla_b1_s", 1)
     row(f"torch train step, batch {b}", f"torch_train_b{b}_s", b)
-    row(f"keras train step, batch {b}", f"keras_train_b{b}_s", b, f"torch_train_b{b}_s")
-    row(f"keras bfloat16 folded, batch {b}", f"keras_bf16_b{b}_s", b, f"keras_graph_b{b}_s")
-    row("  the same vs folded float32", f"keras_bf16_b{b}_s", b, f"keras_folded_b{b}_s")
-    row(f"keras bfloat16 frozen, batch {b}", f"keras_bf16_frozen_b{b}_s", b, f"keras_frozen_b{b}_s")
-    row("  the same vs folded float32", f"keras_bf16_frozen_b{b}_s", b, f"keras_folded_b{b}_s")
+    row(f"keras train step, batch {b}", f"keras_train_b{b}_s", b)
+    row(f"keras bfloat16 folded, batch {b}", f"keras_bf16_b{b}_s", b)
+    row(f"keras bfloat16 frozen, batch {b}", f"keras_bf16_frozen_b{b}_s", b)
 
     print(f"{args.model} at {args.size}: {gflop_per_image / 2:.2f} GMAC/image; float32 matmul peak "
           f"{peak:.0f} GFLOP/s, so at most {ceiling:.1f} images/s (training steps: 3x the forward work)")
@@ -327,10 +336,10 @@ def main(argv=None):
     for r in rows:
         ratio = f"{r['ratio_vs_reference']:.2f}x" if r["ratio_vs_reference"] is not None else "ref"
         print(f"{r['measure']:38s} {r['seconds']:9.4f} {r['images_per_s']:9.2f} {r['pct_of_ceiling']:6.1f}% {ratio:>7s}")
-    print("ratios (median over turns of the ratio in each turn): throughput keras / reference "
-          "(higher is better); latency keras / the mean of the reference samples just before and "
-          "after (lower is better); bfloat16 rows: bfloat16 / float32 throughput (float32 as "
-          "built, then folded; frozen bfloat16 / frozen float32, then folded float32); folded: "
+    print("ratios: the median over samples, each compared with the mean of the two reference "
+          "samples taken just before and after it; throughput keras / reference (higher is "
+          "better), latency keras / reference (lower is better); bfloat16 rows: bfloat16 / "
+          "float32 throughput of the same form (folded; frozen); folded: "
           "keras_cvt.optimize_for_inference; frozen: keras_cvt.freeze_for_inference of the "
           "folded model (for batch size 1: freeze_for_inference(folded, batch_size=1))")
     if bf16_agreement is not None:
@@ -343,7 +352,8 @@ def main(argv=None):
         "cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
         "matmul_peak_gflops": peak, "gmac_per_image": gflop_per_image / 2, "ceiling_images_per_s": ceiling,
         "bf16_top1_agreement": bf16_agreement, "rows": rows, "samples_s": samples,
-        "latency_ratios": latency_ratios,
+        "compared_with": {name: reference for reference, names, _ in comparisons for name in names},
+        "time_ratios": time_ratios,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.model}_{args.size}.json"

@@ -102,6 +102,38 @@ def test_layer_norms_fused_at_any_rank_and_only_ours(shape):
     np.testing.assert_allclose(frozen_keras(x).numpy(), expected, rtol=0, atol=1e-5)
 
 
+def _fused_layer_norm_dtypes(graph_def):
+    return sorted(
+        tf.as_dtype(node.attr["T"].type).name
+        for node in graph_def.node
+        if node.op == frozen_module.FUSED_LAYER_NORM
+    )
+
+
+def test_bfloat16_layer_norm_fused_in_bfloat16():
+    inputs = keras.Input((5, 6))
+    hidden = keras.layers.Dense(6, dtype="mixed_bfloat16", name="dense")(inputs)
+    # bfloat16 in and out (statistics in float32): the kernel's bfloat16 form, no casts.
+    narrow = LayerNorm(dtype="mixed_bfloat16", name="narrow")
+    # bfloat16 in, float32 out: the float32 kernel on the tokens cast up.
+    wide = LayerNorm(dtype="float32", name="wide")
+    model = keras.Model(inputs, [narrow(hidden), wide(hidden)])
+    rng = np.random.RandomState(3)
+    for norm in (narrow, wide):
+        norm.set_weights([rng.normal(size=6), rng.normal(size=6)])
+    frozen = freeze_for_inference(model)
+    assert frozen.fused_layer_norms == 2
+    assert _fused_layer_norm_dtypes(frozen.graph_def) == ["bfloat16", "float32"]
+    x = rng.normal(size=(4, 5, 6)).astype("float32")
+    got = [t.numpy().astype("float32") for t in frozen(x)]
+    expected = [np.asarray(t).astype("float32") for t in model.predict(x, verbose=0)]
+    assert got[0].dtype == expected[0].dtype
+    # The same float32 statistics; gamma and beta in bfloat16, and each result rounded once:
+    # within two bfloat16 units in the last place (2**-7 relative, at most) of the largest.
+    np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=2**-6 * np.abs(expected[0]).max())
+    np.testing.assert_allclose(got[1], expected[1], rtol=0, atol=1e-5)
+
+
 def test_layer_norm_read_inside_is_not_fused():
     # A graph that also reads the normalised tokens before gamma and beta must keep them.
     x = keras.Input((4, 6))
@@ -143,7 +175,9 @@ def test_frozen_bfloat16_copy_takes_float32_images(cvt13_reference):
     fast = optimize_for_inference(model, dtype="bfloat16")
     frozen = freeze_for_inference(fast)
     assert frozen.input_signature.dtype == tf.float32
-    assert frozen.fused_layer_norms == (30 if FUSED else 0)  # LayerNorms compute in float32
+    # Every LayerNorm runs as the kernel's bfloat16 form (statistics in float32), without casts.
+    assert frozen.fused_layer_norms == (30 if FUSED else 0)
+    assert _fused_layer_norm_dtypes(frozen.graph_def) == ["bfloat16"] * 30
     # bfloat16 weights keep oneDNN's blocked layout; the float32 classifier gets the plain one.
     assert frozen.plain_layout_matmuls == (1 if FUSED else 0)
     assert _matmul_weight_ops(frozen.graph_def)["Identity"] == 52
