@@ -80,10 +80,12 @@ def _fold_block(block, folded):
         batch_norm = getattr(attention, f"conv_proj_{part}_bn")
         gamma, beta, mean, variance = (w.astype(np.float64) for w in batch_norm.get_weights())
         factor = gamma / np.sqrt(variance + batch_norm.epsilon)
-        # Depthwise kernels are (height, width, channels, 1): one factor per channel.
-        getattr(folded_attention, f"conv_proj_{part}").set_weights(
-            [kernel * factor[:, None], beta - mean * factor]
-        )
+        conv = getattr(folded_attention, f"conv_proj_{part}")
+        # Depthwise kernels are (height, width, channels, 1): one factor per channel. A larger
+        # folded kernel (a strided one, see `ConvAttention`) has a zero last row and column.
+        extra = conv.kernel.shape[0] - kernel.shape[0]
+        kernel = np.pad(kernel * factor[:, None], [(0, extra), (0, extra), (0, 0), (0, 0)])
+        conv.set_weights([kernel, beta - mean * factor])
     heads, head_dim = attention.num_heads, attention.dim // attention.num_heads
     value_bias = None
     for part in "qkv":

@@ -24,9 +24,16 @@ def test_folded_cvt13_reproduces_the_original_code(cvt13_reference):
     assert np.max(np.abs(out - model.predict(x, verbose=0))) <= 1e-5
     # BatchNorm gone: 4 vectors of width C per projection replaced by one bias, 3 projections
     # per block; the key and value biases gone too (dropped, folded into `proj`): 11 vectors
-    # per block. CvT-13's blocks are 1 x 64, 2 x 192 and 10 x 384 wide.
+    # per block. The strided key and value kernels grow from 3x3 to 4x4: 2 x 7 vectors more.
+    # CvT-13's blocks are 1 x 64, 2 x 192 and 10 x 384 wide.
     assert model.count_params() == 20_023_208
-    assert folded.count_params() == 20_023_208 - 11 * (64 + 2 * 192 + 10 * 384)
+    assert folded.count_params() == 20_023_208 + (14 - 11) * (64 + 2 * 192 + 10 * 384)
+    attention = folded.get_layer("stage2_block3").attn
+    assert attention.conv_proj_q.kernel.shape == (3, 3, 384, 1)
+    for conv in (attention.conv_proj_k, attention.conv_proj_v):
+        assert conv.kernel.shape == (4, 4, 384, 1) and conv.padding == "same"
+        kernel = conv.kernel.numpy()
+        assert not kernel[3].any() and not kernel[:, 3].any() and kernel[:3, :3].all()
     for original, now in zip(before, model.get_weights()):
         np.testing.assert_array_equal(original, now)  # the source model is left alone
 
