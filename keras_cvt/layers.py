@@ -357,7 +357,13 @@ class ConvAttention(layers.Layer):
         return ops.reshape(x, (batch, -1, self.dim))
 
     def _split_heads(self, x, batch):
-        x = ops.reshape(x, (batch, -1, self.num_heads, self.dim // self.num_heads))
+        head_dim = self.dim // self.num_heads
+        if self.num_heads == 1:
+            # One head: moving its axis of size 1 keeps the order in memory, so a reshape does
+            # it without the copy a transpose makes.
+            shape = (1, batch, -1, head_dim) if self.folded else (batch, 1, -1, head_dim)
+            return ops.reshape(x, shape)
+        x = ops.reshape(x, (batch, -1, self.num_heads, head_dim))
         # Heads first in the folded form, the layout `HeadProjection` gives k and v.
         return ops.transpose(x, (2, 0, 1, 3) if self.folded else (0, 2, 1, 3))
 
@@ -389,8 +395,10 @@ class ConvAttention(layers.Layer):
             # cost more than the softmax itself.
             scores = ops.cast(scores, "float32")
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
-        # (heads, batch, ...) when folded, else (batch, heads, ...) -> (batch, tokens, heads, ...)
-        out = ops.transpose(ops.matmul(weights, v), (1, 2, 0, 3) if self.folded else (0, 2, 1, 3))
+        out = ops.matmul(weights, v)
+        if self.num_heads > 1:
+            # (heads, batch, ...) when folded, else (batch, heads, ...) -> (batch, tokens, heads, ...)
+            out = ops.transpose(out, (1, 2, 0, 3) if self.folded else (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (-1, self.dim)))
         return ops.reshape(out, (batch, -1, self.dim))
 

@@ -46,6 +46,11 @@ def test_frozen_cvt13_reproduces_the_original_code(cvt13_reference):
     # non-constant (k and v are batched matmuls, which the rewrite leaves alone).
     assert frozen.plain_layout_matmuls == (53 if FUSED else 0)
     assert _matmul_weight_ops(frozen.graph_def) == {frozen_module.PLAIN_WEIGHT: 53}
+    # Keys transposed for the scores in every block; q split into heads and the output merged
+    # back, in the 12 multi-head blocks only (stage 1's one head needs reshapes alone).
+    transposes = [node.name for node in frozen.graph_def.node if node.op == "Transpose"]
+    assert len(transposes) == 13 + 2 * 12
+    assert sum("/stage0_block0" in name for name in transposes) == 1
 
 
 def _matmul_weight_ops(graph_def):
