@@ -24,7 +24,7 @@ TORCH_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     import keras
-    from keras_cvt import CvT
+    from keras_cvt import CvT, optimize_for_inference
 
     config, weights, x_path, out_dir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     x = np.load(x_path)
@@ -32,6 +32,8 @@ TORCH_SCRIPT = textwrap.dedent(
                 include_preprocessing=False, classifier_activation=None)
     np.save(out_dir + "/logits.npy", keras.ops.convert_to_numpy(model(x)))
     np.save(out_dir + "/logits_predict.npy", model.predict(x, verbose=0))
+    # The folded form ("same" padding at stride 2 with a kernel one larger, heads first).
+    np.save(out_dir + "/folded.npy", keras.ops.convert_to_numpy(optimize_for_inference(model)(x)))
     # The training path (stochastic depth, BatchNorm batch statistics) runs too.
     trained = CvT(**config, weights=weights, input_shape=(None, None, 3), include_preprocessing=False,
                   classifier_activation=None, drop_path_rate=0.5)
@@ -88,6 +90,13 @@ def test_backend_reproduces_reference_logits(backend_run, tiny_reference):
     assert out.shape == logits.shape == (2, 10)
     assert np.abs(out - logits).max() <= TOLERANCE
     np.testing.assert_allclose(np.load(backend_run / "logits_predict.npy"), out, rtol=0, atol=1e-6)
+
+
+def test_backend_folded_model_reproduces_reference_logits(backend_run, tiny_reference):
+    _, _, logits = tiny_reference
+    folded = np.load(backend_run / "folded.npy")
+    assert folded.shape == logits.shape
+    assert np.abs(folded - logits).max() <= TOLERANCE
 
 
 def test_backend_equals_tensorflow_backend(backend_run, tiny_reference):
