@@ -276,7 +276,8 @@ def main(argv=None):
 
     peak = matmul_peak_gflops(args.reps)
     gflop_per_image = 2 * forward_macs(config["depths"], config["embed_dims"], args.size) / 1e9
-    measures = dict(keras_measures(keras_model(config, args.size), args.size, b, args.latency_calls))
+    model = keras_model(config, args.size)
+    measures = dict(keras_measures(model, args.size, b, args.latency_calls))
     measures.update(torch_measures(config, args.size, b, args.latency_calls))
     # (reference, what is compared with it, samples of each): each sample of the latter is
     # taken between two of the reference's.

@@ -56,8 +56,8 @@ class FrozenFunction:
 
     Where TensorFlow runs oneDNN (x86 CPUs by default), each LayerNorm becomes oneDNN's fused
     LayerNorm kernel, one operation instead of nine (in bfloat16 for a bfloat16 model), and
-    float32 matmul weights are read as
-    non-constants, which keeps oneDNN on its plain-layout kernel (see the module docstring).
+    float32 matmul weights are read as non-constants, which keeps oneDNN on its plain-layout
+    kernel (see the module docstring).
 
     Attributes:
         input_signature: the `tf.TensorSpec` it takes (batch size None: any batch).

@@ -397,7 +397,8 @@ class ConvAttention(layers.Layer):
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
         out = ops.matmul(weights, v)
         if self.num_heads > 1:
-            # (heads, batch, ...) when folded, else (batch, heads, ...) -> (batch, tokens, heads, ...)
+            # (heads, batch, ...) when folded, else (batch, heads, ...)
+            # -> (batch, tokens, heads, ...)
             out = ops.transpose(out, (1, 2, 0, 3) if self.folded else (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (-1, self.dim)))
         return ops.reshape(out, (batch, -1, self.dim))
