@@ -16,17 +16,17 @@ from transformers import CvtConfig, CvtForImageClassification
 
 import weights_conversion
 from keras_cvt import CvT
-from tests.conftest import FIXTURES, REFERENCE, ROOT, TINY_CONFIG, assert_same_weights_files, weights_file_arrays
+from tests.conftest import FIXTURES, ROOT, TINY_CONFIG, assert_same_weights_files, reference_file, weights_file_arrays
 from weights_conversion import CheckpointMismatchError, convert, hf_to_original_key
 
 TINY = FIXTURES / "cvt_tiny_official_perturbed.pth"
-CVT13 = REFERENCE / "cvt13_official_perturbed.pth"
+CVT13 = "cvt13_official_perturbed.pth"  # of the reference: reference_file(CVT13)
 
 
 def _official_keys(variant):
-    """{key: shape} of an original state dict, from shared/reference's key lists."""
+    """{key: shape} of an original state dict, from the reference's key lists."""
     keys = {}
-    for line in (REFERENCE / f"{variant}_official_keys.txt").read_text().splitlines():
+    for line in reference_file(f"{variant}_official_keys.txt").read_text().splitlines():
         key, shape, _ = line.split("\t")
         keys[key] = shape
     return keys
@@ -110,7 +110,7 @@ def test_plain_tiny_checkpoint_reproduces_its_logits(tiny_reference):
 
 def test_cvt13_reference_is_inferred_as_cvt13(cvt13_reference, tmp_path):
     out = tmp_path / "inferred.weights.h5"
-    info = convert(CVT13, out)
+    info = convert(reference_file(CVT13), out)
     assert info["variant"] == "cvt13"
     assert info["config"]["depths"] == (1, 2, 10)
     assert info["config"]["embed_dims"] == (64, 192, 384)
@@ -146,7 +146,7 @@ def test_wrong_variant_is_refused_with_the_missing_tensors(out_dir):
     }
     assert len(expected) == 248  # 8 more blocks of 31 tensors each
     with pytest.raises(CheckpointMismatchError) as caught:
-        convert(CVT13, out_dir / "cvt21.weights.h5", model="cvt21")
+        convert(reference_file(CVT13), out_dir / "cvt21.weights.h5", model="cvt21")
     assert set(caught.value.problems) == expected
     assert len(caught.value.problems) == len(expected)
     message = str(caught.value)

@@ -21,7 +21,7 @@ import pytest
 import keras_cvt
 from keras_cvt import CvT, CvT13, CvTW24, hub, pretrained
 from keras_cvt import weights as weights_lib
-from tests.conftest import FIXTURES, REFERENCE
+from tests.conftest import FIXTURES, reference_file
 from weights_conversion import read_checkpoint
 
 TOLERANCE = 1e-4
@@ -152,7 +152,7 @@ def served(tmp_path_factory):
     """(bytes, SHA-256) of the CvT-13 reference checkpoint as a HuggingFace tf_model.h5."""
     import torch
 
-    state = torch.load(REFERENCE / "cvt13_official_perturbed.pth", map_location="cpu", weights_only=True)
+    state = torch.load(reference_file("cvt13_official_perturbed.pth"), map_location="cpu", weights_only=True)
     path = tmp_path_factory.mktemp("hub") / "tf_model.h5"
     write_hf_tf_h5({k: v.numpy() for k, v in state.items()}, path)
     data = path.read_bytes()
@@ -161,7 +161,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_io():
-    io = np.load(REFERENCE / "cvt13_official_perturbed_io.npz")
+    io = np.load(reference_file("cvt13_official_perturbed_io.npz"))
     return io["x"].transpose(0, 2, 3, 1), io["logits"]
 
 
