@@ -1,6 +1,6 @@
 """keras_cvt against the PyTorch reference (transformers' CvtForImageClassification), side by side.
 
-    python benchmarks/bench.py [--model cvt13] [--size 224] [--reps 5]
+    python benchmarks/bench.py [--model cvt13] [--size 224] [--reps 5] [--reference DIR]
 
 Measures, in one run on this machine: inference throughput at batch 32 and latency at batch 1
 (keras_cvt on TensorFlow in graph mode, as built and as `optimize_for_inference` folds it, the
@@ -17,7 +17,10 @@ reference's same measure; for bfloat16, float32), and compared with their mean: 
 machine switches between a fast and a slow state every few seconds (calls of either framework
 take about 1.3x as long in the slow one), which a round of all the measures outlasts. The
 table gives medians of the samples, and ratios keras_cvt / reference as the median of these
-bracketed ratios; it is written as JSON to benchmarks/results/.
+bracketed ratios; it is written as JSON to benchmarks/results/. With `--reference DIR` (or
+KERAS_CVT_REFERENCE), the folder of the original code's CvT-13 reference checkpoint
+(`cvt13_official_perturbed.pth` and `_io.npz`, not part of the repository), the bfloat16 top-1
+agreement is also measured on its weights and images.
 """
 
 import argparse
@@ -43,7 +46,7 @@ from keras_cvt import MODEL_CONFIGS, CvT, freeze_for_inference, optimize_for_inf
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 # Seconds between the two frameworks' measures: their spinning thread pools go idle.
 PAUSE = 0.2
-REFERENCE = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
+REFERENCE_FILES = ("cvt13_official_perturbed.pth", "cvt13_official_perturbed_io.npz")
 
 
 def warm_up(measures, calls):
@@ -207,12 +210,13 @@ def keras_measures(model, size, batch, latency_calls):
     return measures
 
 
-def bfloat16_agreement(config, size):
-    """Top-1 agreement of the bfloat16 copy with float32, on the reference CvT-13 weights and
-    inputs (the two reference images and 30 normalised-range noise images); None without them."""
-    checkpoint = REFERENCE / "cvt13_official_perturbed.pth"
-    if config is not MODEL_CONFIGS["cvt13"] or not checkpoint.is_file():
+def bfloat16_agreement(config, size, reference):
+    """Top-1 agreement of the bfloat16 copy with float32, on the CvT-13 weights and inputs of the
+    `reference` folder (the two reference images and 30 normalised-range noise images); None
+    without a reference or for another model."""
+    if reference is None or config is not MODEL_CONFIGS["cvt13"]:
         return None
+    checkpoint = reference / REFERENCE_FILES[0]
     from weights_conversion import convert
 
     model = keras_model(config, size)
@@ -221,7 +225,7 @@ def bfloat16_agreement(config, size):
         convert(checkpoint, path, model="cvt13")
         model.load_weights(path)
     fast = optimize_for_inference(model, dtype="bfloat16")
-    reference_x = np.load(REFERENCE / "cvt13_official_perturbed_io.npz")["x"].transpose(0, 2, 3, 1)
+    reference_x = np.load(reference / REFERENCE_FILES[1])["x"].transpose(0, 2, 3, 1)
     noise = np.random.RandomState(0).normal(size=(30,) + reference_x.shape[1:]).astype("float32")
     inputs = tf.image.resize(np.concatenate([reference_x, noise]), (size, size))
     top_float = np.argmax(model.predict(inputs, verbose=0), axis=-1)
@@ -270,7 +274,16 @@ def torch_measures(config, size, batch, latency_calls):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, reps=5)
+    parser.add_argument("--reference", type=pathlib.Path, default=os.environ.get("KERAS_CVT_REFERENCE"),
+                        help="folder of the CvT-13 reference, for the bfloat16 agreement "
+                        "(default: $KERAS_CVT_REFERENCE; without it, not measured)")
     args = parser.parse_args(argv)
+    if args.reference is not None:
+        absent = [name for name in REFERENCE_FILES if not (args.reference / name).is_file()]
+        if absent:
+            print(f"{parser.prog}: error: the CvT-13 reference folder {args.reference} has no "
+                  f"{' and no '.join(absent)}", file=sys.stderr)
+            return 2
     config = MODEL_CONFIGS[args.model]
     b = args.batch
 
@@ -299,7 +312,7 @@ def main(argv=None):
             samples.setdefault(name, []).extend(values)
         time_ratios.update(ratios)
     seconds = {name: statistics.median(t) for name, t in samples.items()}
-    bf16_agreement = bfloat16_agreement(config, args.size)
+    bf16_agreement = bfloat16_agreement(config, args.size, args.reference)
 
     ceiling = peak / gflop_per_image  # images/s a forward pass could reach at the matmul peak
     rows = []
@@ -345,6 +358,8 @@ def main(argv=None):
           "folded model (for batch size 1: freeze_for_inference(folded, batch_size=1))")
     if bf16_agreement is not None:
         print(f"bfloat16 top-1 agreement with float32 on the reference inputs: {bf16_agreement:.1%}")
+    elif args.model == "cvt13":
+        print("bfloat16 top-1 agreement not measured: no CvT-13 reference (--reference DIR or KERAS_CVT_REFERENCE)")
 
     report = {
         "model": args.model, "size": args.size, "batch": b, "reps": args.reps,
@@ -363,7 +378,8 @@ def main(argv=None):
         json.dump(report, f, indent=2)
     os.replace(tmp, out)
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
