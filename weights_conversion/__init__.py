@@ -1,12 +1,12 @@
 """Converts original CvT checkpoints (Microsoft `.pth`, HuggingFace `pytorch_model.bin` /
-`model.safetensors`) into Keras `.weights.h5` files for `keras_cvt`."""
+`model.safetensors` / `tf_model.h5`) into Keras `.weights.h5` files for `keras_cvt`."""
 
 import os
-import shutil
 import tempfile
 
-from weights_conversion.checkpoints import hf_to_original_key, read_checkpoint
-from weights_conversion.mapping import assign, infer_config, mismatches, variable_map
+from keras_cvt.atomic import publish_file
+from weights_conversion.checkpoints import describe_error, hf_to_original_key, read_checkpoint
+from weights_conversion.mapping import assign, expected_shapes, infer_config, mismatches, value_problem, variable_map
 
 __all__ = ["CheckpointMismatchError", "convert", "hf_to_original_key", "read_checkpoint"]
 
@@ -21,17 +21,23 @@ class CheckpointMismatchError(ValueError):
         self.problems = problems
         shown = "\n  ".join(problems[:_MAX_REPORTED])
         more = f"\n  ... and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
-        super().__init__(
-            f"checkpoint {path!r} does not fit {model_name}: {len(problems)} problem(s)\n  {shown}{more}"
-        )
+        # One problem on one line, like every other refusal.
+        listed = problems[0] if len(problems) == 1 else f"{len(problems)} problem(s)\n  {shown}{more}"
+        super().__init__(f"checkpoint {path!r} does not fit {model_name}: {listed}")
 
 
 def convert(input_path, output_path, model=None):
     """Converts a CvT checkpoint into a Keras `.weights.h5` file.
 
+    Everything is checked before anything large is allocated: the output path, then the
+    checkpoint's names, ranks and shapes against the architecture they imply (worked out from
+    the shapes, never by building a model first), then its values; only then is the model
+    built, filled and saved.
+
     Args:
         input_path: original `.pth` (plain, or nested under `state_dict`/`model`, keys possibly
-            prefixed `module.`), HuggingFace `pytorch_model.bin` or `model.safetensors`.
+            prefixed `module.`), HuggingFace `pytorch_model.bin`, `model.safetensors` or
+            `tf_model.h5`. float16 and bfloat16 weights are upcast to float32.
         output_path: where to write; must end in `.weights.h5`. Written under a temporary
             name and renamed when complete, so a failed conversion leaves nothing behind.
         model: `"cvt13"`, `"cvt21"` or `"cvtw24"` to insist on a variant; `None` infers the
@@ -43,7 +49,9 @@ def convert(input_path, output_path, model=None):
 
     Raises:
         CheckpointMismatchError: the tensors are missing, unexpected or misshapen for the model.
-        ValueError: bad arguments or a file that is not a CvT checkpoint.
+        ValueError: bad arguments, an output path that cannot be written, or a file that is
+            not a CvT checkpoint (each naming the file and the problem).
+        OSError: writing the output failed (a full disk); nothing is left behind.
     """
     from keras_cvt.cvt import CvT, MODEL_CONFIGS
 
@@ -52,8 +60,13 @@ def convert(input_path, output_path, model=None):
         raise ValueError(f"`output_path` must end with .weights.h5, got {output_path!r}")
     if model is not None and model not in MODEL_CONFIGS:
         raise ValueError(f"`model` must be one of {sorted(MODEL_CONFIGS)} or None, got model={model!r}")
+    _check_writable(output_path)
+    input_path = os.fspath(input_path)
     state = read_checkpoint(input_path)
-    variant, config = infer_config(state)
+    try:
+        variant, config = infer_config(state)
+    except ValueError as error:
+        raise ValueError(f"checkpoint {input_path!r}: {error}") from error
     if model is not None:
         # The published variant as its builder makes it; only the classifier width is read.
         variant = model
@@ -61,27 +74,39 @@ def convert(input_path, output_path, model=None):
             **{k: MODEL_CONFIGS[model][k] for k in ("depths", "embed_dims", "num_heads")},
             "classes": config["classes"],
         }
+    expected = expected_shapes(config)
+    problems = mismatches(state, expected)
+    if problems:
+        raise CheckpointMismatchError(input_path, variant or "the inferred architecture", problems)
+    problem = value_problem(state, expected)
+    if problem:
+        raise ValueError(f"checkpoint {input_path!r}: {problem}")
     keras_model = CvT(
         **config, weights=None, include_preprocessing=False, input_shape=(None, None, 3), name=variant or "cvt"
     )
     mapping = variable_map(keras_model)
-    problems = mismatches(state, mapping)
-    if problems:
-        raise CheckpointMismatchError(os.fspath(input_path), variant or "the inferred architecture", problems)
     assign(state, mapping)
-    _save_atomically(keras_model, output_path)
+    with publish_file(output_path) as temporary:
+        keras_model.save_weights(temporary)
     return {"variant": variant, "config": config, "tensors": len(mapping)}
 
 
-def _save_atomically(keras_model, output_path):
-    directory = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(directory, exist_ok=True)
-    # A private directory rather than mkstemp: mkstemp's file is mode 0600, which the renamed
-    # weights file would keep; a file that h5py creates gets the user's umask like any other.
-    tmp_dir = tempfile.mkdtemp(prefix=".partial-", dir=directory)
+def _check_writable(output_path):
+    """Refuses an output path that cannot be written, before the conversion's work is done.
+
+    Tried, not inferred from permission bits (which root ignores and read-only file systems
+    do not show): a private directory is made and removed where the output's first missing
+    directory, or the output itself, will go.
+    """
+    path = os.path.abspath(output_path)
+    if os.path.isdir(path):
+        raise ValueError(f"`output_path` {output_path!r} is an existing directory, expected a file path")
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot write `output_path` {output_path!r}: {parent!r} is not a directory")
     try:
-        tmp = os.path.join(tmp_dir, os.path.basename(output_path))
-        keras_model.save_weights(tmp)
-        os.replace(tmp, output_path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=parent))
+    except OSError as error:
+        raise ValueError(f"cannot write `output_path` {output_path!r}: {describe_error(error)}") from error

@@ -5,6 +5,7 @@ import sys
 
 from keras_cvt.cvt import MODEL_CONFIGS
 from weights_conversion import CheckpointMismatchError, convert
+from weights_conversion.checkpoints import describe_error
 
 
 def main(argv=None):
@@ -24,6 +25,10 @@ def main(argv=None):
     # ImportError: a .pth/.bin without PyTorch installed; its message says what to install.
     except (CheckpointMismatchError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    # Writing failed after the checks (a full disk); the output was never put in place.
+    except OSError as error:
+        print(f"error: cannot write {args.output!r}: {describe_error(error)}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: {info['tensors']} tensors, {info['variant'] or 'custom'} {info['config']}")
     return 0

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 
-from keras_cvt.cvt import MODEL_CONFIGS, PATCH_PADDINGS, PATCH_STRIDES
+from keras_cvt.cvt import MODEL_CONFIGS, PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
 
 # Keras array = np.transpose(PyTorch array, permutation).
 LINEAR = (1, 0)  # (out, in) -> (in, out)
@@ -80,8 +80,37 @@ def torch_shape(variable, permutation):
     return tuple(torch)
 
 
+def _blocks_per_stage(state, stage):
+    """How many blocks the tensors give stage `stage`, refusing gaps in their numbering.
+
+    A block count is read off the highest block index; a file naming block 99999999 would
+    otherwise make the converter expect (and list as missing) 3 billion tensors.
+    """
+    present = {int(m.group(1)) for k in state if (m := re.match(rf"stage{stage}\.blocks\.(\d+)\.", k))}
+    depth = max(present, default=-1) + 1
+    if len(present) != depth:
+        absent = sorted(set(range(depth)) - present)
+        shown = ", ".join(map(str, absent[:5])) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        raise ValueError(
+            f"stage{stage} numbers its blocks up to {depth - 1} but holds {len(present)} of them "
+            f"(no tensors for block {shown})"
+        )
+    return depth
+
+
+def _check_rank(state, key, axes):
+    """The shape of `state[key]`, refused unless it has the named `axes`, none of them empty."""
+    shape = tuple(int(n) for n in state[key].shape)
+    if len(shape) != len(axes) or 0 in shape:
+        raise ValueError(f"{key} is {shape}, expected a non-empty {len(axes)}-D tensor ({', '.join(axes)})")
+    return shape
+
+
 def infer_config(state):
     """Reads the architecture (and the published variant's name, if any) off the tensors.
+
+    Only shapes are read, so this costs nothing whatever the tensors claim; `expected_shapes`
+    then says what the architecture needs, to be compared before any model is built.
 
     Attention heads leave no trace in the weights; they are taken from the matching published
     variant, or set to 1 per stage, which gives the same weight file for any head count.
@@ -96,17 +125,18 @@ def infer_config(state):
             "not a CvT checkpoint: expected tensors stage0.patch_embed.proj.weight, "
             f"stage1..., found stages {stages}"
         )
-    embed_dims = tuple(int(state[f"stage{i}.patch_embed.proj.weight"].shape[0]) for i in stages)
-    patch_sizes = tuple(int(state[f"stage{i}.patch_embed.proj.weight"].shape[-1]) for i in stages)
-    depths = tuple(
-        1 + max((int(m.group(1)) for k in state if (m := re.match(rf"stage{i}\.blocks\.(\d+)\.", k))), default=-1)
-        for i in stages
-    )
+    kernels = [_check_rank(state, f"stage{i}.patch_embed.proj.weight", ("out", "in", "kh", "kw")) for i in stages]
+    embed_dims = tuple(shape[0] for shape in kernels)
+    patch_sizes = tuple(shape[-1] for shape in kernels)
+    depths = tuple(_blocks_per_stage(state, i) for i in stages)
     if "head.weight" not in state:
         raise ValueError("not a CvT classifier checkpoint: head.weight is missing")
-    classes = int(state["head.weight"].shape[0])
-    fc1 = state.get("stage0.blocks.0.mlp.fc1.weight")
-    mlp_ratio = fc1.shape[0] / fc1.shape[1] if fc1 is not None else 4.0
+    classes = _check_rank(state, "head.weight", ("classes", "width"))[0]
+    if "stage0.blocks.0.mlp.fc1.weight" in state:
+        hidden, width = _check_rank(state, "stage0.blocks.0.mlp.fc1.weight", ("hidden", "width"))
+        mlp_ratio = hidden / width
+    else:
+        mlp_ratio = 4.0
     variant = next(
         (
             name
@@ -130,20 +160,77 @@ def infer_config(state):
     return variant, config
 
 
-def mismatches(state, mapping):
-    """Lists what keeps `state` from filling the model: missing, unexpected, misshapen."""
+def expected_shapes(config, in_channels=3):
+    """{original key: PyTorch shape} of every tensor the model of `config` loads.
+
+    Worked out from the `keras_cvt.CvT` arguments alone (what `variable_map` gives for the
+    built model, as tests check), so a checkpoint can be held against its architecture before
+    a model, which allocates every variable, is built.
+    """
+    depths, embed_dims = config["depths"], config["embed_dims"]
+    patch_sizes = config.get("patch_sizes", PATCH_SIZES)
+    mlp_ratio = config.get("mlp_ratio", 4.0)
+    shapes = {}
+    width = in_channels
+    for i, (depth, dim) in enumerate(zip(depths, embed_dims)):
+        embed = f"stage{i}.patch_embed"
+        shapes[f"{embed}.proj.weight"] = (dim, width, patch_sizes[i], patch_sizes[i])
+        for name in ("proj.bias", "norm.weight", "norm.bias"):
+            shapes[f"{embed}.{name}"] = (dim,)
+        hidden = int(dim * mlp_ratio)
+        for j in range(depth):
+            b = f"stage{i}.blocks.{j}"
+            for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.proj.bias"):
+                shapes[f"{b}.{name}"] = (dim,)
+            shapes[f"{b}.attn.proj.weight"] = (dim, dim)
+            for part in "qkv":
+                shapes[f"{b}.attn.conv_proj_{part}.conv.weight"] = (dim, 1, 3, 3)
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    shapes[f"{b}.attn.conv_proj_{part}.bn.{name}"] = (dim,)
+                shapes[f"{b}.attn.proj_{part}.weight"] = (dim, dim)
+                shapes[f"{b}.attn.proj_{part}.bias"] = (dim,)
+            shapes[f"{b}.mlp.fc1.weight"] = (hidden, dim)
+            shapes[f"{b}.mlp.fc1.bias"] = (hidden,)
+            shapes[f"{b}.mlp.fc2.weight"] = (dim, hidden)
+            shapes[f"{b}.mlp.fc2.bias"] = (dim,)
+        width = dim
+    shapes[f"stage{len(depths) - 1}.cls_token"] = (1, 1, width)
+    shapes["norm.weight"] = shapes["norm.bias"] = (width,)
+    shapes["head.weight"] = (config["classes"], width)
+    shapes["head.bias"] = (config["classes"],)
+    return shapes
+
+
+def mismatches(state, expected):
+    """Lists what keeps `state` from filling a model whose tensors are `expected`
+    ({key: PyTorch shape}): missing, unexpected, misshapen."""
     problems = []
-    for key, (variable, permutation) in mapping.items():
+    for key, shape in expected.items():
         if key not in state:
-            problems.append(f"missing: {key} {torch_shape(variable, permutation)}")
-        elif tuple(state[key].shape) != torch_shape(variable, permutation):
-            problems.append(
-                f"misshapen: {key} is {tuple(state[key].shape)}, expected {torch_shape(variable, permutation)}"
-            )
+            problems.append(f"missing: {key} {shape}")
+        elif tuple(state[key].shape) != shape:
+            problems.append(f"misshapen: {key} is {tuple(state[key].shape)}, expected {shape}")
     for key in state:
-        if key not in mapping and not IGNORED.search(key):
+        if key not in expected and not IGNORED.search(key):
             problems.append(f"unexpected: {key} {tuple(state[key].shape)}")
     return problems
+
+
+def value_problem(state, expected):
+    """Why the values of `state`'s expected tensors cannot be weights, or None.
+
+    Integers would be cast silently and NaN or infinity gives NaN logits for every image:
+    both mean a damaged or foreign file, better refused than converted.
+    """
+    for key in expected:
+        value = state[key]
+        if not np.issubdtype(value.dtype, np.floating):
+            return f"{key} {tuple(value.shape)} holds {value.dtype} values, expected floating point"
+    for key in expected:
+        bad = int(np.count_nonzero(~np.isfinite(state[key])))
+        if bad:
+            return f"{key} {tuple(state[key].shape)} holds {bad} NaN or infinite value(s)"
+    return None
 
 
 def assign(state, mapping):

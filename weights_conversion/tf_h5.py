@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from weights_conversion.checkpoints import hf_to_original_key
+from weights_conversion.checkpoints import describe_error, hf_to_original_key
 
 # Keras variable name -> PyTorch parameter/buffer name.
 _VARIABLE_TO_TORCH = {
@@ -95,18 +95,51 @@ def read_tf_h5(path):
                 f"{path!r} is not a HuggingFace tf_model.h5 / Keras 2 weights file: it has no "
                 f"`layer_names` attribute{hint}"
             )
-        state = {}
+        datasets = []
         for layer in layers:
             group = h5.get(layer)
             if group is None:
                 continue
             for weight_name in _attribute_list(group, "weight_names"):
                 dataset = group.get(weight_name)
-                if not isinstance(dataset, h5py.Dataset):
-                    continue
-                hf_key, variable = _hf_key(layer, weight_name)
-                key = hf_to_original_key(hf_key)
-                if key in state:
-                    raise ValueError(f"{path!r} holds two variables that both map to {key}")
-                state[key] = _to_torch_layout(dataset[()], variable)
+                if isinstance(dataset, h5py.Dataset):
+                    datasets.append((layer, weight_name, dataset))
+        _check_sizes(path, datasets)
+        state = {}
+        for layer, weight_name, dataset in datasets:
+            hf_key, variable = _hf_key(layer, weight_name)
+            key = hf_to_original_key(hf_key)
+            if key in state:
+                raise ValueError(f"{path!r} holds two variables that both map to {key}")
+            try:
+                array = dataset[()]
+            except Exception as error:
+                # A truncated file opens (the metadata is at its start) and fails here.
+                raise ValueError(f"cannot read {weight_name} from {path!r}: {describe_error(error)}") from error
+            state[key] = _to_torch_layout(array, variable)
     return state
+
+
+def _check_sizes(path, datasets):
+    """Refuses datasets that would take more memory than the file stores, before reading any.
+
+    HDF5 stores a chunked dataset's unwritten chunks as nothing, so a 2 KB file can declare
+    a (100000000, 48) kernel of fill values; a compressed one is a zip bomb alike. Keras 2 and
+    transformers write every weight contiguous and uncompressed, so each dataset's declared
+    size must be what the file allocates for it.
+    """
+    file_size = os.path.getsize(path)
+    claimed = 0
+    for _, weight_name, dataset in datasets:
+        if dataset.dtype.kind != "f":
+            raise ValueError(f"{path!r}: {weight_name} {dataset.shape} holds {dataset.dtype} values, expected floating point")
+        size = dataset.size * dataset.dtype.itemsize
+        stored = dataset.id.get_storage_size()
+        if stored < size:
+            raise ValueError(
+                f"{path!r}: {weight_name} is {dataset.shape} ({size} bytes) but the file stores "
+                f"{stored} bytes for it (sparse or compressed); expected an uncompressed weight"
+            )
+        claimed += size
+    if claimed > file_size:
+        raise ValueError(f"{path!r} declares {claimed} bytes of weights but is {file_size} bytes long")
