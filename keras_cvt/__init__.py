@@ -12,7 +12,7 @@ from keras_cvt.layers import (
     LayerNorm,
     StochasticDepth,
 )
-from keras_cvt.preprocessing import decode_predictions, preprocess_input
+from keras_cvt.preprocessing import decode_predictions, imagenet_normalize, preprocess_input
 from keras_cvt.pretrained import available_weights
 from keras_cvt.serving import export_for_serving, export_tflite
 
@@ -37,6 +37,7 @@ __all__ = [
     "export_for_serving",
     "export_tflite",
     "freeze_for_inference",
+    "imagenet_normalize",
     "optimize_for_inference",
     "preprocess_input",
 ]

@@ -142,7 +142,22 @@ class ConvEmbedding(layers.Layer):
         self.norm.build(self.proj.compute_output_shape(tuple(padded)))
 
     def call(self, x):
+        self._check_size(x.shape)
         return self.norm(self.proj(symmetric_pad(x, self.padding)))
+
+    def _check_size(self, shape):
+        """Refuses a map too small for the kernel, where its size is known when the layer is
+        called (eagerly, and when a function is traced for concrete shapes, as `predict` and
+        JAX do): the backends' own errors come from deep inside the convolution."""
+        for axis, axis_name in ((1, "height"), (2, "width")):
+            size = shape[axis]
+            if size is not None and conv_output_size(size, self.kernel_size, self.strides, self.padding) < 1:
+                raise ValueError(
+                    f"The input of `{self.name}` has {axis_name} {size}, too small for its "
+                    f"{self.kernel_size}x{self.kernel_size} kernel with padding {self.padding}: it "
+                    f"needs at least {self.kernel_size - 2 * self.padding}. The image is too small "
+                    "for this model."
+                )
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape

@@ -4,30 +4,68 @@ import functools
 import importlib.resources
 
 import numpy as np
+from keras import ops
 
 # The statistics the original checkpoints were trained with (RGB, on pixels scaled to [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def preprocess_input(x, data_format=None):
-    """Normalises RGB pixels in [0, 255] with the ImageNet mean and standard deviation.
+def _check_data_format(data_format):
+    if data_format not in (None, "channels_last"):
+        raise ValueError(
+            "CvT models take channels-last images whatever keras.config.image_data_format() "
+            f"says: `data_format` must be None or 'channels_last', got data_format={data_format!r}"
+        )
 
-    For models built with `include_preprocessing=False`, which expect what the original
-    PyTorch model expects. Models built with `include_preprocessing=True` (the default) do
-    this themselves and take raw pixels.
+
+def preprocess_input(x, data_format=None):
+    """A pass-through, as `keras.applications.convnext.preprocess_input` is.
+
+    The builders' default `include_preprocessing=True` puts the ImageNet normalisation inside
+    the model, which takes RGB pixels in [0, 255]; so the keras idiom
+    `model.predict(preprocess_input(x))` gives the same result as `model.predict(x)`. For a
+    model built with `include_preprocessing=False`, normalise with `imagenet_normalize`.
 
     Args:
-        x: a float NumPy array or tensor of RGB images, channels last, values in [0, 255].
-        data_format: only `"channels_last"` (or `None`) is supported.
+        x: images, channels last: a NumPy array or a tensor.
+        data_format: `None` or `"channels_last"` (CvT models take nothing else).
+
+    Returns:
+        `x`, unchanged.
+    """
+    _check_data_format(data_format)
+    return x
+
+
+def imagenet_normalize(x, data_format=None):
+    """Normalises RGB pixels in [0, 255] with the ImageNet mean and standard deviation.
+
+    What a model built with `include_preprocessing=False` expects, like the original PyTorch
+    model. A model built with `include_preprocessing=True` (the default) does this itself:
+    normalising its input as well would normalise twice.
+
+    Args:
+        x: RGB images, channels last, values in [0, 255]: a NumPy array (returned as float32
+            NumPy) or a tensor of the Keras backend.
+        data_format: `None` or `"channels_last"` (CvT models take nothing else).
 
     Returns:
         The normalised images, same shape.
     """
-    if data_format not in (None, "channels_last"):
-        raise ValueError(f"`data_format` must be 'channels_last', got data_format={data_format!r}")
+    _check_data_format(data_format)
     if isinstance(x, np.ndarray):
         x = x.astype("float32", copy=False)
+    elif not hasattr(x, "shape"):
+        x = np.asarray(x, "float32")
+    else:
+        x = ops.cast(x, "float32")
+    # A last axis other than 3 would broadcast against the 3 statistics into a wrong result.
+    if len(x.shape) < 1 or x.shape[-1] not in (3, None):
+        raise ValueError(
+            "`x` must be RGB images with 3 channels on the last axis, got shape "
+            f"{tuple(x.shape)}"
+        )
     mean = np.asarray(IMAGENET_MEAN, "float32") * 255.0
     std = np.asarray(IMAGENET_STD, "float32") * 255.0
     return (x - mean) / std

@@ -190,7 +190,7 @@ class _Classifier:
     def __call__(self, pixels):
         pixels = tf.cast(pixels, tf.float32)
         if self.normalise:
-            pixels = preprocessing.preprocess_input(pixels)
+            pixels = preprocessing.imagenet_normalize(pixels)
 
         def predict():
             outputs = tf.cast(self.model(pixels, training=False), tf.float32)
@@ -331,7 +331,7 @@ def _tflite_converter(model, quantization, input_size):
     # guard of the SavedModel would become a control-flow op TFLite does not need.
     def predict(pixels):
         outputs = tf.cast(classifier.model(
-            preprocessing.preprocess_input(pixels) if classifier.normalise else pixels, training=False
+            preprocessing.imagenet_normalize(pixels) if classifier.normalise else pixels, training=False
         ), tf.float32)
         return {"probabilities": tf.nn.softmax(outputs, axis=-1) if classifier.softmax else outputs}
 

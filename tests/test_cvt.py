@@ -129,9 +129,10 @@ def test_input_tensor_after_another_layer_keeps_the_source_input():
     assert _np(model(np.zeros((1, 200, 200, 4), "float32"))).shape == (1, 7, 7, 48)
 
 
-def test_input_tensor_must_be_a_keras_tensor():
-    with pytest.raises(ValueError, match="input_tensor"):
-        CvT(**TINY_CONFIG, input_tensor=np.zeros((1, 64, 64, 3), "float32"))
+@pytest.mark.parametrize("tensor", [np.zeros((1, 64, 64, 3), "float32"), "images"])
+def test_input_tensor_must_be_a_keras_tensor(tensor):
+    with pytest.raises(TypeError, match="`input_tensor` must be a Keras tensor"):
+        CvT(**TINY_CONFIG, input_tensor=tensor)
 
 
 @pytest.mark.parametrize("channels", [1, 4])
@@ -334,15 +335,13 @@ def test_generic_builder_other_geometry():
         ({"weights": 123}, TypeError, "weights"),
         ({"include_top": False, "pooling": "bogus"}, ValueError, "pooling"),
         ({"pooling": "bogus"}, ValueError, "pooling"),
-        ({"input_shape": (224, 224, 1)}, ValueError, "include_preprocessing"),
-        ({"input_shape": (224, 224, 4)}, ValueError, "channels"),
         ({"input_shape": (2, 2, 3)}, ValueError, "input_shape"),
         ({"input_shape": (2, 64, 3)}, ValueError, "height"),
         ({"input_shape": (64, 2, 3)}, ValueError, "width"),
         ({"input_shape": (224, 224)}, ValueError, "input_shape"),
         ({"input_shape": (None, None, None)}, ValueError, "channels"),
         ({"classes": 0}, ValueError, "classes"),
-        ({"classes": "10"}, ValueError, "classes"),
+        ({"classes": "10"}, TypeError, "classes"),
         ({"depths": (1, 2)}, ValueError, "depths"),
         ({"patch_strides": (4, 2)}, ValueError, "patch_strides"),
         ({"num_heads": (1, 3, 3)}, ValueError, "num_heads"),
@@ -386,7 +385,7 @@ def test_weights_file_without_classifier(tiny_reference, tmp_path):
 
 def test_weights_file_of_another_architecture(tiny_reference):
     path, _, _ = tiny_reference
-    with pytest.raises(ValueError, match="does not fit model 'cvt13'"):
+    with pytest.raises(ValueError, match="model 'cvt13'"):
         CvT13(weights=path, include_top=False)
 
 
