@@ -12,11 +12,12 @@ import http.client
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+from keras_cvt import atomic
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Attempts per file, and the first wait between them (doubled after each failure).
@@ -73,18 +74,20 @@ def manual_instructions(entry):
     builder = _BUILDERS.get(entry.variant, entry.variant)
     output = f"{entry.variant}_{entry.name}.weights.h5"
     check = f"; its SHA-256 must be {entry.sha256}" if entry.sha256 else ""
+    # A file path does not carry the checkpoint's resolution, which a name makes the default.
+    shape = f", input_shape=({entry.resolution}, {entry.resolution}, 3)" if entry.resolution != 224 else ""
     return (
         f"To install these weights by hand, download {url_for(entry)} (e.g. `curl -L -o "
         f"{entry.filename} {url_for(entry)}`){check}, convert it with `python -m weights_conversion "
-        f"{entry.filename} {output}`, then pass the file: `{builder}(weights=\"{output}\")`."
+        f"{entry.filename} {output}`, then pass the file: `{builder}(weights=\"{output}\"{shape})`."
     )
 
 
 def download(entry, path, progress=True):
     """Downloads `entry`'s file to `path`, which appears only once its SHA-256 is verified.
 
-    The bytes go to a temporary file beside `path`; a failure of any kind removes it, so a
-    wrong or truncated file never takes the final name.
+    The bytes go to a temporary file beside `path` (`keras_cvt.atomic.publish_file`); a failure
+    of any kind removes it, so a wrong or truncated file never takes the final name.
 
     Raises:
         OfflineError: `HF_HUB_OFFLINE` is set.
@@ -96,16 +99,8 @@ def download(entry, path, progress=True):
             f"HF_HUB_OFFLINE is set, so {describe(entry)} cannot be downloaded. "
             + manual_instructions(entry)
         )
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            digest = _fetch(entry, file, progress)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    with atomic.publish_file(path) as temporary, open(temporary, "wb") as file:
+        digest = _fetch(entry, file, progress)
     return digest
 
 

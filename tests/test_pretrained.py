@@ -10,8 +10,10 @@ test ends where the parity tests do: the original model's logits.
 import dataclasses
 import hashlib
 import http.server
+import json
 import os
 import re
+import shutil
 import threading
 
 import h5py
@@ -19,9 +21,9 @@ import numpy as np
 import pytest
 
 import keras_cvt
-from keras_cvt import CvT, CvT13, CvTW24, hub, pretrained
+from keras_cvt import CvT, CvT13, CvTW24, atomic, hub, pretrained
 from keras_cvt import weights as weights_lib
-from tests.conftest import FIXTURES, reference_file
+from tests.conftest import FIXTURES, assert_same_weights_files, reference_file
 from weights_conversion import read_checkpoint
 
 TOLERANCE = 1e-4
@@ -311,6 +313,15 @@ def repin(monkeypatch, variant, name, sha256):
     return entry_of(variant, name)
 
 
+def install(entry, converted):
+    """Puts a converted file into the cache as a download would: the file, then its record."""
+    target = weights_lib.cached_path(entry)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(converted, target)
+    weights_lib.write_record(entry, target, atomic.sha256_file(converted))
+    return target
+
+
 # --- downloads through the builders ---
 
 
@@ -328,8 +339,16 @@ def test_download_convert_cache_then_reuse_without_network(fake_hub, served, ref
     assert [path for path, _ in fake_hub.requests] == [
         f"/{entry.repo}/resolve/main/tf_model.h5", f"/cdn/{entry.repo}/resolve/main/tf_model.h5"
     ]
-    # Only the converted file remains: the 80 MB download is gone.
-    assert cache_contents() == ["cvt13_imagenet22k-384_main.weights.h5"]
+    # Only the converted file and its record remain: the 80 MB download is gone.
+    converted = "cvt13_imagenet22k-384_main.weights.h5"
+    assert cache_contents() == [converted, converted + ".json"]
+    path = weights_lib.cached_path(entry)
+    with open(weights_lib.record_path(path)) as f:
+        record = json.load(f)
+    assert record["sha256"] == atomic.sha256_file(path) and record["size"] == os.path.getsize(path)
+    assert record["source_sha256"] == sha
+    assert (record["repo"], record["revision"], record["filename"]) == (entry.repo, "main", "tf_model.h5")
+    assert record["keras_cvt"] == keras_cvt.__version__
 
     fake_hub.stop()
     again = CvT13(weights="imagenet22k-384", include_preprocessing=False, classifier_activation=None,
@@ -349,7 +368,8 @@ def test_pinned_entry_verifies_against_the_pin(fake_hub, served, reference_io, m
     assert model.input_shape == (None, 224, 224, 3)
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
     assert fake_hub.requests[0][0] == f"/microsoft/cvt-13/resolve/{entry.revision}/tf_model.h5"
-    assert cache_contents() == [f"cvt13_imagenet_{entry.revision[:12]}.weights.h5"]
+    converted = f"cvt13_imagenet_{entry.revision[:12]}.weights.h5"
+    assert cache_contents() == [converted, converted + ".json"]
 
 
 def test_wrong_pin_is_refused_and_nothing_cached(fake_hub, served, monkeypatch):
@@ -433,14 +453,111 @@ def test_offline_without_cache_raises_at_once(fake_hub, served, monkeypatch, val
 @pytest.mark.parametrize("name", ["imagenet-384", "imagenet22k-384"])
 def test_default_input_size_follows_the_weights(cvt13_reference, monkeypatch, name):
     # A converted file already in the cache, and no network allowed: loading is all that is left.
-    path, _, _ = cvt13_reference
-    target = weights_lib.cached_path(entry_of("cvt13", name))
-    os.makedirs(os.path.dirname(target))
-    with open(path, "rb") as src, open(target, "wb") as dst:
-        dst.write(src.read())
+    install(entry_of("cvt13", name), cvt13_reference[0])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert CvT13(weights=name).input_shape == (None, 384, 384, 3)
     assert CvT13(weights=name, include_top=False).input_shape == (None, None, None, 3)
+
+
+# --- the cache is verified before every use ---
+
+
+def _flip_classifier_byte(path):
+    """Flips the exponent byte of one classifier weight: HDF5 reads the file as before."""
+    with h5py.File(path, "r") as f:
+        kernel = f[weights_lib._HEAD_KERNEL]
+        offset, before = kernel.id.get_offset(), kernel[()]
+    at = offset + 4 * (before.size // 2) + 3  # float32, little-endian: the last byte holds the exponent
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x40]))
+    with h5py.File(path, "r") as f:
+        after = f[weights_lib._HEAD_KERNEL][()]
+    assert np.count_nonzero(after != before) == 1
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _empty(path):
+    open(path, "wb").close()
+
+
+def _drop_record(path):
+    os.remove(weights_lib.record_path(path))
+
+
+def _edit_record(**changes):
+    def edit(path):
+        with open(weights_lib.record_path(path)) as f:
+            record = json.load(f)
+        with open(weights_lib.record_path(path), "w") as f:
+            json.dump({**record, **changes}, f)
+
+    return edit
+
+
+def _garble_record(path):
+    with open(weights_lib.record_path(path), "w") as f:
+        f.write('{"sha256": ')
+
+
+# damage -> words that the refusal uses for it
+DAMAGES = {
+    "classifier byte flipped": (_flip_classifier_byte, "SHA-256"),
+    "truncated": (_truncate, "bytes, its record says"),
+    "emptied": (_empty, "has 0 bytes"),
+    "record missing": (_drop_record, "is missing"),
+    "record of other bytes": (_edit_record(sha256=hashlib.sha256(b"other").hexdigest()), "SHA-256"),
+    "record unreadable": (_garble_record, "unreadable"),
+    "record of an older format": (_edit_record(format=weights_lib.CACHE_FORMAT - 1), "format"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_cache_is_refused_offline_with_what_to_delete(cvt13_reference, fake_hub, monkeypatch, damage):
+    damage_file, words = DAMAGES[damage]
+    entry = entry_of(*UNPINNED)
+    path = install(entry, cvt13_reference[0])
+    damage_file(path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError) as error:
+        CvT13(weights="imagenet22k-384")
+    message = str(error.value)
+    assert f"{path} fail verification" in message and words in message
+    assert f"delete {path} and {weights_lib.record_path(path)}" in message
+    assert_names_the_file(error.value, entry)
+    assert fake_hub.requests == []
+
+
+def test_damaged_cache_is_downloaded_and_converted_again(cvt13_reference, fake_hub, served):
+    data, _ = served
+    entry = entry_of(*UNPINNED)
+    fake_hub.add(entry.repo, entry.revision, data)
+    path = install(entry, cvt13_reference[0])
+    _flip_classifier_byte(path)
+    with pytest.warns(UserWarning, match=f"{re.escape(path)} fail verification .*SHA-256"):
+        assert weights_lib.fetch(entry, progress=False) == path
+    assert len([p for p, _ in fake_hub.requests if p.startswith("/cdn/")]) == 1
+    assert weights_lib.verify_cached(entry, path) is None
+    assert_same_weights_files(path, cvt13_reference[0])
+    assert cache_contents() == sorted([os.path.basename(path), os.path.basename(path) + ".json"])
+
+
+def test_damaged_cache_with_hub_unreachable_names_the_file_and_keeps_it(cvt13_reference):
+    entry = entry_of(*UNPINNED)
+    path = install(entry, cvt13_reference[0])
+    _drop_record(path)
+    with pytest.warns(UserWarning, match=re.escape(path)), pytest.raises(hub.HubError) as error:
+        CvT13(weights="imagenet22k-384")
+    message = str(error.value)
+    assert f"the cached file {path} fails verification (its record" in message and "is missing" in message
+    assert_names_the_file(error.value, entry)
+    assert cache_contents() == [os.path.basename(path)]
 
 
 # --- the hub client alone (small files: no model) ---
