@@ -7,8 +7,10 @@
 With a pretrained name (see `keras_cvt.available_weights()`) the images are transformed as
 that checkpoint was evaluated (224 with a 0.875 centre crop, or a straight resize to 384);
 `--size` and `--crop-ratio` override it. With a `.weights.h5` file they default to 224 and
-0.875, and the number of classes is read from the file. See `keras_cvt.serving` for the
-signatures.
+0.875, and the number of classes is read from the file. `--max-pixels` bounds the pixels
+(height x width) the server decodes per image, and resizes it to (default: 89,478,485, PIL's
+decompression-bomb threshold); larger images are refused by name. See `keras_cvt.serving` for
+the signatures.
 """
 
 import argparse
@@ -61,6 +63,16 @@ def _crop_ratio(text):
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {text!r}") from None
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="python -m keras_cvt.export",
@@ -93,6 +105,13 @@ def _parser():
         help="a UTF-8 text file with one label per line, in class order (default: ImageNet names "
         "for 1000 classes, class indices otherwise)",
     )
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_PIXELS,
+        help="the most pixels (height x width) decoded per image, and produced by its resize before "
+        f"the centre crop; larger images are refused (default: {serving.DEFAULT_MAX_PIXELS:,})",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
     return parser
 
@@ -114,11 +133,15 @@ def main(argv=None):
             crop_ratio=crop_ratio,
             top_k=args.top_k,
             labels=labels,
+            max_pixels=args.max_pixels,
             overwrite=args.overwrite,
         )
     except (ValueError, OSError) as error:
         parser.error(str(error))
-    print(f"SavedModel written to {path} (images transformed to {size} x {size}, crop_ratio={crop_ratio})")
+    print(
+        f"SavedModel written to {path} (images transformed to {size} x {size}, crop_ratio={crop_ratio}, "
+        f"at most {args.max_pixels:,} pixels per image)"
+    )
     print(
         f"signatures: {serving.IMAGES_SIGNATURE} (images -> classes, labels, scores), "
         f"{serving.PIXELS_SIGNATURE} and {serving.PIXELS_UINT8_SIGNATURE} (pixels -> probabilities)"

@@ -21,27 +21,56 @@ A bad element of `images` (an empty string, bytes that are no image, a corrupt, 
 zero-sized image) fails the whole request with an `InvalidArgumentError` that names it, such
 as "`images`[2] could not be decoded: ..."; the decoder's own message goes to the server's
 log. Too small `pixels` fail the same way. An empty batch gets empty outputs.
+
+The work per image is bounded by `max_pixels`, fixed at export: an image whose header declares
+more pixels (height x width) is refused before it is decoded, and one whose resize before the
+centre crop would exceed it (a long thin image: the short side is scaled up to 256) is refused
+before it is resized, each with an `InvalidArgumentError` naming it. 8-bit (palette) BMPs are
+decoded in their colours; BMPs that TensorFlow's decoder would misread (run-length compressed,
+OS/2 headers, unusual colour masks) are refused by name.
 """
 
 import contextlib
 import os
-import shutil
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from keras_cvt import inference, preprocessing, transforms
+from keras_cvt import atomic, inference, preprocessing, transforms
 from keras_cvt.layers import ConvEmbedding, conv_output_size
 
 IMAGES_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "predict_pixels"
 PIXELS_UINT8_SIGNATURE = "predict_pixels_uint8"
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range")
+# PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS: 0.25 GiB of 24-bit pixels), so
+# every image the original torchvision/PIL evaluation loads without a warning is served.
+DEFAULT_MAX_PIXELS = 89_478_485
+# The status of a refused image (0: transformed), and what the request's error says of it.
+_TOO_MANY_PIXELS, _RESIZE_TOO_LARGE, _UNREADABLE_BMP = 1, 2, 3
+_REFUSALS = {
+    _TOO_MANY_PIXELS: "`images`[{}] is {} x {} = {} pixels (height x width), more than the limit of {} "
+    "pixels this model was exported with (max_pixels)",
+    _RESIZE_TOO_LARGE: "`images`[{}] ({} x {} pixels, height x width) would be resized to {} x {} = {} "
+    "pixels before its centre crop, more than the limit of {} pixels this model was exported with "
+    "(max_pixels): its aspect ratio is too extreme",
+    _UNREADABLE_BMP: "`images`[{}] is a BMP that the decoder would misread (run-length compressed, an "
+    "OS/2 header, or colour masks other than BGRA): send it as PNG",
+}
 
 
 def export_for_serving(
-    model, path, *, image_size=224, crop_ratio=0.875, top_k=5, labels=None, overwrite=False
+    model,
+    path,
+    *,
+    image_size=224,
+    crop_ratio=0.875,
+    top_k=5,
+    labels=None,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    overwrite=False,
 ):
     """Writes `model` as a SavedModel for TF Serving that classifies encoded images.
 
@@ -64,13 +93,24 @@ def export_for_serving(
         labels: the strings of the `labels` output: `None` for the ImageNet class names when the
             classifier has 1000 classes and the class indices as strings otherwise, `"imagenet"`
             for the ImageNet names (requires 1000 classes), or a list of one string per class.
+        max_pixels: the most pixels (height x width) `serving_default` decodes per image, and the
+            most its resize before the centre crop may produce; an image over it fails the
+            request naming it. Decoding and transforming one image takes about 16 bytes per
+            pixel, so the default (89,478,485, PIL's decompression-bomb threshold) bounds an
+            image's work to about 1.4 GB; the images of a request are decoded in parallel.
         overwrite: whether to replace an existing non-empty directory at `path`.
 
     Returns:
         The absolute path written.
     """
-    # Before the minutes that tracing a large model can take.
-    _check_directory_target(path, overwrite)
+    # Entering it checks `path` (before the minutes that tracing a large model can take), and
+    # whatever fails inside leaves nothing behind.
+    with atomic.publish_directory(path, overwrite) as staging:
+        _export_for_serving(model, staging, image_size, crop_ratio, top_k, labels, max_pixels)
+    return os.path.abspath(os.fspath(path))
+
+
+def _export_for_serving(model, directory, image_size, crop_ratio, top_k, labels, max_pixels):
     classifier = _Classifier(model)
     if not isinstance(top_k, int) or not 1 <= top_k <= classifier.classes:
         raise ValueError(
@@ -86,6 +126,12 @@ def export_for_serving(
             )
     if image_size < classifier.min_size:
         raise ValueError(f"`image_size` must be at least {classifier.min_size} for this model, got {image_size}")
+    square = image_size if crop_ratio is None else int(image_size / crop_ratio)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < square**2:
+        raise ValueError(
+            f"`max_pixels` must be an integer of at least {square**2} (the {square} x {square} that a "
+            f"square image is resized to), got max_pixels={max_pixels!r}"
+        )
 
     height, width = classifier.input_size
     # One trace of the network that every signature calls: the SavedModel then holds it once,
@@ -95,7 +141,7 @@ def export_for_serving(
     )
 
     def serve_images(images):
-        pixels = _decode_and_transform(images, transform, image_size)
+        pixels = _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels)
         scores, classes = tf.math.top_k(predict(pixels), k=top_k)
         return {
             "classes": tf.cast(classes, tf.int32),
@@ -117,7 +163,7 @@ def export_for_serving(
         archive.add_endpoint(
             name, serve_pixels, input_signature=[tf.TensorSpec([None, height, width, 3], dtype, name="pixels")]
         )
-    return _write_directory(path, overwrite, lambda directory: archive.write_out(directory, verbose=False))
+    archive.write_out(directory, verbose=False)
 
 
 def export_tflite(model, path, quantization=None, input_size=224):
@@ -130,7 +176,11 @@ def export_tflite(model, path, quantization=None, input_size=224):
     TFLite's builtin operators only (the depthwise convolutions become `DEPTHWISE_CONV_2D`),
     so it runs on the plain TFLite runtime, without the Flex (select TF ops) delegate.
 
-    Run it with its signature: `interpreter.get_signature_runner()(pixels=x)["probabilities"]`.
+    Run it with `TFLiteClassifier`, which checks the input's shape, or with its signature:
+    `interpreter.get_signature_runner()(pixels=x)["probabilities"]`. The input size is fixed
+    (the model's reshapes are static): the TFLite runtime cannot resize it, and a `pixels` of
+    another shape fails inside the runtime with a message that names neither (such as
+    "XNNPack delegate failed to reshape runtimeNode number 181").
 
     Args:
         model: a CvT classifier, as for `export_for_serving`.
@@ -147,7 +197,47 @@ def export_tflite(model, path, quantization=None, input_size=224):
     """
     with _tflite_converter(model, quantization, input_size) as converter:
         flatbuffer = converter.convert()
-    return _write_file(path, flatbuffer)
+    return atomic.write_bytes(path, flatbuffer)
+
+
+class TFLiteClassifier:
+    """A file of `export_tflite` as a function: pixels `[batch, size, size, 3]` -> probabilities.
+
+    The TFLite model takes one image of the size it was exported for; this checks `pixels`
+    against it, with an error that says what is expected, before the runtime sees them, and
+    runs the batch one image at a time.
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: the interpreter's CPU threads (`None`: the runtime's default).
+    """
+
+    def __init__(self, path, num_threads=None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # TensorFlow's own copy of the runtime, deprecated in its favour
+            Interpreter = tf.lite.Interpreter
+        self.path = os.path.abspath(os.fspath(path))
+        interpreter = Interpreter(model_path=self.path, num_threads=num_threads)
+        self._run = interpreter.get_signature_runner(IMAGES_SIGNATURE)
+        self.input_shape = tuple(int(d) for d in self._run.get_input_details()["pixels"]["shape"][1:])
+        self.classes = int(self._run.get_output_details()["probabilities"]["shape"][-1])
+
+    def __call__(self, pixels):
+        """`pixels`: RGB in [0, 255], as `keras_cvt.transforms.evaluation_transform` makes them."""
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"`pixels` must have shape (batch, {', '.join(map(str, self.input_shape))}): this TFLite "
+                f"model ({self.path}) takes {self.input_shape[0]} x {self.input_shape[1]} images and the "
+                f"runtime cannot resize it; got shape {pixels.shape}. Transform images with "
+                f"keras_cvt.transforms.evaluation_transform({self.input_shape[0]}, ...), or export "
+                "another input_size"
+            )
+        if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
+            raise TypeError(f"`pixels` must be numbers (RGB in [0, 255]), got dtype {pixels.dtype}")
+        outputs = [self._run(pixels=image[None].astype(np.float32))["probabilities"] for image in pixels]
+        return np.concatenate(outputs) if outputs else np.zeros([0, self.classes], np.float32)
 
 
 class _Classifier:
@@ -248,7 +338,7 @@ def _first(mask):
     return tf.argmax(tf.concat([mask, [True]], axis=0), output_type=tf.int32)
 
 
-def _decode_and_transform(images, transform, image_size):
+def _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels):
     """Encoded images `[batch]` -> transformed pixels `[batch, size, size, 3]`, or a clean error.
 
     A bad element fails the whole request with an InvalidArgumentError that names it: dropping
@@ -262,12 +352,38 @@ def _decode_and_transform(images, transform, image_size):
     with tf.control_dependencies([check_empty]):
         count = tf.shape(images)[0]
         indices = tf.range(count)
+    no_pixels = tf.zeros([image_size, image_size, 3])
+
+    def refusal(height_width):
+        """(status, [height, width, resized height, resized width]) of an image of that size."""
+        resized = transforms.evaluation_resize_size(height_width, image_size, crop_ratio)
+        status = tf.where(
+            tf.reduce_prod(height_width) > max_pixels,
+            _TOO_MANY_PIXELS,
+            tf.where(tf.reduce_prod(resized) > max_pixels, _RESIZE_TOO_LARGE, 0),
+        )
+        return status, tf.concat([height_width, resized], axis=0)
 
     def decode(index, encoded):
-        image = transforms.decode_image(encoded)
-        check_size = tf.debugging.assert_positive(tf.shape(image)[:2], message="zero-sized image")
-        with tf.control_dependencies([check_size]):
-            return index, transform(image)
+        height_width, decodable = transforms.inspect_encoded_image(encoded)
+        status, sizes = refusal(height_width)
+        status = tf.where(decodable, status, _UNREADABLE_BMP)
+
+        def decode_and_check():
+            image = transforms.decode_image(encoded)
+            check_size = tf.debugging.assert_positive(tf.shape(image)[:2], message="zero-sized image")
+            with tf.control_dependencies([check_size]):
+                # A header we do not read (or one that lies) is caught here, still before the
+                # float conversion and the resize, the steps that take memory.
+                status, sizes = refusal(tf.cast(tf.shape(image)[:2], tf.int64))
+            return tf.cond(
+                tf.equal(status, 0), lambda: (status, sizes, transform(image)), lambda: (status, sizes, no_pixels)
+            )
+
+        status, sizes, pixels = tf.cond(
+            tf.equal(status, 0), decode_and_check, lambda: (status, sizes, no_pixels)
+        )
+        return index, status, sizes, pixels
 
     # Graph functions cannot catch a decoder's error, so which image failed would be lost: a
     # tf.data pipeline can skip failed elements (logging the decoder's message), and the
@@ -278,12 +394,13 @@ def _decode_and_transform(images, transform, image_size):
         .ignore_errors(log_warning=True)
     )
     # The sentinel keeps the one batch non-empty when nothing (or no image) came through.
-    sentinel = tf.data.Dataset.from_tensors((tf.constant(-1), tf.zeros([image_size, image_size, 3])))
-    decoded_indices, pixels = (
+    sentinel = tf.data.Dataset.from_tensors(
+        (tf.constant(-1), tf.constant(0), tf.zeros([4], tf.int64), no_pixels)
+    )
+    decoded_indices, statuses, sizes, pixels = (
         decoded.concatenate(sentinel).batch(tf.cast(count, tf.int64) + 1).get_single_element()
     )
-    decoded_indices, pixels = decoded_indices[:-1], pixels[:-1]
-    succeeded = tf.scatter_nd(decoded_indices[:, None], tf.ones_like(decoded_indices), [count]) > 0
+    succeeded = tf.scatter_nd(decoded_indices[:-1, None], tf.ones_like(decoded_indices[:-1]), [count]) > 0
     check_decoded = tf.debugging.Assert(
         tf.reduce_all(succeeded),
         [
@@ -294,8 +411,27 @@ def _decode_and_transform(images, transform, image_size):
             )
         ],
     )
-    with tf.control_dependencies([check_decoded]):
-        return tf.identity(pixels)
+    checks = [check_decoded]
+    for status, message in _REFUSALS.items():
+        refused = tf.equal(statuses[:-1], status)
+        # The sentinel's row when nothing is refused: an Assert computes its message either way.
+        first = _first(refused)
+        height, width, resized_height, resized_width = tf.unstack(sizes[first])
+        fields = {
+            _TOO_MANY_PIXELS: (height, width, height * width, max_pixels),
+            _RESIZE_TOO_LARGE: (height, width, resized_height, resized_width, resized_height * resized_width, max_pixels),
+            _UNREADABLE_BMP: (),
+        }[status]
+        # After the decoding check: an image that failed to decode shifts the ones behind it.
+        with tf.control_dependencies([check_decoded]):
+            checks.append(
+                tf.debugging.Assert(
+                    tf.logical_not(tf.reduce_any(refused)),
+                    [tf.strings.format(message, (decoded_indices[first],) + fields)],
+                )
+            )
+    with tf.control_dependencies(checks):
+        return tf.identity(pixels[:-1])
 
 
 def _check_pixels(pixels, min_size):
@@ -355,65 +491,3 @@ def _tflite_converter(model, quantization, input_size):
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]
         yield converter
-
-
-def _target(path):
-    path = os.path.abspath(os.fspath(path))
-    parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    return path, parent, name
-
-
-def _readable_mode(mode):
-    # mkdtemp/mkstemp create private (0700/0600) entries; a model server running as another
-    # user (a Docker volume) must be able to read what we publish.
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
-def _check_directory_target(path, overwrite):
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"{path!r} exists and is not a directory")
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise FileExistsError(f"{path!r} exists and is not empty; pass overwrite=True to replace it")
-
-
-def _write_directory(path, overwrite, write):
-    _check_directory_target(path, overwrite)
-    path, parent, name = _target(path)
-    # Beside the target, so the rename stays on one file system; the dot keeps TF Serving, which
-    # only loads numbered version directories, from looking at it.
-    staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
-        write(staging)
-        os.chmod(staging, _readable_mode(0o755))
-        if os.path.isdir(path):
-            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-            os.rename(path, os.path.join(old, name))
-            os.rename(staging, path)
-            shutil.rmtree(old)
-        else:
-            os.rename(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path
-
-
-def _write_file(path, content):
-    path, parent, name = _target(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path!r} is a directory")
-    descriptor, staging = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(content)
-        os.chmod(staging, _readable_mode(0o644))
-        os.replace(staging, path)
-    except BaseException:
-        if os.path.exists(staging):
-            os.remove(staging)
-        raise
-    return path

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_cvt import CvT, cvt, decode_predictions, export_for_serving, export_tflite, serving
+from keras_cvt import CvT, atomic, cvt, decode_predictions, export_for_serving, export_tflite, serving
 from keras_cvt import export as export_cli
 from keras_cvt.preprocessing import imagenet_classes
 from keras_cvt.transforms import evaluation_transform, load_image
@@ -360,25 +360,31 @@ def test_argument_errors_come_before_any_work(tiny_model, exported, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_directory_is_published_whole(tmp_path):
+def test_directory_is_published_whole(tiny_model, tmp_path, monkeypatch):
     target = tmp_path / "models" / "m" / "1"
+    save = tf.saved_model.save
 
-    def failing(directory):
-        open(os.path.join(directory, "saved_model.pb"), "wb").close()
-        raise RuntimeError("disk full")
+    def failing(obj, export_dir, *args, **kwargs):
+        save(obj, export_dir, *args, **kwargs)
+        raise OSError("No space left on device")
 
-    with pytest.raises(RuntimeError, match="disk full"):
-        serving._write_directory(target, False, failing)
+    # What the export archive writes with, so the SavedModel is all there when the write fails.
+    monkeypatch.setattr(tf.saved_model, "save", failing)
+    with pytest.raises(OSError, match="No space left"):
+        export_for_serving(tiny_model, target, image_size=SIZE)
     # Neither a half-written version nor the staging directory is left for a server to find.
     assert os.listdir(target.parent) == []
 
-    def writer(marker):
-        return lambda directory: open(os.path.join(directory, marker), "w").close()
+    # The publication itself (keras_cvt.atomic), as export_for_serving uses it.
+    def publish(marker, overwrite=False):
+        with atomic.publish_directory(target, overwrite) as staging:
+            open(os.path.join(staging, marker), "w").close()
 
-    serving._write_directory(target, False, writer("old"))
-    with pytest.raises(FileExistsError):
-        serving._write_directory(target, False, writer("new"))
-    serving._write_directory(target, True, writer("new"))
+    publish("old")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        publish("new")
+    assert os.listdir(target) == ["old"]
+    publish("new", overwrite=True)
     assert os.listdir(target) == ["new"]
     assert os.listdir(target.parent) == ["1"]
     # Readable by a server running as another user, as far as the umask allows.
@@ -456,7 +462,7 @@ def test_tflite_builtin_ops_only_and_close_to_keras(tiny_model, tmp_path):
             with serving._tflite_converter(tiny_model, quantization, SIZE) as converter:
                 assert set(converter.target_spec.supported_ops) == {tf.lite.OpsSet.TFLITE_BUILTINS}
                 assert converter.optimizations == [tf.lite.Optimize.DEFAULT]
-                serving._write_file(path, converter.convert())
+                atomic.write_bytes(path, converter.convert())
         else:
             assert export_tflite(tiny_model, path, quantization=quantization, input_size=SIZE) == str(path)
         ops, probabilities = _tflite_predict(path, inputs)
