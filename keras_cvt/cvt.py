@@ -285,7 +285,7 @@ def _check_stages(*values):
             value = value.tolist()
         if not isinstance(value, (list, tuple)):
             raise TypeError(
-                f"`{name}` must be a list or tuple with one {meaning} per stage, got "
+                f"`{name}` must be a list or tuple with one entry per stage ({meaning}), got "
                 f"{name}={value!r} ({type(value).__name__})"
             )
         for stage, entry in enumerate(value):
