@@ -6,12 +6,19 @@
 Defaults are the original CvT recipe (AdamW, 2.5e-4 per 256 images, weight decay 0.05 (0.1 for
 cvt21/cvtw24) except on norms, biases and the class token, 5 warm-up epochs then cosine to 1e-5
 over 300 epochs, label smoothing 0.1, stochastic depth of the variant, random resized
-crops and flips); see `keras_cvt.training`. A run started again with the same `--output-dir`
-resumes from its last backup, at the same epoch and step. The last line printed is the
-validation top-1 / top-5 accuracy.
+crops and flips); see `keras_cvt.training`.
+
+Run the same command again after a kill or a crash and it resumes from its last backup, at the
+same epoch and step, and ends after as many optimizer steps as an uninterrupted run; with other
+arguments (batch size, epochs, model, ...) it refuses and says what changed. Run again after it
+completed, it leaves the checkpoints as they are and says so; `--restart` trains again (and
+`checkpoints/best.weights.h5` is only replaced by a better model). Image folders are decoded
+once before training: unreadable files are listed in one error (`--skip-bad-images` skips them
+with a warning). The last line printed is the validation top-1 / top-5 accuracy.
 """
 
 import argparse
+import dataclasses
 import sys
 
 import keras
@@ -37,6 +44,12 @@ def parse_args(argv=None):
         help="image folder to validate on (default: hold out --val-fraction of --image-folder)",
     )
     data.add_argument("--val-fraction", type=float, default=0.1)
+    data.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="train without the image folder's files that cannot be decoded (listed in a warning) "
+        "instead of stopping with their list",
+    )
 
     model = cli.add_architecture_arguments(parser)
     model.add_argument(
@@ -106,6 +119,12 @@ def parse_args(argv=None):
         "--backup-every", type=int, default=500, help="steps between backups (0: each epoch only)"
     )
     run.add_argument("--keep-backup", action="store_true", help="keep the backup after training completes")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard --output-dir's backup and completion record and train from step 0 "
+        "(checkpoints/best.weights.h5 is replaced only by a better model)",
+    )
     run.add_argument("--verbose", type=int, default=2)
     args = parser.parse_args(argv)
     args.architecture = cli.architecture(parser, args)
@@ -132,11 +151,12 @@ def sources(args, multi_worker):
         train = training.tfds_source(args.dataset, args.train_split or default_train, **kwargs)
         val = training.tfds_source(args.dataset, args.val_split or default_val, **kwargs)
     elif args.val_folder:
-        train = training.image_folder_source(args.image_folder)
-        val = training.image_folder_source(args.val_folder)
+        train = training.image_folder_source(args.image_folder, skip_bad_images=args.skip_bad_images)
+        val = training.image_folder_source(args.val_folder, skip_bad_images=args.skip_bad_images)
     else:
-        train = training.image_folder_source(args.image_folder, "training", args.val_fraction)
-        val = training.image_folder_source(args.image_folder, "validation", args.val_fraction)
+        train, val = training.image_folder_source(
+            args.image_folder, "both", args.val_fraction, skip_bad_images=args.skip_bad_images
+        )
     if train.num_classes != val.num_classes:
         raise SystemExit(f"training data has {train.num_classes} classes, validation data {val.num_classes}")
     return train, val
@@ -155,8 +175,8 @@ class StartLogger(keras.callbacks.Callback):
             self.printed = True
 
 
-def run(args):
-    """Trains as `args` say; returns `(model, history, (top1, top5))`."""
+def run(args, callbacks=()):
+    """Trains as `args` say (with `callbacks` too); returns `(model, history, (top1, top5))`."""
     # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
     strategy = training.make_strategy(args.strategy, args.tpu)
     multi_worker = training.is_multi_worker(strategy)
@@ -217,6 +237,24 @@ def run(args):
         )
     training.prepare_for_strategy(model, strategy, size, train_source.num_classes)
 
+    # What defines the run besides epochs and steps per epoch: a rerun with other values is refused.
+    parameters = {
+        "architecture": args.architecture,
+        "classes": train_source.class_names,
+        "training_images": train_source.num_examples,
+        "image_size": size,
+        "batch_size": args.batch_size,
+        "global_batch": global_batch,
+        "learning_rate": peak_lr,
+        "warmup_epochs": args.warmup_epochs,
+        "warmup_learning_rate": args.warmup_learning_rate,
+        "min_learning_rate": args.min_learning_rate,
+        "weight_decay": weight_decay,
+        "label_smoothing": args.label_smoothing,
+        "drop_path_rate": args.drop_path_rate,
+        "augmentation": dataclasses.asdict(augmentation),
+        "mixed_precision": args.mixed_precision,
+    }
     history, (epoch, step) = training.fit(
         model,
         train_data,
@@ -227,10 +265,12 @@ def run(args):
         validation_data=val_data,
         backup_every=args.backup_every,
         keep_backup=args.keep_backup,
-        callbacks=[StartLogger()],
+        restart=args.restart,
+        parameters=parameters,
+        callbacks=[StartLogger(), *callbacks],
         verbose=args.verbose,
     )
-    if epoch or step:
+    if history and (epoch or step):  # no history: a completed run, not trained again (fit warns)
         print(f"Resumed at epoch {epoch} step {step}", flush=True)
     print(f"Optimizer steps: {int(model.optimizer.iterations.numpy())}", flush=True)
     top1, top5 = training.evaluate(model, val_data)

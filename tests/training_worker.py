@@ -2,17 +2,27 @@
 
     python -m tests.training_worker mirrored RESULT.json -- TRAIN_ARGS...
     python -m tests.training_worker multiworker RESULT.npz -- TRAIN_ARGS...
+    KERAS_CVT_KILL_AT=EVENT@STEP python -m tests.training_worker killable RESULT.json -- TRAIN_ARGS...
 
 `mirrored` splits the CPU into two logical devices (possible only before TensorFlow starts,
 hence a process of its own), trains with examples/train.py on them, and records the
 replicas' copies of every variable. `multiworker` trains as one worker of the cluster in
-`TF_CONFIG` and records its final weights. Results are written atomically.
+`TF_CONFIG` and records its final weights. `killable` trains and SIGKILLs itself at the
+event named in `KERAS_CVT_KILL_AT` when the optimizer has made STEP steps:
+
+- `step@N`: as step N+1 begins; `validation@N`: as fit's validation begins;
+- `write:NAME@N`: while `keras_cvt.atomic.publish_file` writes NAME (the temporary file is
+  complete, not yet renamed); `published:NAME@N`: right after NAME is published.
+
+Results are written atomically.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
 import pathlib
+import signal
 import sys
 
 import numpy as np
@@ -28,10 +38,10 @@ def load_example(name):
 
 
 def write_atomically(path, write):
-    temporary = f"{path}.incomplete"
-    with open(temporary, "wb") as f:
+    from keras_cvt import atomic
+
+    with atomic.publish_file(path) as temporary, open(temporary, "wb") as f:
         write(f)
-    os.replace(temporary, path)
 
 
 def mirrored(result_path, train_args):
@@ -96,7 +106,45 @@ def multiworker(result_path, train_args):
     write_atomically(result_path, lambda f: np.savez(f, **arrays))
 
 
+def killable(result_path, train_args):
+    import keras
+
+    from keras_cvt import atomic
+
+    event, _, at = os.environ["KERAS_CVT_KILL_AT"].rpartition("@")
+    at = int(at)
+
+    class Kill(keras.callbacks.Callback):
+        def kill_if(self, name):
+            if name == event and int(self.model.optimizer.iterations.numpy()) == at:
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.kill_if("step")
+
+        def on_test_begin(self, logs=None):
+            self.kill_if("validation")
+
+    kill = Kill()
+    publish_file = atomic.publish_file
+
+    @contextlib.contextmanager
+    def killable_publish_file(path):
+        name = os.path.basename(path)
+        with publish_file(path) as temporary:
+            yield temporary
+            kill.kill_if(f"write:{name}")
+        kill.kill_if(f"published:{name}")
+
+    atomic.publish_file = killable_publish_file
+    train = load_example("train")
+    model, _, (top1, _) = train.run(train.parse_args(train_args), callbacks=[kill])
+    result = {"iterations": int(model.optimizer.iterations.numpy()), "top1": top1}
+    write_atomically(result_path, lambda f: f.write(json.dumps(result).encode()))
+
+
 if __name__ == "__main__":
     command, result, separator, *args = sys.argv[1:]
     assert separator == "--", "usage: python -m tests.training_worker COMMAND RESULT -- TRAIN_ARGS..."
-    {"mirrored": mirrored, "multiworker": multiworker}[command](result, args)
+    {"mirrored": mirrored, "multiworker": multiworker, "killable": killable}[command](result, args)

@@ -5,7 +5,9 @@ together; each piece also works on its own:
 
 - `make_strategy`: `MirroredStrategy` (several GPUs), `MultiWorkerMirroredStrategy` (several
   machines, `TF_CONFIG`), `TPUStrategy`, or the default strategy.
-- `tfds_source`, `image_folder_source`, `array_source`: labelled images, read shard by shard.
+- `tfds_source`, `image_folder_source`, `array_source`: labelled images, read shard by shard;
+  image folders are decoded once first (`find_unreadable_images`, one parallel tf.data pass)
+  and unreadable files are listed in one error, or skipped with a warning.
 - `train_dataset`, `eval_dataset`: distributed input pipelines (parallel decoding and
   augmentation, prefetching, one shard per input pipeline through `tf.distribute.InputContext`).
 - `build_model`: a CvT from scratch, or fine-tuning from `.weights.h5` / pretrained weights with
@@ -13,8 +15,11 @@ together; each piece also works on its own:
 - `WarmupCosineDecay`, `make_optimizer`, `compile_model`: the original recipe.
 - `prepare_for_strategy`: workarounds for Keras 3 under `tf.distribute`, keras-team/keras#20585
   (multi-worker training) included.
-- `fit`: `model.fit` with backups every N steps that resume at the same epoch *and step*,
-  best/last checkpoints and TensorBoard logs, written by the chief worker only, and BatchNorm
+- `fit`: `model.fit` that can be killed anywhere and run again: backups every N steps that
+  resume at the same epoch *and step* (a rerun with other parameters or another model is
+  refused, saying what differs), best/last checkpoints (`best` never replaced by a worse model),
+  a completion record (a completed run is not trained again without `restart=True`) and
+  TensorBoard logs, all published atomically by the chief worker only, and BatchNorm
   statistics kept identical on all replicas.
 
 The recipe is the original's (microsoft/CvT `experiments/imagenet/cvt/cvt-13-224x224.yaml`,
@@ -30,11 +35,20 @@ from keras_cvt.training.data import (
     ImageSource,
     array_source,
     default_tfds_splits,
+    find_unreadable_images,
     image_folder_source,
     list_image_folder,
     tfds_source,
 )
-from keras_cvt.training.fit import ResumableBackupAndRestore, SyncBatchNormStatistics, evaluate, fit
+from keras_cvt.training.fit import (
+    Checkpoints,
+    ResumableBackupAndRestore,
+    SyncBatchNormStatistics,
+    evaluate,
+    fit,
+    model_signature,
+    read_completed,
+)
 from keras_cvt.cvt import BUILDERS
 from keras_cvt.training.model import build_model, head_classes
 from keras_cvt.training.pipeline import Augmentation, eval_dataset, random_resized_crop, train_dataset

@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -80,10 +82,15 @@ def default_tfds_splits(name, data_dir=None):
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SHOWN_BAD_IMAGES = 100
 
 
 def list_image_folder(root):
-    """`(paths, labels, class_names)` of a folder with one sub-folder of images per class."""
+    """`(paths, labels, class_names)` of a folder with one sub-folder of images per class.
+
+    A class folder without images and a folder with a single class are errors: the first
+    would add a class no image has, the second a classifier that is always right.
+    """
     if not tf.io.gfile.isdir(root):
         raise ValueError(f"image folder not found: {root!r}")
     class_names = sorted(
@@ -91,41 +98,131 @@ def list_image_folder(root):
     )
     if not class_names:
         raise ValueError(f"image folder {root!r} has no class sub-folders")
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for label, class_name in enumerate(class_names):
         folder = os.path.join(root, class_name)
         files = sorted(f for f in tf.io.gfile.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            empty.append(folder)
         paths += [os.path.join(folder, f) for f in files]
         labels += [label] * len(files)
-    if not paths:
-        raise ValueError(f"image folder {root!r} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if empty:
+        raise ValueError(
+            f"image folder {root!r}: class folder(s) without images ({', '.join(IMAGE_EXTENSIONS)}): "
+            + ", ".join(map(repr, empty))
+            + "; remove them or add images"
+        )
+    if len(class_names) < 2:
+        raise ValueError(
+            f"image folder {root!r} has a single class ({class_names[0]!r}): a classifier needs "
+            "at least two class sub-folders"
+        )
     return paths, labels, class_names
 
 
-def image_folder_source(root, subset=None, validation_fraction=0.1, seed=0):
+def find_unreadable_images(paths, load=transforms.load_image):
+    """`[(index, path, reason)]` of the files `load` cannot read and decode.
+
+    One parallel tf.data pass over all files (each decoded once; the elements that fail are
+    dropped by `ignore_errors` and are the missing indices), then the reason of each failure,
+    from decoding those files again (the first `SHOWN_BAD_IMAGES` only).
+    """
+    if not paths:
+        return []
+    readable = np.zeros(len(paths), bool)
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths)).enumerate()
+    # The decoded size is the output, so the decode cannot be pruned.
+    ds = ds.map(
+        lambda i, path: (i, tf.size(load(path))), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    )
+    for indices, sizes in ds.ignore_errors().batch(4096):
+        readable[indices.numpy()[sizes.numpy() > 0]] = True
+    bad = []
+    for index in np.flatnonzero(~readable):
+        reason = "(not decoded again)"
+        if len(bad) < SHOWN_BAD_IMAGES:
+            try:
+                reason = "decodes to an empty image" if tf.size(load(paths[index])) == 0 else reason
+            except (tf.errors.OpError, ValueError) as error:
+                reason = _short_reason(getattr(error, "message", None) or str(error))
+        bad.append((int(index), paths[index], reason))
+    return bad
+
+
+def _short_reason(message):
+    # TensorFlow wraps an eager op's message as "{{function_node ...}} MESSAGE [Op:Name] name: ".
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message)
+    return re.sub(r"\s*\[Op:\w+\].*", "", message.strip().splitlines()[0]).strip()
+
+
+def _readable(root, paths, labels, class_names, skip_bad_images):
+    """Indices of the readable `paths`; raises, or warns when `skip_bad_images`, naming the others."""
+    bad = find_unreadable_images(paths)
+    if not bad:
+        return list(range(len(paths)))
+    shown = "\n".join(f"  {path}: {reason}" for _, path, reason in bad[:SHOWN_BAD_IMAGES])
+    more = f"\n  ... and {len(bad) - SHOWN_BAD_IMAGES} more" if len(bad) > SHOWN_BAD_IMAGES else ""
+    summary = f"{len(bad)} of {len(paths)} images in image folder {root!r} cannot be decoded:\n{shown}{more}"
+    if not skip_bad_images:
+        raise ValueError(
+            f"{summary}\nDelete or replace them, or skip them (skip_bad_images=True, --skip-bad-images)."
+        )
+    warnings.warn(f"{summary}\nSkipping them (skip_bad_images=True).", stacklevel=3)
+    dropped = {index for index, _, _ in bad}
+    keep = [i for i in range(len(paths)) if i not in dropped]
+    lost = sorted(set(labels) - {labels[i] for i in keep})
+    if lost:
+        raise ValueError(
+            f"image folder {root!r}: no readable image left in class folder(s) "
+            + ", ".join(repr(os.path.join(root, class_names[label])) for label in lost)
+        )
+    return keep
+
+
+def image_folder_source(root, subset=None, validation_fraction=0.1, seed=0, skip_bad_images=False):
     """Images in `root/<class name>/*.jpg|png|...`, classes in sorted order.
 
+    Every file is decoded once before this returns (`find_unreadable_images`): files that
+    cannot be read or decoded are listed, with their paths and why, in one ValueError, or
+    skipped with a warning naming them when `skip_bad_images`.
+
     Args:
-        subset: None for all images, or `"training"` / `"validation"` for a split held out
-            with `validation_fraction` of each class (the same one on every run and worker).
+        subset: None for all images; `"training"` / `"validation"` for a split holding out
+            `validation_fraction` of each class (the same one on every run and worker, whatever
+            files are skipped); `"both"` for the tuple `(training, validation)`, checked in one
+            pass.
     """
+    if subset not in (None, "training", "validation", "both"):
+        raise ValueError(f"`subset` must be None, 'training', 'validation' or 'both', got {subset!r}")
+    if subset is not None and not 0.0 <= validation_fraction <= 1.0:
+        raise ValueError(f"`validation_fraction` must be in [0, 1], got {validation_fraction!r}")
     paths, labels, class_names = list_image_folder(root)
+    held_out = np.zeros(len(paths), bool)
     if subset is not None:
-        if subset not in ("training", "validation"):
-            raise ValueError(f"`subset` must be None, 'training' or 'validation', got {subset!r}")
         rng = np.random.RandomState(seed)
-        keep = []
         labels_array = np.asarray(labels)
         for label in range(len(class_names)):
             members = rng.permutation(np.flatnonzero(labels_array == label))
-            held_out = int(round(len(members) * validation_fraction))
-            keep += list(members[:held_out] if subset == "validation" else members[held_out:])
-        keep = sorted(keep)
-        paths = [paths[i] for i in keep]
-        labels = [labels[i] for i in keep]
-    return _tensor_source(
-        tf.constant(paths), np.asarray(labels, np.int64), class_names, transforms.load_image
+            held_out[members[: int(round(len(members) * validation_fraction))]] = True
+    chosen = {"training": ~held_out, "validation": held_out}.get(subset, np.ones(len(paths), bool))
+    indices = np.flatnonzero(chosen)
+    readable = _readable(
+        root, [paths[i] for i in indices], [labels[i] for i in indices], class_names, skip_bad_images
     )
+    keep = indices[readable]
+
+    def source(mask):
+        kept = keep[mask[keep]]
+        return _tensor_source(
+            tf.constant([paths[i] for i in kept], tf.string),
+            np.asarray([labels[i] for i in kept], np.int64),
+            class_names,
+            transforms.load_image,
+        )
+
+    if subset == "both":
+        return source(~held_out), source(held_out)
+    return source(chosen)
 
 
 def array_source(images, labels, num_classes=None, class_names=None):

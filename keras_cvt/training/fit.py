@@ -1,6 +1,13 @@
-"""`fit` with fault tolerance (resume at the same epoch and step), checkpoints and logs."""
+"""`fit` that survives being killed anywhere: exact resume, completed runs kept, no worse `best`.
 
+Every file is published with `keras_cvt.atomic` (written under a temporary name, renamed when
+complete) and carries a record of the run that wrote it (its defining parameters and the
+model's weight layout), so a rerun can tell whether it is the same run before loading anything.
+"""
+
+import glob
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -8,9 +15,17 @@ import warnings
 
 import h5py
 import keras
+import numpy as np
 import tensorflow as tf
 
+from keras_cvt import atomic
 from keras_cvt.training.strategy import is_chief, task
+
+MONITOR = "val_top1"
+COMPLETED = "completed.json"
+LAST = "last.weights.h5"
+BEST = "best.weights.h5"
+RESERVED_PARAMETERS = ("epochs", "steps_per_epoch")
 
 
 class SyncBatchNormStatistics(keras.callbacks.Callback):
@@ -59,55 +74,144 @@ class SyncBatchNormStatistics(keras.callbacks.Callback):
         self.sync()
 
 
-class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` that resumes at the same epoch *and step*.
+def model_signature(model):
+    """The weight layout of `model` (`{"name", "weights": {path: shape}}`), recorded in its files."""
+    return {"name": model.name, "weights": {v.path: list(v.shape) for v in model.weights}}
 
-    Keras' callback restores the weights and optimizer state of its last backup but restarts
-    the interrupted epoch from its first step, so a job killed in the middle of an epoch ends
-    with more optimizer steps than an uninterrupted one (and a learning rate schedule ahead of
-    its epochs). This one records the epoch and the step within it and, through `fit()` below,
-    runs only the interrupted epoch's remaining steps. Besides:
 
-    - Each backup is written to a temporary file and renamed, so a kill while writing leaves
-      the previous backup intact; the epoch and step live inside the same file, so the state
-      is never half old, half new.
-    - `write_dir` separates where backups are written from where they are read: under
-      `MultiWorkerMirroredStrategy` every worker saves (TensorFlow's advice), but only the
-      chief into `backup_dir`, which all workers restore from (so it must be shared).
-    - A backup is also written at the end of every epoch; the backup is deleted by `fit()`
-      when training completes (`delete_checkpoint`), not at the end of each `model.fit`.
-    - It remembers the best value of `monitor`, so the "best" checkpoint survives a restart.
+def _model_difference(recorded, current):
+    old, new = recorded["weights"], current["weights"]
+    reshaped = [p for p in old if p in new and old[p] != new[p]]
+    missing = [p for p in old if p not in new]
+    extra = [p for p in new if p not in old]
+    details = [f"{p} is {tuple(old[p])} there, {tuple(new[p])} here" for p in reshaped[:3]]
+    if missing:
+        details.append(f"{len(missing)} of its weights are not in this model, e.g. {missing[0]}")
+    if extra:
+        details.append(f"this model has {len(extra)} weights it lacks, e.g. {extra[0]}")
+    return (
+        f"another model: {recorded['name']!r} with {len(old)} weights there, "
+        f"{current['name']!r} with {len(new)} here ({'; '.join(details)})"
+    )
+
+
+def _differences(recorded_run, recorded_model, run, model):
+    """Lines saying how this run (`run`, `model`) differs from a recorded one; [] for the same run."""
+    lines = []
+    if recorded_model["weights"] != model["weights"]:
+        lines.append(_model_difference(recorded_model, model))
+    for key in sorted(set(recorded_run) | set(run)):
+        old, new = recorded_run.get(key, "(not recorded)"), run.get(key, "(not given)")
+        if old != new:
+            lines.append(f"{key}: {old!r} there, {new!r} here")
+    return lines
+
+
+def _read_attributes(path, what):
+    """The attributes of one of our weights files; None when there is no file."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            return dict(f.attrs)
+    except OSError as error:
+        raise ValueError(
+            f"{what} {path!r} cannot be read ({error}): delete it (or use another output directory)"
+        ) from error
+
+
+def _recorded(attributes, path, what):
+    """`(run, model)` recorded in a file's attributes."""
+    try:
+        return json.loads(attributes["run"]), json.loads(attributes["model"])
+    except KeyError:
+        raise ValueError(
+            f"{what} {path!r} has no record of the run that wrote it (written by another program or "
+            "an older keras_cvt): move it away or use another output directory"
+        ) from None
+
+
+def save_weights(model, path, attributes):
+    """`model.save_weights(path)` published atomically, with `attributes` on the file's root."""
+    with atomic.publish_file(path) as temporary:
+        model.save_weights(temporary)
+        with h5py.File(temporary, "a") as f:
+            for key, value in attributes.items():
+                f.attrs[key] = value
+
+
+def _remove_leftovers(directory, names):
+    # What a kill during `atomic.publish_file` leaves: its dot-named staging directory.
+    for name in names:
+        for leftover in glob.glob(os.path.join(glob.escape(directory), f".{name}.tmp-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """`last.weights.h5` after every epoch; `best.weights.h5` when `monitor` beats every value so far.
+
+    Both are published atomically and record the epoch, the run and the model. The best file
+    also records its value, which is the bar for the next one: `fit` reads it back on every
+    start (a resume, or a restart in the same directory), so `best` is never replaced by a
+    worse model. Higher is better (`val_top1`).
+    """
+
+    def __init__(self, directory, attributes, monitor=None, best=None):
+        super().__init__()
+        self.directory = directory
+        self.attributes = attributes
+        self.monitor = monitor
+        self.best = best
+
+    def on_epoch_end(self, epoch, logs=None):
+        attributes = {**self.attributes, "epoch": epoch + 1}
+        save_weights(self.model, os.path.join(self.directory, LAST), attributes)
+        value = (logs or {}).get(self.monitor) if self.monitor else None
+        if value is not None and (self.best is None or float(value) > self.best):
+            self.best = float(value)
+            attributes.update(monitor=self.monitor, best=self.best)
+            save_weights(self.model, os.path.join(self.directory, BEST), attributes)
+
+
+class ResumableBackupAndRestore(keras.callbacks.Callback):
+    """Backups that resume at the same epoch *and step*; `fit` restores and runs the rest.
+
+    Keras' `BackupAndRestore` restarts the interrupted epoch from its first step, so a job
+    killed mid-epoch ends with more optimizer steps than an uninterrupted one. This one records
+    the epoch and the step within it next to the weights and optimizer state (one file,
+    published atomically: a kill while writing leaves the previous backup), every
+    `backup_every` steps and at the end of every epoch, after the checkpoints (a kill between
+    them repeats the epoch's end rather than losing its checkpoints). A backup due on an
+    epoch's last step is left to the end-of-epoch one, which follows validation: resuming
+    there would leave no step of the epoch to run.
 
     Args:
         backup_dir: where backups are read from.
-        save_freq: `"epoch"` or a number of steps between backups.
-        delete_checkpoint: delete the backup when training completes.
-        write_dir: where this process writes its backups (defaults to `backup_dir`).
-        monitor, mode: the metric (e.g. `"val_top1"`, `"max"`) whose best value to remember.
+        steps_per_epoch: steps of a full epoch.
+        backup_every: steps between backups (0: at the end of each epoch only).
+        write_dir: where this process writes its backups (defaults to `backup_dir`): under
+            `MultiWorkerMirroredStrategy` every worker saves (TensorFlow's advice), but only
+            the chief into `backup_dir`, which all workers restore from (so it must be shared).
+        attributes: recorded with every backup (`fit`: the run and the model).
         before_save: called before each backup (e.g. `SyncBatchNormStatistics.sync`).
     """
 
     FILENAME = "latest.weights.h5"
 
     def __init__(
-        self,
-        backup_dir,
-        save_freq="epoch",
-        delete_checkpoint=True,
-        write_dir=None,
-        monitor=None,
-        mode="max",
-        before_save=None,
+        self, backup_dir, steps_per_epoch, backup_every=0, write_dir=None, attributes=None, before_save=None
     ):
-        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint)
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.steps_per_epoch = steps_per_epoch
+        self.backup_every = backup_every
         self.write_dir = write_dir or backup_dir
+        self.attributes = dict(attributes or {})
         self.before_save = before_save
-        self.monitor = monitor
-        self.mode = mode
-        self.best = None
         self.step_offset = 0
-        self._step_in_epoch = 0
-        self._restored = False
+        self._epoch = 0
+        self._step = 0
+        self._steps_since_backup = 0
 
     @property
     def read_path(self):
@@ -117,68 +221,110 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     def write_path(self):
         return os.path.join(self.write_dir, self.FILENAME)
 
-    def restore(self, model=None):
-        """Loads the last backup into the model; returns `(epoch, step)` to resume at."""
-        model = model or self.model
-        self._restored = True
-        if not tf.io.gfile.exists(self.read_path):
+    def restore(self, model, run, epochs):
+        """Loads the backup into `model`; returns `(epoch, step)` to resume at, `(0, 0)` without one.
+
+        The backup's record is checked against `run` (and the model's weight layout) first:
+        a backup of another run is refused with what differs, before anything is loaded.
+        """
+        attributes = _read_attributes(self.read_path, "the backup")
+        if attributes is None:
             return 0, 0
+        recorded_run, recorded_model = _recorded(attributes, self.read_path, "the backup")
+        differences = _differences(recorded_run, recorded_model, run, model_signature(model))
+        if differences:
+            raise ValueError(
+                f"{self.read_path} holds the backup of another run, which differs from this one in\n  "
+                + "\n  ".join(differences)
+                + "\nTo resume it, run again with its arguments (its model, batch size, epochs, ...); "
+                "to discard it and start this run from step 0, pass restart=True (--restart); "
+                "or use another output directory."
+            )
+        epoch, step = int(attributes["epoch"]), int(attributes["step"])
+        if not (0 <= step < self.steps_per_epoch and 0 <= epoch <= epochs and (epoch < epochs or step == 0)):
+            raise ValueError(
+                f"{self.read_path} says epoch {epoch} step {step}, outside {epochs} epochs of "
+                f"{self.steps_per_epoch} steps: delete it, or pass restart=True (--restart)"
+            )
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(self.read_path)
-        with h5py.File(self.read_path, "r") as f:
-            epoch, step = int(f.attrs["epoch"]), int(f.attrs["step"])
-            self.best = float(f.attrs["best"]) if "best" in f.attrs else None
-        self._current_epoch = epoch
         return epoch, step
 
     def on_train_begin(self, logs=None):
-        if not self._restored:
-            # Used with a plain `model.fit`: resume at the epoch (Keras' behaviour).
-            epoch, _ = self.restore()
-            self.model._initial_epoch = epoch
+        self._step = self.step_offset
+        self._steps_since_backup = 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        # Keras only sets this at the end of an epoch, so a resumed run's first mid-epoch
-        # backup would be labelled with the wrong epoch.
-        self._current_epoch = epoch
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step_in_epoch = self.step_offset + batch + 1
-        super().on_train_batch_end(batch, logs)
+        step = self.step_offset + batch + 1
+        self._steps_since_backup += step - self._step
+        self._step = step
+        due = self.backup_every and self._steps_since_backup >= self.backup_every
+        if due and step < self.steps_per_epoch:
+            self._save(self._epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor) if self.monitor else None
-        if value is not None and (
-            self.best is None or (value > self.best if self.mode == "max" else value < self.best)
-        ):
-            self.best = float(value)
-        self.step_offset = 0
-        self._step_in_epoch = 0
-        self._current_epoch = epoch + 1
-        self._last_batch_seen = 0
-        self._save_model()
+        self.step_offset = self._step = 0
+        self._save(epoch + 1, 0)
 
-    def on_train_end(self, logs=None):
-        pass
-
-    def _save_model(self):
+    def _save(self, epoch, step):
         if self.before_save is not None:
             self.before_save()
-        tf.io.gfile.makedirs(self.write_dir)
-        temporary = os.path.join(self.write_dir, "incomplete.weights.h5")
-        self.model.save_weights(temporary, overwrite=True)
-        with h5py.File(temporary, "a") as f:
-            f.attrs["epoch"] = self._current_epoch
-            f.attrs["step"] = self._step_in_epoch
-            if self.best is not None:
-                f.attrs["best"] = self.best
-        os.replace(temporary, self.write_path)
+        self._steps_since_backup = 0
+        save_weights(self.model, self.write_path, {**self.attributes, "epoch": epoch, "step": step})
 
-    def finish(self):
-        """Deletes this process's backup if `delete_checkpoint` (training has completed)."""
-        if self.delete_checkpoint and tf.io.gfile.exists(self.write_path):
-            tf.io.gfile.remove(self.write_path)
+
+def read_completed(output_dir):
+    """The record `fit` wrote when the run in `output_dir` completed, or None."""
+    path = os.path.join(output_dir, COMPLETED)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path!r} cannot be read ({error}): delete it to train again") from error
+
+
+def _check_checkpoints(directory, signature, monitor):
+    """The recorded value of `best.weights.h5` (None without one); refuses another model's files."""
+    best = None
+    for name in (LAST, BEST):
+        path = os.path.join(directory, name)
+        attributes = _read_attributes(path, "the checkpoint")
+        if attributes is None:
+            continue
+        _, recorded_model = _recorded(attributes, path, "the checkpoint")
+        if recorded_model["weights"] != signature["weights"]:
+            raise ValueError(
+                f"{path} holds weights of {_model_difference(recorded_model, signature)}: "
+                f"use another output directory, or move {directory} away"
+            )
+        if name == BEST and monitor is not None:
+            if attributes.get("monitor") != monitor:
+                raise ValueError(
+                    f"{path} records no {monitor} to compare new models with: move it away "
+                    "or use another output directory"
+                )
+            best = float(attributes["best"])
+    return best
+
+
+def _as_json(parameters):
+    try:
+        return json.loads(json.dumps(dict(parameters or {})))
+    except TypeError as error:
+        raise TypeError(
+            f"`parameters` must be a JSON-serialisable dict, got {parameters!r}: {error}"
+        ) from None
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {name}={value!r}")
 
 
 def fit(
@@ -193,76 +339,116 @@ def fit(
     validation_steps=None,
     backup_every=0,
     keep_backup=False,
+    restart=False,
+    parameters=None,
     callbacks=(),
     verbose="auto",
 ):
-    """`model.fit` with fault tolerance, checkpoints and TensorBoard logs under `output_dir`.
+    """`model.fit` that can be killed anywhere and run again, writing under `output_dir`.
 
     With several replicas, BatchNorm moving statistics are averaged over them whenever they are
     read (`SyncBatchNormStatistics`). Writes, on the chief only (other workers write to a
-    temporary directory that is deleted at the end, as TensorFlow recommends):
+    temporary directory that is deleted at the end, as TensorFlow recommends), each file
+    published atomically with a record of the run (`epochs`, `steps_per_epoch`, `parameters`)
+    and of the model's weight layout:
 
     - `backup/latest.weights.h5`: weights, optimizer state, epoch and step, every
       `backup_every` steps (0: at the end of each epoch only; always at the end of each
-      epoch). A run started again with the same arguments resumes there: at the same epoch and
-      step, with the same optimizer state, and ends after the same number of optimizer steps
-      as an uninterrupted run. Deleted when training completes unless `keep_backup`.
+      epoch). Run again with the same arguments after a kill at any point (mid-step, during a
+      backup or checkpoint write, during validation), it resumes at the backup's epoch and
+      step with its optimizer state and ends after the same number of optimizer steps as an
+      uninterrupted run. A backup of another run (other `epochs`, `steps_per_epoch`,
+      `parameters`, or another model) is refused with what differs, before anything is loaded.
+      Deleted when training completes unless `keep_backup`.
     - `checkpoints/last.weights.h5` after every epoch, `checkpoints/best.weights.h5` when the
-      validation top-1 accuracy improves (with `validation_data`);
+      validation top-1 accuracy (with `validation_data`) beats the best value recorded in
+      that file, so it is never replaced by a worse model, across resumes and restarts.
+      Checkpoints of another model are refused.
+    - `completed.json` when training completes: the optimizer steps, the best value and the
+      run's record. Run again, a completed run is not trained again: its checkpoints are left
+      as they are, the model gets the final weights (`last.weights.h5`) and a warning says so.
     - `logs/`: TensorBoard logs (when the `tensorboard` package is installed).
 
+    Args:
+        parameters: a JSON-serialisable dict of what else defines the run (batch size,
+            learning rate, image size, ...), recorded and compared on every rerun.
+        restart: discard the backup and the completion record and train from step 0 (the
+            checkpoints stay; `best` is replaced only by a better model).
+
     Returns `(history, (epoch, step))`: the merged `History.history` of this run, and where it
-    resumed (`(0, 0)` for a fresh start).
+    resumed: `(0, 0)` for a fresh start, `(epochs, 0)` with an empty history for a run that had
+    already completed.
     """
+    _check_count("epochs", epochs, 1)
+    _check_count("steps_per_epoch", steps_per_epoch, 1)
+    _check_count("backup_every", backup_every, 0)
+    run = _as_json(parameters)
+    reserved = [key for key in RESERVED_PARAMETERS if key in run]
+    if reserved:
+        raise ValueError(f"`parameters` must not hold {reserved}: they are fit's own arguments")
+    run.update(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch))
+    signature = model_signature(model)
+    attributes = {"run": json.dumps(run), "model": json.dumps(signature)}
     strategy = strategy or tf.distribute.get_strategy()
     chief = is_chief(strategy)
+    monitor = MONITOR if validation_data is not None else None
+    checkpoint_dir = os.path.join(output_dir, "checkpoints")
+    backup_dir = os.path.join(output_dir, "backup")
+    completed_path = os.path.join(output_dir, COMPLETED)
+
+    # Everything is checked before anything is written or deleted.
+    best = _check_checkpoints(checkpoint_dir, signature, monitor)
+    completed = None if restart else read_completed(output_dir)
+    if completed is not None:
+        differences = _differences(completed["run"], completed["model"], run, signature)
+        if differences:
+            raise ValueError(
+                f"{output_dir} holds a completed run, which differs from this one in\n  "
+                + "\n  ".join(differences)
+                + "\nIts checkpoints are left as they are. To train this run there, pass "
+                "restart=True (--restart); or use another output directory."
+            )
+        return _completed(model, output_dir, completed, epochs, keep_backup, chief)
+    if chief:
+        _remove_leftovers(output_dir, [COMPLETED])
+        _remove_leftovers(checkpoint_dir, [LAST, BEST])
+        _remove_leftovers(backup_dir, [ResumableBackupAndRestore.FILENAME])
+        if restart:
+            for path in (completed_path, os.path.join(backup_dir, ResumableBackupAndRestore.FILENAME)):
+                if os.path.exists(path):
+                    os.remove(path)
+
     if chief:
         write_root = output_dir
     else:
         task_type, task_id = task(strategy)
         write_root = tempfile.mkdtemp(prefix=f"keras_cvt_{task_type}{task_id}_")
-    monitor = "val_top1" if validation_data is not None else None
     standard = []
     before_save = None
     if strategy.num_replicas_in_sync > 1:
         sync = SyncBatchNormStatistics(strategy)
         standard.append(sync)  # first: the callbacks after it save what it averaged
         before_save = sync.sync
+    checkpoints = Checkpoints(os.path.join(write_root, "checkpoints"), attributes, monitor, best)
     backup = ResumableBackupAndRestore(
-        os.path.join(output_dir, "backup"),
-        save_freq=backup_every or "epoch",
-        delete_checkpoint=not keep_backup,
+        backup_dir,
+        steps_per_epoch,
+        backup_every,
         write_dir=os.path.join(write_root, "backup"),
-        monitor=monitor,
+        attributes=attributes,
         before_save=before_save,
     )
-    checkpoints = os.path.join(write_root, "checkpoints")
-    tf.io.gfile.makedirs(checkpoints)
-    standard += [
-        backup,
-        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), save_weights_only=True),
-    ]
-    if monitor is not None:
-        best = keras.callbacks.ModelCheckpoint(
-            os.path.join(checkpoints, "best.weights.h5"),
-            monitor=monitor,
-            mode="max",
-            save_best_only=True,
-            save_weights_only=True,
-        )
-        standard.append(best)
+    standard += [checkpoints, backup]  # the end-of-epoch backup after the checkpoints it vouches for
     if importlib.util.find_spec("tensorboard") is not None:
         standard.append(keras.callbacks.TensorBoard(os.path.join(write_root, "logs")))
     else:
         warnings.warn("TensorBoard is not installed (pip install tensorboard): no logs are written")
     all_callbacks = standard + list(callbacks)
 
-    resumed = epoch, step = backup.restore(model)
-    if monitor is not None and backup.best is not None:
-        best.best = backup.best
+    resumed = epoch, step = (0, 0) if restart else backup.restore(model, run, epochs)
     history = {}
 
-    def run(first_epoch, last_epoch, steps):
+    def fit_epochs(first_epoch, last_epoch, steps):
         h = model.fit(
             train_data,
             initial_epoch=first_epoch,
@@ -278,18 +464,51 @@ def fit(
             history.setdefault(key, []).extend(values)
 
     try:
-        if step and epoch < epochs:
-            # The rest of the interrupted epoch, then the following epochs at full length.
+        if step:
+            # The rest of the interrupted epoch (at least one step), then the following epochs.
             backup.step_offset = step
-            run(epoch, epoch + 1, steps_per_epoch - step)
+            fit_epochs(epoch, epoch + 1, steps_per_epoch - step)
             epoch += 1
         if epoch < epochs:
-            run(epoch, epochs, steps_per_epoch)
-        backup.finish()
+            fit_epochs(epoch, epochs, steps_per_epoch)
+        if chief:
+            record = {
+                "optimizer_steps": int(model.optimizer.iterations.numpy()),
+                "monitor": monitor,
+                "best": checkpoints.best,
+                "run": run,
+                "model": signature,
+            }
+            atomic.write_bytes(completed_path, json.dumps(record, indent=1).encode())
+        if not keep_backup and os.path.exists(backup.write_path):
+            os.remove(backup.write_path)
     finally:
         if not chief:
             shutil.rmtree(write_root, ignore_errors=True)
     return history, resumed
+
+
+def _completed(model, output_dir, record, epochs, keep_backup, chief):
+    last = os.path.join(output_dir, "checkpoints", LAST)
+    if not os.path.exists(last):
+        raise ValueError(
+            f"{output_dir} holds a completed run but not its {last}: pass restart=True (--restart) "
+            "to train again, or use another output directory"
+        )
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(last)
+    backup = os.path.join(output_dir, "backup", ResumableBackupAndRestore.FILENAME)
+    if chief and not keep_backup and os.path.exists(backup):
+        os.remove(backup)  # left by a kill between the completion record and its removal
+    best = f", best {record['monitor']} {record['best']:.4f}" if record["best"] is not None else ""
+    warnings.warn(
+        f"{output_dir} holds a completed run ({record['optimizer_steps']} optimizer steps{best}): "
+        "not training again; its checkpoints are left as they are and the model has its last "
+        "weights. Pass restart=True (--restart) to train again, or use another output directory.",
+        stacklevel=3,
+    )
+    return {}, (epochs, 0)
 
 
 def evaluate(model, dataset):
