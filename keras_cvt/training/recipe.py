@@ -136,7 +136,9 @@ def compile_model(
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
-        metrics=metrics(),
+        # Weighted: Keras ignores sample weights in plain `metrics`, and eval_dataset's padding
+        # (blank images of weight 0) would count as misclassified images.
+        weighted_metrics=metrics(),
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
