@@ -9,13 +9,16 @@ model's logits).
 """
 
 import contextlib
+import inspect
+import re
 
 import keras
 import numpy as np
 import pytest
 from keras.src.saving import serialization_lib
 
-from keras_cvt import CvT, CvT13, CvT21, decode_predictions, preprocess_input
+from keras_cvt import CvT, CvT13, CvT21, decode_predictions, imagenet_normalize, preprocess_input
+from keras_cvt.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import TINY_CONFIG
 
 APPS = [CvT13, CvT21]
@@ -125,3 +128,37 @@ def test_pooling_reads_the_channels_last_axes_under_channels_first():
             np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), reduce(expected, axis=(1, 2)),
                                        atol=1e-5)
     assert keras.config.image_data_format() == before
+
+
+def test_preprocess_input_is_keras_pass_through():
+    """Same signature as keras' ConvNeXt/EfficientNetV2 `preprocess_input`, and like theirs it
+    returns its input: the models normalise inside."""
+    assert inspect.signature(preprocess_input) == inspect.signature(
+        keras.applications.convnext.preprocess_input
+    )
+    x = np.random.RandomState(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    assert preprocess_input(x) is x
+    tensor = keras.ops.convert_to_tensor(x)
+    assert preprocess_input(tensor, data_format="channels_last") is tensor
+    with pytest.raises(ValueError, match="`data_format` must be None or 'channels_last', got data_format='channels_first'"):
+        preprocess_input(x, data_format="channels_first")
+
+
+def test_imagenet_normalize():
+    pixels = np.random.RandomState(0).randint(0, 256, (2, 8, 8, 3)).astype("uint8")
+    expected = (pixels / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    out = imagenet_normalize(pixels)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    tensor_out = imagenet_normalize(keras.ops.convert_to_tensor(pixels))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(tensor_out), expected, atol=1e-5)
+    np.testing.assert_allclose(imagenet_normalize(pixels.tolist()), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 1), (2, 8, 8, 4), (2, 3, 8, 8)])
+def test_imagenet_normalize_refuses_other_than_rgb_channels_last(shape):
+    """3 statistics would broadcast against 1 channel into a 3-channel result, silently."""
+    with pytest.raises(ValueError, match=f"3 channels on the last axis, got shape {re.escape(str(shape))}"):
+        imagenet_normalize(np.zeros(shape, "float32"))
+    with pytest.raises(ValueError, match="got data_format='channels_first'"):
+        imagenet_normalize(np.zeros((2, 8, 8, 3), "float32"), data_format="channels_first")

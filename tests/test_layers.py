@@ -1,6 +1,7 @@
 """The public layers one by one: shapes, configs, and numbers against NumPy/PyTorch references."""
 
 import inspect
+import re
 
 import keras
 import numpy as np
@@ -216,6 +217,15 @@ def test_conv_embedding_padding_is_not_keras_same():
     shifted = _np(same(x))
     assert ours.shape == shifted.shape == (1, 6, 8, 6)
     assert np.abs(ours - shifted).max() > 1e-2
+
+
+def test_conv_embedding_refuses_a_map_too_small_for_its_kernel():
+    layer = ConvEmbedding(16, 7, 4, 2, name="embedding")
+    assert layer(np.zeros((1, 3, 3, 3), "float32")).shape == (1, 1, 1, 16)
+    with pytest.raises(ValueError, match=re.escape(
+        "The input of `embedding` has width 2, too small for its 7x7 kernel with padding 2: it needs at least 3"
+    )):
+        layer(np.zeros((1, 3, 2, 3), "float32"))
 
 
 def test_conv_embedding_config_roundtrip():
