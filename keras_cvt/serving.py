@@ -27,7 +27,7 @@ more pixels (height x width) is refused before it is decoded, and one whose resi
 centre crop would exceed it (a long thin image: the short side is scaled up to 256) is refused
 before it is resized, each with an `InvalidArgumentError` naming it. 8-bit (palette) BMPs are
 decoded in their colours; BMPs that TensorFlow's decoder would misread (run-length compressed,
-OS/2 headers, unusual colour masks) are refused by name.
+1, 4 or 16 bits per pixel, OS/2 headers, unusual colour masks) are refused by name.
 """
 
 import contextlib
@@ -56,8 +56,9 @@ _REFUSALS = {
     _RESIZE_TOO_LARGE: "`images`[{}] ({} x {} pixels, height x width) would be resized to {} x {} = {} "
     "pixels before its centre crop, more than the limit of {} pixels this model was exported with "
     "(max_pixels): its aspect ratio is too extreme",
-    _UNREADABLE_BMP: "`images`[{}] is a BMP that the decoder would misread (run-length compressed, an "
-    "OS/2 header, or colour masks other than BGRA): send it as PNG",
+    _UNREADABLE_BMP: "`images`[{}] is a BMP of a kind the decoder cannot read or would misread "
+    "(compressed, 1, 4 or 16 bits per pixel, an OS/2 header, or colour masks other than BGRA): send "
+    "it as PNG",
 }
 
 

@@ -118,7 +118,7 @@ def _bmp_bits(header):
 
 
 def _bmp_decodable(header):
-    """False for the BMPs TensorFlow's decoder would misread without an error."""
+    """False for the BMPs TensorFlow's decoder cannot read or would misread without an error."""
     info_size, bits, compression = _integer(header, 14, 4), _bmp_bits(header), _integer(header, 30, 4)
     masks = tf.stack([_integer(header, start, 4) for start in (54, 58, 62)])
     plain = tf.equal(compression, 0) & tf.reduce_any(tf.equal(bits, [8, 24, 32]))
@@ -132,8 +132,9 @@ def inspect_encoded_image(encoded):
     `height_width` (int64 `[2]`) is the size the JPEG, PNG, GIF, BMP or WebP header declares,
     which is what the decoder allocates, so a server can refuse an image before decoding it;
     `[0, 0]` for anything else, which the decoder refuses. `decodable` (bool) is False for the
-    BMP variants TensorFlow's decoder would misread without an error (run-length compressed,
-    OS/2 headers, colour masks other than BGRA); True does not promise the decoder succeeds.
+    BMP variants that TensorFlow's decoder cannot read (1, 4 or 16 bits per pixel) or would
+    misread without an error (compressed, OS/2 headers, colour masks other than BGRA); True
+    does not promise the decoder succeeds.
     A JPEG whose header is corrupt raises InvalidArgumentError.
     """
     header = _header(encoded)
@@ -189,7 +190,10 @@ def decode_image(encoded):
     header = _header(encoded)
     check = tf.debugging.Assert(
         _bmp_decodable(header),
-        ["unsupported BMP: run-length compressed, an OS/2 header, or colour masks other than BGRA"],
+        [
+            "unsupported BMP: compressed, 1, 4 or 16 bits per pixel, an OS/2 header, or colour masks "
+            "other than BGRA"
+        ],
     )
     with tf.control_dependencies([check]):
         return tf.cond(

@@ -449,6 +449,31 @@ def _tflite_predict(path, inputs):
     return ops, np.concatenate([runner(pixels=x[None])["probabilities"] for x in inputs])
 
 
+def _check_tflite_classifier(path, inputs, probabilities):
+    classifier = serving.TFLiteClassifier(path)
+    assert classifier.input_shape == (SIZE, SIZE, 3) and classifier.classes == 10
+    # XNNPack (the default delegate) against the builtin kernels: float32 either way.
+    np.testing.assert_allclose(classifier(inputs), probabilities, rtol=0, atol=1e-5)
+    assert classifier(inputs[:0]).shape == (0, 10)
+    wrong = inputs[:1, :32, :32]
+    with pytest.raises(
+        ValueError,
+        match=r"`pixels` must have shape \(batch, 64, 64, 3\): this TFLite model \(.*\) takes 64 x 64 images "
+        r"and the runtime cannot resize it; got shape \(1, 32, 32, 3\)",
+    ):
+        classifier(wrong)
+    with pytest.raises(ValueError, match=r"got shape \(64, 64, 3\)"):
+        classifier(inputs[0])
+    with pytest.raises(TypeError, match="dtype"):
+        classifier(np.full((1, SIZE, SIZE, 3), "x"))
+    # The runtime alone fails without naming the input or the size it takes.
+    runner = tf.lite.Interpreter(model_path=str(path)).get_signature_runner()
+    with pytest.raises(RuntimeError, match="failed to (reshape|prepare)"):
+        runner(pixels=wrong)
+    # The check came before the runtime: the classifier is still usable.
+    np.testing.assert_allclose(classifier(inputs[:2]), probabilities[:2], rtol=0, atol=1e-5)
+
+
 def test_tflite_builtin_ops_only_and_close_to_keras(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="quantization"):
         export_tflite(tiny_model, tmp_path / "unused.tflite", quantization="int8")
@@ -471,6 +496,7 @@ def test_tflite_builtin_ops_only_and_close_to_keras(tiny_model, tmp_path):
         sizes[quantization] = path.stat().st_size
         if quantization is None:
             np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-4)
+            _check_tflite_classifier(path, inputs, probabilities)
             continue
         agreement = np.mean(probabilities.argmax(-1) == expected.argmax(-1))
         print(

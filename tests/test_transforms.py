@@ -1,11 +1,20 @@
-"""The evaluation transform against what torchvision/PIL fed the original models."""
+"""The evaluation transform against what torchvision/PIL fed the original models, and decoding."""
+
+import io
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_cvt.transforms import evaluation_transform, evaluation_transform_for, load_image
+from keras_cvt.transforms import (
+    decode_image,
+    evaluation_resize_size,
+    evaluation_transform,
+    evaluation_transform_for,
+    inspect_encoded_image,
+    load_image,
+)
 
 
 def _pil_reference(image, size, crop_ratio):
@@ -75,3 +84,88 @@ def test_bad_arguments():
         evaluation_transform(0)
     with pytest.raises(ValueError, match="crop_ratio"):
         evaluation_transform(224, crop_ratio=1.5)
+
+
+def _encode(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def test_palette_bmp_decodes_in_its_colours():
+    indices = np.zeros((5, 7), np.uint8)
+    indices[2, 3] = 1
+    image = Image.fromarray(indices, "P")
+    image.putpalette([10, 200, 30, 204, 0, 51])
+    bmp = _encode(image, "BMP")
+    assert bmp[28] == 8  # bits per pixel: indices into the colour table
+    decoded = decode_image(bmp).numpy()
+    np.testing.assert_array_equal(decoded, np.asarray(image.convert("RGB")))
+    assert tuple(decoded[2, 3]) == (204, 0, 51) and tuple(decoded[0, 0]) == (10, 200, 30)
+    # Pillow's greyscale BMPs are 8-bit with a grey ramp for a table.
+    grey = Image.fromarray(_photo_like(6, 9)).convert("L")
+    np.testing.assert_array_equal(decode_image(_encode(grey, "BMP")).numpy(), np.asarray(grey.convert("RGB")))
+
+
+def _with_bitfields(bmp, masks):
+    """A 32-bit BI_RGB BMP rewritten as BI_BITFIELDS with the given (red, green, blue) masks."""
+    bmp = bytearray(bmp)
+    bmp[30:34] = (3).to_bytes(4, "little")
+    bmp[10:14] = (int.from_bytes(bmp[10:14], "little") + 12).to_bytes(4, "little")
+    bmp = bmp[:54] + b"".join(mask.to_bytes(4, "little") for mask in masks) + bmp[54:]
+    bmp[2:6] = len(bmp).to_bytes(4, "little")
+    return bytes(bmp)
+
+
+def test_bmps_the_decoder_would_misread_raise():
+    image = Image.fromarray(_photo_like(6, 9)).convert("RGBA")
+    plain = _encode(image, "BMP")
+    assert plain[28] == 32 and plain[30] == 0
+    expected = np.asarray(image.convert("RGB"))
+    bgra = _with_bitfields(plain, (0x00FF0000, 0x0000FF00, 0x000000FF))
+    np.testing.assert_array_equal(decode_image(bgra).numpy(), expected)
+    rgba = _with_bitfields(plain, (0x000000FF, 0x0000FF00, 0x00FF0000))
+    # TensorFlow alone would swap red and blue without a word.
+    np.testing.assert_array_equal(tf.io.decode_image(rgba, channels=3).numpy(), expected)
+    rle = bytearray(_encode(Image.fromarray(np.zeros((4, 4), np.uint8), "P"), "BMP"))
+    rle[30:34] = (1).to_bytes(4, "little")
+    sixteen_bits = bytearray(plain)
+    sixteen_bits[28:30] = (16).to_bytes(2, "little")
+    for bad in (rgba, bytes(rle), bytes(sixteen_bits)):
+        assert not inspect_encoded_image(bad)[1].numpy()
+        with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported BMP: compressed, 1, 4 or 16 bits"):
+            decode_image(bad)
+
+
+@pytest.mark.parametrize(
+    "fmt,options",
+    [
+        ("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}),
+        ("WEBP", {}), ("WEBP", {"lossless": True}), ("WEBP", {"exif": b"Exif\0\0"}),
+    ],
+    ids=["jpeg", "png", "gif", "bmp", "webp-lossy", "webp-lossless", "webp-extended"],
+)
+def test_inspect_reads_the_size_from_the_header(fmt, options):
+    encoded = _encode(Image.fromarray(_photo_like(37, 53)), fmt, **options)
+    height_width, decodable = inspect_encoded_image(encoded)
+    assert height_width.numpy().tolist() == [37, 53] and decodable.numpy()
+    assert decode_image(encoded).shape == (37, 53, 3)
+    # The header alone is enough: the first 100 bytes (JPEG: its markers up to the scan).
+    cut = encoded.index(b"\xff\xda") + 14 if fmt == "JPEG" else 100
+    assert inspect_encoded_image(encoded[:cut])[0].numpy().tolist() == [37, 53]
+
+
+def test_top_down_bmp_and_unknown_formats():
+    bmp = bytearray(_encode(Image.fromarray(_photo_like(6, 9)), "BMP"))
+    bmp[22:26] = (-6).to_bytes(4, "little", signed=True)
+    assert inspect_encoded_image(bytes(bmp))[0].numpy().tolist() == [6, 9]
+    for unknown in (b"", b"not an image", b"\x89PNG"):
+        assert inspect_encoded_image(unknown)[0].numpy().tolist() == [0, 0]
+
+
+def test_resize_size_is_the_transform_resize():
+    # torchvision's Resize(256): the short side to 256, the long one scaled and truncated.
+    assert evaluation_resize_size([375, 500]).numpy().tolist() == [256, 341]
+    assert evaluation_resize_size([640, 427]).numpy().tolist() == [383, 256]
+    assert evaluation_resize_size([1, 16000]).numpy().tolist() == [256, 4096000]
+    assert evaluation_resize_size([60000, 60000], 384, None).numpy().tolist() == [384, 384]
