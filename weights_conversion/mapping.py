@@ -1,5 +1,6 @@
 """Which original checkpoint tensor goes into which Keras variable, and how it is laid out."""
 
+import itertools
 import re
 
 import numpy as np
@@ -88,9 +89,14 @@ def _blocks_per_stage(state, stage):
     """
     present = {int(m.group(1)) for k in state if (m := re.match(rf"stage{stage}\.blocks\.(\d+)\.", k))}
     depth = max(present, default=-1) + 1
+    if depth == 0:
+        # keras_cvt.CvT refuses an empty stage too, but in terms of its arguments.
+        raise ValueError(f"stage{stage} has no blocks: no tensors stage{stage}.blocks.0.*")
     if len(present) != depth:
-        absent = sorted(set(range(depth)) - present)
-        shown = ", ".join(map(str, absent[:5])) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        # Lazily: the gap may be a hundred million blocks wide.
+        first = list(itertools.islice((j for j in range(depth) if j not in present), 5))
+        more = depth - len(present) - len(first)
+        shown = ", ".join(map(str, first)) + (f" and {more} more" if more else "")
         raise ValueError(
             f"stage{stage} numbers its blocks up to {depth - 1} but holds {len(present)} of them "
             f"(no tensors for block {shown})"
