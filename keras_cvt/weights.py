@@ -25,6 +25,9 @@ _SUFFIX = ".weights.h5"
 # Keras keys each top-level layer by its snake-cased class name, numbered from the second on.
 _EMBEDDING = re.compile(r"conv_embedding(_\d+)?")
 _BLOCK = re.compile(r"cv_t_block(_\d+)?")
+# What h5py raises for a file whose structure it cannot follow (KeyError: an object that is
+# listed but cannot be opened).
+_DAMAGED_HDF5 = (OSError, RuntimeError, KeyError)
 # Bumped when converted files change (layout, conversion): older cache entries are redone.
 CACHE_FORMAT = 1
 _EXPECTED = (
@@ -100,8 +103,6 @@ def resolve(weights, variant=None):
             "`weights` must be None or a path to a .weights.h5 file (convert original "
             f"checkpoints with `python -m weights_conversion`), got weights={path!r}"
         )
-    if not os.path.isfile(path):
-        raise ValueError(f"`weights` file not found: {path!r}")
     # Opened now, so that a damaged file is refused before a model is built for it.
     with _open(path):
         pass
@@ -111,25 +112,34 @@ def resolve(weights, variant=None):
 @contextlib.contextmanager
 def _open(path):
     """The open HDF5 file at `path`, or ValueError naming it when it is no CvT weights file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"`weights` file not found: {path!r}")
     try:
         file = h5py.File(path, "r")
     except OSError as error:
-        # h5py says why (no signature: empty or not HDF5; truncated: bytes there vs. expected).
-        reason = str(error).replace("Unable to synchronously open file ", "")
-        size = f" ({os.path.getsize(path)} bytes)" if os.path.isfile(path) else ""
-        raise ValueError(
-            f"`weights` file {path!r}{size} cannot be read as HDF5 {reason}: expected {_EXPECTED}. "
-            "It is damaged, truncated or another kind of file; write it again"
-        ) from error
+        raise _unreadable(path, error) from error
     with file:
-        top = file.get("layers")
-        if not isinstance(top, h5py.Group) or not any(_EMBEDDING.fullmatch(n) for n in top):
-            raise ValueError(
-                f"`weights` file {path!r} is HDF5 but holds no CvT token embedding layers: "
-                f"expected {_EXPECTED} (a HuggingFace tf_model.h5 or Keras 2 .h5 file needs "
-                "`python -m weights_conversion` first)"
-            )
-        yield file
+        try:
+            top = file.get("layers")
+            names = list(top) if isinstance(top, h5py.Group) else []
+            if not any(_EMBEDDING.fullmatch(name) for name in names):
+                raise ValueError(
+                    f"`weights` file {path!r} is HDF5 but holds no CvT token embedding layers: "
+                    f"expected {_EXPECTED} (a HuggingFace tf_model.h5 or Keras 2 .h5 file needs "
+                    "`python -m weights_conversion` first)"
+                )
+            yield file
+        except _DAMAGED_HDF5 as error:
+            raise _unreadable(path, error) from error
+
+
+def _unreadable(path, error):
+    # h5py says why: no signature (empty, or not HDF5), truncated (bytes there vs. expected), a
+    # bad node signature (overwritten structure)...
+    return ValueError(
+        f"`weights` file {path!r} ({os.path.getsize(path)} bytes) cannot be read: {error}. Expected {_EXPECTED}; this one "
+        "is damaged, truncated or another kind of file: write it again"
+    )
 
 
 def fetch(entry, progress=True):
@@ -288,11 +298,8 @@ def load(model, path):
         model.load_weights(path)
     except ValueError as error:
         raise ValueError(f"`weights` file {path!r} does not fit model {model.name!r}: {error}") from error
-    except OSError as error:
-        raise ValueError(
-            f"`weights` file {path!r} cannot be read ({error}): expected {_EXPECTED}; it is "
-            "damaged, write it again"
-        ) from error
+    except _DAMAGED_HDF5 as error:
+        raise _unreadable(path, error) from error
 
 
 def _check_architecture(file, path, model):
