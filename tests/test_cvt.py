@@ -144,6 +144,19 @@ def test_variable_input_channels_without_weights(channels):
     assert out.shape == (1, 3, 3, 384)
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_other_channel_counts_skip_the_builtin_normalisation(channels):
+    """As keras' models do: include_preprocessing=True (the default) cannot normalise other
+    than RGB input, so the model takes it as it is, and says so."""
+    with pytest.warns(UserWarning, match=f"`include_preprocessing=True` normalises RGB images .* has {channels} channels"):
+        model = CvT(**TINY_CONFIG, input_shape=(32, 32, channels))
+    assert "preprocessing" not in [layer.name for layer in model.layers]
+    plain = CvT(**TINY_CONFIG, input_shape=(32, 32, channels), include_preprocessing=False)
+    plain.set_weights(model.get_weights())
+    x = np.random.RandomState(0).uniform(0, 255, (1, 32, 32, channels)).astype("float32")
+    np.testing.assert_allclose(_np(model(x)), _np(plain(x)), atol=1e-6)
+
+
 def test_classifier_activation(tiny_reference):
     path, x, logits = tiny_reference
     kwargs = dict(TINY_CONFIG, weights=path, input_shape=(None, None, 3), include_preprocessing=False)
