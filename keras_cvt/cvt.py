@@ -194,8 +194,8 @@ def CvT(
         )(cls_token)
     elif pooling == "token":
         x = cls_token
-    # The maps are NHWC whatever keras.config.image_data_format() says.
     elif pooling == "avg":
+        # The maps are NHWC whatever keras.config.image_data_format() says.
         x = layers.GlobalAveragePooling2D(data_format="channels_last", name="avg_pool")(x)
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(data_format="channels_last", name="max_pool")(x)
