@@ -8,8 +8,8 @@ With a pretrained name (see `keras_cvt.available_weights()`) the images are tran
 that checkpoint was evaluated (224 with a 0.875 centre crop, or a straight resize to 384);
 `--size` and `--crop-ratio` override it. With a `.weights.h5` file they default to 224 and
 0.875, and the number of classes is read from the file. `--max-pixels` bounds the pixels
-(height x width) the server decodes per image, and resizes it to (default: 89,478,485, PIL's
-decompression-bomb threshold); larger images are refused by name. See `keras_cvt.serving` for
+(height x width) the server decodes per image, and resizes it to (default: 50,000,000, about
+2 GB of work per image); larger images are refused by name. See `keras_cvt.serving` for
 the signatures.
 """
 

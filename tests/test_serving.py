@@ -192,6 +192,20 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+def run_script(source, request, directory):
+    """Runs `source` in a fresh interpreter (in `directory`) with `request`, as JSON, its argument."""
+    script = directory / "script.py"
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script), json.dumps(request)],
+        capture_output=True,
+        text=True,
+        cwd=directory,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+
+
 def test_fresh_process_without_keras_gets_the_keras_scores(exported, image_files, tiny_model, tmp_path):
     batches = {"jpeg": [image_files[0]], "png": [image_files[1]], "mixed": image_files}
     # Pixels of a size no image transform produces: predict_pixels takes any height and width.
@@ -203,16 +217,7 @@ def test_fresh_process_without_keras_gets_the_keras_scores(exported, image_files
         "pixels": str(tmp_path / "pixels.npy"),
         "out": str(tmp_path / "out.npz"),
     }
-    script = tmp_path / "serve.py"
-    script.write_text(FRESH_PROCESS)
-    result = subprocess.run(
-        [sys.executable, str(script), json.dumps(request)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        timeout=SUBPROCESS_TIMEOUT,
-    )
+    result = run_script(FRESH_PROCESS, request, tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
     out = np.load(tmp_path / "out.npz", allow_pickle=True)

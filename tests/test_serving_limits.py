@@ -4,8 +4,6 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
 import textwrap
 import zlib
 
@@ -17,11 +15,11 @@ from PIL import Image
 from keras_cvt import CvT, export_for_serving, serving
 from keras_cvt import export as export_cli
 from tests.conftest import TINY_CONFIG
+from tests.test_serving import run_script
 
 # The case: 224 with the 0.875 crop, so the short side is resized to 256.
 SIZE = 224
 RED = (204, 0, 51)
-SUBPROCESS_TIMEOUT = 300
 # Peak resident memory a refused request may add. Serving the 1 x 16000 PNG without the limit
 # took 7 GB (12.6 GB to finish); a 224 x 224 request of the tiny model adds a few tens of MB.
 MEMORY_ALLOWANCE = 300 * 2**20
@@ -132,15 +130,7 @@ def test_hostile_images_are_refused_with_bounded_memory(exported, tmp_path):
         "model": str(exported),
         "batches": {name: [str(tmp_path / f) for f in names] for name, names in batches.items()},
     }
-    script = tmp_path / "probe.py"
-    script.write_text(MEMORY_PROBE)
-    result = subprocess.run(
-        [sys.executable, str(script), json.dumps(request)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        timeout=SUBPROCESS_TIMEOUT,
-    )
+    result = run_script(MEMORY_PROBE, request, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     errors = report["errors"]
@@ -163,20 +153,20 @@ def test_default_limit_is_counted_from_the_header(serve):
     photo = _encode(_photo(300, 400), "JPEG")
     # Headers alone, with no pixel data: over the limit they are refused from the header; under
     # it they reach the decoder, which finds them truncated.
-    over = _png_claiming(10000, 8948)  # 89,480,000 pixels
-    under = _png_claiming(10000, 8947)  # 89,470,000
-    assert 10000 * 8947 <= serving.DEFAULT_MAX_PIXELS < 10000 * 8948
+    over = _png_claiming(10000, 5001)
+    at_limit = _png_claiming(10000, 5000)
+    assert 10000 * 5000 == serving.DEFAULT_MAX_PIXELS
     assert _refusal(serve, [photo, over]).startswith(
-        "assertion failed: [`images`[1] is 10000 x 8948 = 89480000 pixels (height x width), more than the "
+        "assertion failed: [`images`[1] is 10000 x 5001 = 50010000 pixels (height x width), more than the "
         f"limit of {serving.DEFAULT_MAX_PIXELS} pixels this model was exported with (max_pixels)]"
     )
-    assert "`images`[1] could not be decoded" in _refusal(serve, [photo, under])
-    # The aspect ratios the 256 short side allows: 1 x 1365 becomes 256 x 349440 (89,456,640
-    # pixels), 1 x 1366 would become 256 x 349696 (89,522,176).
-    assert "`images`[1] could not be decoded" in _refusal(serve, [photo, _png_claiming(1, 1365)])
-    assert _refusal(serve, [_png_claiming(1366, 1), photo]).startswith(
-        "assertion failed: [`images`[0] (1366 x 1 pixels, height x width) would be resized to 349696 x 256 = "
-        "89522176 pixels before its centre crop"
+    assert "`images`[1] could not be decoded" in _refusal(serve, [photo, at_limit])
+    # The aspect ratios the 256 short side allows: 1 x 762 becomes 256 x 195072 (49,938,432
+    # pixels), 1 x 763 would become 256 x 195328 (50,003,968).
+    assert "`images`[1] could not be decoded" in _refusal(serve, [photo, _png_claiming(1, 762)])
+    assert _refusal(serve, [_png_claiming(763, 1), photo]).startswith(
+        "assertion failed: [`images`[0] (763 x 1 pixels, height x width) would be resized to 195328 x 256 = "
+        "50003968 pixels before its centre crop"
     )
 
 
