@@ -137,8 +137,9 @@ def _unreadable(path, error):
     # h5py says why: no signature (empty, or not HDF5), truncated (bytes there vs. expected), a
     # bad node signature (overwritten structure)...
     return ValueError(
-        f"`weights` file {path!r} ({os.path.getsize(path)} bytes) cannot be read: {error}. Expected {_EXPECTED}; this one "
-        "is damaged, truncated or another kind of file: write it again"
+        f"`weights` file {path!r} ({os.path.getsize(path)} bytes) cannot be read: {error}. "
+        f"Expected {_EXPECTED}; this one is damaged, truncated or another kind of file: write "
+        "it again"
     )
 
 
@@ -194,7 +195,8 @@ def _download_and_convert(entry, path, progress):
     os.makedirs(cache_dir(), exist_ok=True)
     # A private directory per call: concurrent processes never share a half-written download,
     # and whatever happens, removing it leaves only finished files in the cache.
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir()) as work:
+    work_dir = tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir(), ignore_cleanup_errors=True)
+    with work_dir as work:
         raw = os.path.join(work, entry.filename)
         source_sha256 = hub.download(entry, raw, progress=progress)
         # Imported here: weights_conversion imports keras_cvt's model code at its own import.
