@@ -18,12 +18,12 @@ REQUIRE_REFERENCE = os.environ.get("KERAS_CVT_REQUIRE_REFERENCE", "") not in (""
 
 
 def reference_file(name):
-    """The path of file `name` of the CvT-13 reference; skips the calling test where it is absent."""
+    """The path of file `name` of the reference; skips the calling test where it is absent."""
     path = REFERENCE / name
     if not path.is_file():
         reason = (
-            f"needs the original code's CvT-13 reference file {name}, not found in {REFERENCE} "
-            "(set KERAS_CVT_REFERENCE to the folder that holds it)"
+            f"needs {name} of the original code's reference (the CvT-13 checkpoint and key lists, "
+            f"not in the repository), not found in {REFERENCE}; set KERAS_CVT_REFERENCE to its folder"
         )
         if REQUIRE_REFERENCE:
             pytest.fail(f"{reason}; KERAS_CVT_REQUIRE_REFERENCE forbids skipping", pytrace=False)
