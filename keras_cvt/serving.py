@@ -46,8 +46,9 @@ PIXELS_SIGNATURE = "predict_pixels"
 PIXELS_UINT8_SIGNATURE = "predict_pixels_uint8"
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range")
 # Photos of today's 48 and 50 megapixel phone sensors and 45 megapixel cameras pass. Decoding
-# and transforming an image peaks at about 41 bytes per pixel (measured: 3.7 GB for an 89
-# megapixel PNG, PIL's decompression-bomb threshold), so this bounds one image to about 2 GB.
+# and transforming an image peaks at 30 to 40 bytes per pixel (measured: 1.4 GB for a 49
+# megapixel PNG, 3.7 GB for an 89 megapixel one, PIL's decompression-bomb threshold), so this
+# bounds one image to about 2 GB.
 DEFAULT_MAX_PIXELS = 50_000_000
 # The status of a refused image (0: transformed), and what the request's error says of it.
 _TOO_MANY_PIXELS, _RESIZE_TOO_LARGE, _UNREADABLE_BMP = 1, 2, 3
@@ -97,7 +98,7 @@ def export_for_serving(
             for the ImageNet names (requires 1000 classes), or a list of one string per class.
         max_pixels: the most pixels (height x width) `serving_default` decodes per image, and the
             most its resize before the centre crop may produce; an image over it fails the
-            request naming it. Decoding and transforming an image peaks at about 41 bytes per
+            request naming it. Decoding and transforming an image peaks at 30 to 40 bytes per
             pixel, so the default (50,000,000) bounds an image to about 2 GB; the images of a
             request are decoded in parallel (up to one per CPU core).
         overwrite: whether to replace an existing non-empty directory at `path`.
@@ -379,7 +380,9 @@ def _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels)
                 # float conversion and the resize, the steps that take memory.
                 status, sizes = refusal(tf.cast(tf.shape(image)[:2], tf.int64))
             return tf.cond(
-                tf.equal(status, 0), lambda: (status, sizes, transform(image)), lambda: (status, sizes, no_pixels)
+                tf.equal(status, 0),
+                lambda: (status, sizes, transform(image)),
+                lambda: (status, sizes, no_pixels),
             )
 
         status, sizes, pixels = tf.cond(
@@ -419,11 +422,12 @@ def _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels)
         # The sentinel's row when nothing is refused: an Assert computes its message either way.
         first = _first(refused)
         height, width, resized_height, resized_width = tf.unstack(sizes[first])
-        fields = {
-            _TOO_MANY_PIXELS: (height, width, height * width, max_pixels),
-            _RESIZE_TOO_LARGE: (height, width, resized_height, resized_width, resized_height * resized_width, max_pixels),
-            _UNREADABLE_BMP: (),
-        }[status]
+        if status == _TOO_MANY_PIXELS:
+            fields = (height, width, height * width, max_pixels)
+        elif status == _RESIZE_TOO_LARGE:
+            fields = (height, width, resized_height, resized_width, resized_height * resized_width, max_pixels)
+        else:
+            fields = ()
         # After the decoding check: an image that failed to decode shifts the ones behind it.
         with tf.control_dependencies([check_decoded]):
             checks.append(

@@ -154,7 +154,10 @@ def inspect_encoded_image(encoded):
                 is_webp & _has(header, 12, b"VP8 "),
                 sizes(_integer(header, 28, 2) & 0x3FFF, _integer(header, 26, 2) & 0x3FFF),
             ),
-            (is_webp & _has(header, 12, b"VP8L"), sizes((tf.bitwise.right_shift(vp8l, 14) & 0x3FFF) + 1, (vp8l & 0x3FFF) + 1)),
+            (
+                is_webp & _has(header, 12, b"VP8L"),
+                sizes((tf.bitwise.right_shift(vp8l, 14) & 0x3FFF) + 1, (vp8l & 0x3FFF) + 1),
+            ),
             (
                 is_webp & _has(header, 12, b"VP8X"),
                 sizes(_integer(header, 27, 3) + 1, _integer(header, 24, 3) + 1),
