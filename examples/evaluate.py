@@ -64,7 +64,7 @@ def run(args):
     data = training.eval_dataset(strategy, source, size, args.batch_size, crop_ratio)
     with strategy.scope():
         model = training.build_model(architecture, classes, size, weights=args.weights)
-        model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True), metrics=training.metrics())
+        model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True), weighted_metrics=training.metrics())
     training.prepare_for_strategy(model, strategy, size, classes)
     top1, top5 = training.evaluate(model, data)
     print(f"{args.weights}: top-1 {top1:.4f} top-5 {top5:.4f} ({source.num_examples} images)", flush=True)
