@@ -2,8 +2,8 @@
 
 All are HuggingFace hub repos of Microsoft's weights. We download `tf_model.h5` (HF's
 TensorFlow copy of the same weights) because h5py reads it, so pretrained weights never need
-PyTorch. A `sha256` is the file's Git LFS id at the pinned revision; where none is known
-(`../shared/docs/hub-pins.md`), the download is checked against the LFS id the hub reports,
+PyTorch. A `sha256` is the file's Git LFS id at the pinned revision; where none is known, the
+download is checked against the LFS id the hub reports,
 and always by the converter's check of every tensor's name and shape.
 """
 
