@@ -15,7 +15,7 @@ import warnings
 
 import h5py
 
-from keras_cvt import atomic, hub, pretrained
+from keras_cvt import _version, atomic, hub, pretrained
 from keras_cvt.layers import ConvEmbedding, CvTBlock
 
 # Where Keras 3's `.weights.h5` format keeps the classifier of our models: the functional
@@ -231,15 +231,12 @@ def write_record(entry, path, source_sha256):
     Also the way to install a file converted by hand (from a `tf_model.h5` downloaded
     elsewhere) at `cached_path(entry)`.
     """
-    # Imported here: keras_cvt/__init__.py defines it after importing this module.
-    from keras_cvt import __version__
-
     record = {
         **_identity(entry),
         "source_sha256": source_sha256,
         "size": os.path.getsize(path),
         "sha256": atomic.sha256_file(path),
-        "keras_cvt": __version__,
+        "keras_cvt": _version.__version__,
     }
     atomic.write_bytes(record_path(path), (json.dumps(record, indent=2) + "\n").encode())
 
