@@ -219,6 +219,7 @@ NOT_FLOAT = {
     "int64_pth": (".pth", "stage1.blocks.0.attn.proj.weight", torch.int64, "(32, 32) holds int64 values, expected floating point"),
     "bool_pth": (".pth", "norm.weight", torch.bool, "(48,) holds bool values, expected floating point"),
     "int32_safetensors": (".safetensors", "norm.bias", torch.int32, "(48,) holds int32 values, expected floating point"),
+    "complex32_pth": (".pth", "norm.bias", torch.complex32, "(48,) has dtype torch.complex32, which is not a floating-point type NumPy can hold"),
     "float8_safetensors": (
         ".safetensors",
         "head.weight",
@@ -228,6 +229,7 @@ NOT_FLOAT = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
 @pytest.mark.parametrize("kind", sorted(NOT_FLOAT))
 def test_weights_of_a_non_float_dtype_are_refused(kind, tiny_state, tmp_path, out_dir):
     suffix, key, dtype, message = NOT_FLOAT[kind]
@@ -333,12 +335,24 @@ def _safetensors(tmp_path, tiny_state):
     return path
 
 
+def _damaged_metadata(tmp_path, _):
+    """tf_model.h5 with 2 KB overwritten just past the superblock: it opens, and its name lists
+    (HDF5's global heap) no longer read."""
+    data = bytearray(TF_H5.read_bytes())
+    start = len(data) // 500
+    data[start : start + 2048] = b"\xff" * 2048
+    path = tmp_path / "damaged_tf_model.h5"
+    path.write_bytes(bytes(data))
+    return path
+
+
 BAD_INPUTS = {
     "missing": (lambda tmp_path, _: tmp_path / "nowhere.pth", "checkpoint not found"),
     "random_bytes": (_written("random.pth", np.random.RandomState(0).bytes(4096)), "cannot read .* as a PyTorch checkpoint"),
     "text_file": (_written("notes.bin", b"a text file\nwith two lines\n"), "cannot read .* as a PyTorch checkpoint"),
     "truncated_pth": (_truncated(lambda *_: TINY, ".pth", 0.5), "cannot read .* as a PyTorch checkpoint"),
     "truncated_safetensors": (_truncated(_safetensors, ".safetensors", 0.9), "cannot read .* as a safetensors checkpoint"),
+    "damaged_tf_model_h5": (_damaged_metadata, r"cannot read .* as a HuggingFace tf_model\.h5: .*bad global heap"),
     "truncated_tf_model_h5": (_truncated(lambda *_: TF_H5, ".h5", 0.6), r"cannot read .* as an HDF5 file: .*truncated file"),
 }
 

@@ -82,41 +82,47 @@ def read_tf_h5(path):
     try:
         h5 = h5py.File(path, "r")
     except OSError as error:
-        raise ValueError(f"cannot read {path!r} as an HDF5 file: {error}") from error
+        raise ValueError(f"cannot read {path!r} as an HDF5 file: {describe_error(error)}") from error
     with h5:
-        layers = _attribute_list(h5, "layer_names")
-        if not layers:
-            hint = (
-                " (it looks like a Keras 3 weights file, which this converter writes rather than reads)"
-                if "layers" in h5 or "vars" in h5
-                else ""
-            )
-            raise ValueError(
-                f"{path!r} is not a HuggingFace tf_model.h5 / Keras 2 weights file: it has no "
-                f"`layer_names` attribute{hint}"
-            )
-        datasets = []
-        for layer in layers:
-            group = h5.get(layer)
-            if group is None:
-                continue
-            for weight_name in _attribute_list(group, "weight_names"):
-                dataset = group.get(weight_name)
-                if isinstance(dataset, h5py.Dataset):
-                    datasets.append((layer, weight_name, dataset))
-        _check_sizes(path, datasets)
-        state = {}
-        for layer, weight_name, dataset in datasets:
-            hf_key, variable = _hf_key(layer, weight_name)
-            key = hf_to_original_key(hf_key)
-            if key in state:
-                raise ValueError(f"{path!r} holds two variables that both map to {key}")
-            try:
-                array = dataset[()]
-            except Exception as error:
-                # A truncated file opens (the metadata is at its start) and fails here.
-                raise ValueError(f"cannot read {weight_name} from {path!r}: {describe_error(error)}") from error
-            state[key] = _to_torch_layout(array, variable)
+        try:
+            return _read_weights(path, h5)
+        # Damage past the superblock (a name list, an object header) surfaces as h5py's
+        # OSError or KeyError on first access, naming no file.
+        except (OSError, KeyError) as error:
+            raise ValueError(f"cannot read {path!r} as a HuggingFace tf_model.h5: {describe_error(error)}") from error
+
+
+def _read_weights(path, h5):
+    import h5py
+
+    layers = _attribute_list(h5, "layer_names")
+    if not layers:
+        hint = (
+            " (it looks like a Keras 3 weights file, which this converter writes rather than reads)"
+            if "layers" in h5 or "vars" in h5
+            else ""
+        )
+        raise ValueError(
+            f"{path!r} is not a HuggingFace tf_model.h5 / Keras 2 weights file: it has no "
+            f"`layer_names` attribute{hint}"
+        )
+    datasets = []
+    for layer in layers:
+        group = h5.get(layer)
+        if group is None:
+            continue
+        for weight_name in _attribute_list(group, "weight_names"):
+            dataset = group.get(weight_name)
+            if isinstance(dataset, h5py.Dataset):
+                datasets.append((layer, weight_name, dataset))
+    _check_sizes(path, datasets)
+    state = {}
+    for layer, weight_name, dataset in datasets:
+        hf_key, variable = _hf_key(layer, weight_name)
+        key = hf_to_original_key(hf_key)
+        if key in state:
+            raise ValueError(f"{path!r} holds two variables that both map to {key}")
+        state[key] = _to_torch_layout(dataset[()], variable)
     return state
 
 
