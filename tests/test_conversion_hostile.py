@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 import weights_conversion
 from keras_cvt import CvT
 from tests.conftest import FIXTURES, TINY_CONFIG, assert_same_weights_files
+
 # The fixtures tiny_state and out_dir, and the helpers, are test_conversion's.
 from tests.test_conversion import TINY, Payload, _run_python, out_dir, tiny_state  # noqa: F401
 from weights_conversion import CheckpointMismatchError, convert
@@ -70,9 +71,15 @@ def _sparse_kernel_tf_h5(_, path):
 
 
 HOSTILE = {
-    "expanded_view.pth": (_expanded_head_pth, r"claims \d+ bytes of tensors but stores \d+: head\.weight is \(10000000, 48\)"),
+    "expanded_view.pth": (
+        _expanded_head_pth,
+        r"claims \d+ bytes of tensors but stores \d+: head\.weight is \(10000000, 48\)",
+    ),
     "forged_header.safetensors": (_forged_header_safetensors, r"cannot read .* as a safetensors checkpoint"),
-    "sparse_kernel_tf_model.h5": (_sparse_kernel_tf_h5, r"classifier/kernel:0 is \(48, 10000000\) \(1920000000 bytes\) but the file stores 0"),
+    "sparse_kernel_tf_model.h5": (
+        _sparse_kernel_tf_h5,
+        r"classifier/kernel:0 is \(48, 10000000\) \(1920000000 bytes\) but the file stores 0",
+    ),
 }
 
 # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a
@@ -153,11 +160,26 @@ def test_gaps_in_block_numbers_are_refused_without_listing_them(tiny_state, tmp_
     "config",
     [
         TINY_CONFIG,
-        {"depths": (2, 1), "embed_dims": (8, 24), "num_heads": (1, 1), "classes": 3, "mlp_ratio": 2.0,
-         "patch_sizes": (5, 3), "patch_strides": (4, 2), "patch_paddings": (2, 1)},
-        {"depths": (1, 1, 1, 2), "embed_dims": (8, 16, 24, 32), "num_heads": (1, 1, 1, 1), "classes": 7,
-         "mlp_ratio": 3.0, "patch_sizes": (7, 3, 3, 3), "patch_strides": (4, 2, 2, 2),
-         "patch_paddings": (2, 1, 1, 1)},
+        {
+            "depths": (2, 1),
+            "embed_dims": (8, 24),
+            "num_heads": (1, 1),
+            "classes": 3,
+            "mlp_ratio": 2.0,
+            "patch_sizes": (5, 3),
+            "patch_strides": (4, 2),
+            "patch_paddings": (2, 1),
+        },
+        {
+            "depths": (1, 1, 1, 2),
+            "embed_dims": (8, 16, 24, 32),
+            "num_heads": (1, 1, 1, 1),
+            "classes": 7,
+            "mlp_ratio": 3.0,
+            "patch_sizes": (7, 3, 3, 3),
+            "patch_strides": (4, 2, 2, 2),
+            "patch_paddings": (2, 1, 1, 1),
+        },
     ],
     ids=["tiny", "two_stages_mlp2", "four_stages_mlp3"],
 )
@@ -180,10 +202,17 @@ def _in_dtype(state, dtype):
 
 @pytest.mark.parametrize(
     "dtype, suffix",
-    [(torch.bfloat16, ".pth"), (torch.float16, ".pth"), (torch.bfloat16, ".safetensors"), (torch.float16, ".safetensors")],
+    [
+        (torch.bfloat16, ".pth"),
+        (torch.float16, ".pth"),
+        (torch.bfloat16, ".safetensors"),
+        (torch.float16, ".safetensors"),
+    ],
     ids=["bfloat16_pth", "float16_pth", "bfloat16_safetensors", "float16_safetensors"],
 )
-def test_half_precision_checkpoints_convert_as_their_float32_rounding(dtype, suffix, tiny_state, tiny_reference, tmp_path):
+def test_half_precision_checkpoints_convert_as_their_float32_rounding(
+    dtype, suffix, tiny_state, tiny_reference, tmp_path
+):
     """The weights are the float32 values of the half-precision ones, bit for bit."""
     half = tmp_path / f"half{suffix}"
     if suffix == ".pth":
@@ -207,8 +236,13 @@ def test_bfloat16_logits_are_those_of_the_rounded_weights(tiny_state, tiny_refer
     logits = {}
     for name in ("bf16", "rounded"):
         convert(tmp_path / f"{name}.pth", tmp_path / f"{name}.weights.h5")
-        model = CvT(**TINY_CONFIG, weights=tmp_path / f"{name}.weights.h5", input_shape=(None, None, 3),
-                    include_preprocessing=False, classifier_activation=None)
+        model = CvT(
+            **TINY_CONFIG,
+            weights=tmp_path / f"{name}.weights.h5",
+            input_shape=(None, None, 3),
+            include_preprocessing=False,
+            classifier_activation=None,
+        )
         logits[name] = model.predict(x, verbose=0)
     assert np.abs(logits["bf16"] - logits["rounded"]).max() <= 1e-4
     # bfloat16 keeps 8 bits of mantissa: close to, and measurably off, the float32 logits.
@@ -216,10 +250,25 @@ def test_bfloat16_logits_are_those_of_the_rounded_weights(tiny_state, tiny_refer
 
 
 NOT_FLOAT = {
-    "int64_pth": (".pth", "stage1.blocks.0.attn.proj.weight", torch.int64, "(32, 32) holds int64 values, expected floating point"),
+    "int64_pth": (
+        ".pth",
+        "stage1.blocks.0.attn.proj.weight",
+        torch.int64,
+        "(32, 32) holds int64 values, expected floating point",
+    ),
     "bool_pth": (".pth", "norm.weight", torch.bool, "(48,) holds bool values, expected floating point"),
-    "int32_safetensors": (".safetensors", "norm.bias", torch.int32, "(48,) holds int32 values, expected floating point"),
-    "complex32_pth": (".pth", "norm.bias", torch.complex32, "(48,) has dtype torch.complex32, which is not a floating-point type NumPy can hold"),
+    "int32_safetensors": (
+        ".safetensors",
+        "norm.bias",
+        torch.int32,
+        "(48,) holds int32 values, expected floating point",
+    ),
+    "complex32_pth": (
+        ".pth",
+        "norm.bias",
+        torch.complex32,
+        "(48,) has dtype torch.complex32, which is not a floating-point type NumPy can hold",
+    ),
     "float8_safetensors": (
         ".safetensors",
         "head.weight",
@@ -251,9 +300,18 @@ def _replace(key, value):
 
 
 DAMAGED = {
-    "head_0d": (_replace("head.weight", torch.tensor(1.0)), "head.weight is (), expected a non-empty 2-D tensor (classes, width)"),
-    "head_1d": (_replace("head.weight", torch.zeros(10)), "head.weight is (10,), expected a non-empty 2-D tensor (classes, width)"),
-    "head_empty": (_replace("head.weight", torch.zeros(0, 48)), "head.weight is (0, 48), expected a non-empty 2-D tensor (classes, width)"),
+    "head_0d": (
+        _replace("head.weight", torch.tensor(1.0)),
+        "head.weight is (), expected a non-empty 2-D tensor (classes, width)",
+    ),
+    "head_1d": (
+        _replace("head.weight", torch.zeros(10)),
+        "head.weight is (10,), expected a non-empty 2-D tensor (classes, width)",
+    ),
+    "head_empty": (
+        _replace("head.weight", torch.zeros(0, 48)),
+        "head.weight is (0, 48), expected a non-empty 2-D tensor (classes, width)",
+    ),
     "fc1_1d": (
         _replace("stage0.blocks.0.mlp.fc1.weight", torch.zeros(64)),
         "stage0.blocks.0.mlp.fc1.weight is (64,), expected a non-empty 2-D tensor (hidden, width)",
@@ -283,7 +341,12 @@ DAMAGED = {
         "stage1 has no blocks: no tensors stage1.blocks.0.*",
     ),
     "nan": (
-        lambda s: {**s, "stage1.blocks.0.mlp.fc2.weight": s["stage1.blocks.0.mlp.fc2.weight"].index_fill(1, torch.tensor([3]), float("nan"))},
+        lambda s: {
+            **s,
+            "stage1.blocks.0.mlp.fc2.weight": s["stage1.blocks.0.mlp.fc2.weight"].index_fill(
+                1, torch.tensor([3]), float("nan")
+            ),
+        },
         "stage1.blocks.0.mlp.fc2.weight (32, 128) holds 32 NaN or infinite value(s)",
     ),
     "inf": (
@@ -348,12 +411,21 @@ def _damaged_metadata(tmp_path, _):
 
 BAD_INPUTS = {
     "missing": (lambda tmp_path, _: tmp_path / "nowhere.pth", "checkpoint not found"),
-    "random_bytes": (_written("random.pth", np.random.RandomState(0).bytes(4096)), "cannot read .* as a PyTorch checkpoint"),
+    "random_bytes": (
+        _written("random.pth", np.random.RandomState(0).bytes(4096)),
+        "cannot read .* as a PyTorch checkpoint",
+    ),
     "text_file": (_written("notes.bin", b"a text file\nwith two lines\n"), "cannot read .* as a PyTorch checkpoint"),
     "truncated_pth": (_truncated(lambda *_: TINY, ".pth", 0.5), "cannot read .* as a PyTorch checkpoint"),
-    "truncated_safetensors": (_truncated(_safetensors, ".safetensors", 0.9), "cannot read .* as a safetensors checkpoint"),
+    "truncated_safetensors": (
+        _truncated(_safetensors, ".safetensors", 0.9),
+        "cannot read .* as a safetensors checkpoint",
+    ),
     "damaged_tf_model_h5": (_damaged_metadata, r"cannot read .* as a HuggingFace tf_model\.h5: .*bad global heap"),
-    "truncated_tf_model_h5": (_truncated(lambda *_: TF_H5, ".h5", 0.6), r"cannot read .* as an HDF5 file: .*truncated file"),
+    "truncated_tf_model_h5": (
+        _truncated(lambda *_: TF_H5, ".h5", 0.6),
+        r"cannot read .* as an HDF5 file: .*truncated file",
+    ),
 }
 
 
@@ -455,8 +527,9 @@ def test_a_legacy_format_pickle_with_code_is_refused_not_run(tiny_state, tmp_pat
     """PyTorch's pre-1.6 (non-zip) format goes through the same weights_only unpickler."""
     marker = tmp_path / "marker.txt"
     checkpoint = tmp_path / "legacy.pth"
-    torch.save({"state_dict": tiny_state, "extra": Payload(str(marker))}, checkpoint,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": tiny_state, "extra": Payload(str(marker))}, checkpoint, _use_new_zipfile_serialization=False
+    )
     with pytest.raises(ValueError, match=r"objects other than tensors .*test_conversion\._leave_marker"):
         convert(checkpoint, out_dir / "x.weights.h5")
     assert not marker.exists()
