@@ -49,7 +49,6 @@ PHASES = [
     ("published:best.weights.h5@4", 2),  # after the checkpoints, before the end-of-epoch backup
     ("write:latest.weights.h5@4", 2),  # while the end-of-epoch backup is written
     ("published:latest.weights.h5@6", 2),  # right after the periodic backup at step 6
-    ("validation@8", 6),  # validation of the last epoch
     ("published:completed.json@8", 6),  # after the completion record, before the backup is deleted
 ]
 
