@@ -134,7 +134,12 @@ def test_a_rerun_with_other_arguments_or_another_model_is_refused_before_anythin
     common = {"epochs": 2, "output_dir": out, "backup_every": 2, "verbose": 0}
     with pytest.raises(RuntimeError, match="crash"):
         training.fit(
-            compiled(SMALL), train_data(), steps_per_epoch=4, parameters={"batch_size": 4}, callbacks=[Crash(3)], **common
+            compiled(SMALL),
+            train_data(),
+            steps_per_epoch=4,
+            parameters={"batch_size": 4},
+            callbacks=[Crash(3)],
+            **common,
         )
     backup = tmp_path / "run" / "backup" / "latest.weights.h5"
     with h5py.File(backup, "r") as f:
@@ -143,7 +148,9 @@ def test_a_rerun_with_other_arguments_or_another_model_is_refused_before_anythin
 
     # Another batch size: fewer steps per epoch. Refused, saying what changed.
     with pytest.raises(ValueError) as error:
-        training.fit(compiled(SMALL), train_data(8), steps_per_epoch=2, parameters={"batch_size": 8}, **common)
+        training.fit(
+            compiled(SMALL), train_data(8), steps_per_epoch=2, parameters={"batch_size": 8}, **common
+        )
     message = str(error.value)
     assert "holds the backup of another run" in message
     assert "batch_size: 4 there, 8 here" in message and "steps_per_epoch: 4 there, 2 here" in message
@@ -194,7 +201,9 @@ def test_a_completed_run_is_kept_and_best_is_never_replaced_by_a_worse_model(tmp
 
     # The same command again: not trained again, checkpoints untouched, the final weights loaded.
     again = compiled(SMALL, learning_rate=0.0, head_bias=[0.0, 5.0])
-    with pytest.warns(UserWarning, match="holds a completed run \\(4 optimizer steps, best val_top1 0.7500\\)"):
+    with pytest.warns(
+        UserWarning, match="holds a completed run \\(4 optimizer steps, best val_top1 0.7500\\)"
+    ):
         history, resumed = training.fit(again, train_data(), **common)
     assert history == {} and resumed == (2, 0)
     assert {path: digest(path) for path in files} == files
@@ -203,7 +212,9 @@ def test_a_completed_run_is_kept_and_best_is_never_replaced_by_a_worse_model(tmp
         np.testing.assert_array_equal(v.numpy(), final[v.path], err_msg=v.path)
 
     # With other arguments: refused, saying what changed.
-    with pytest.raises(ValueError, match="holds a completed run, which differs from this one in\n  epochs: 2 there, 3 here"):
+    with pytest.raises(
+        ValueError, match="holds a completed run, which differs from this one in\n  epochs: 2 there, 3 here"
+    ):
         training.fit(compiled(SMALL), train_data(), **{**common, "epochs": 3})
     assert {path: digest(path) for path in files} == files
 
@@ -225,7 +236,13 @@ def test_checkpoints_of_another_model_are_refused_even_on_restart(tmp_path):
     before = digest(last)
     with pytest.raises(ValueError, match="last.weights.h5 holds weights of another model"):
         training.fit(
-            compiled(SMALL), train_data(), epochs=1, steps_per_epoch=1, output_dir=out, restart=True, verbose=0
+            compiled(SMALL),
+            train_data(),
+            epochs=1,
+            steps_per_epoch=1,
+            output_dir=out,
+            restart=True,
+            verbose=0,
         )
     assert digest(last) == before and (tmp_path / "run" / "completed.json").is_file()
 
@@ -253,9 +270,7 @@ def test_unreadable_images_are_listed_in_one_error_or_skipped_with_a_warning(tmp
     assert str(truncated) in str(warned[0].message) and str(text) in str(warned[0].message)
     assert source.num_examples == 9
     paths, labels = zip(*source.load(0, 1, False).as_numpy_iterator())
-    assert sorted(p.decode() for p in paths) == sorted(
-        str(p) for p in root.rglob("*.png") if p != truncated
-    )
+    assert sorted(p.decode() for p in paths) == sorted(str(p) for p in root.rglob("*.png") if p != truncated)
     # Every remaining image decodes: the pipeline reads them all.
     assert all(source.decode(p).shape[-1] == 3 for p in paths)
 
