@@ -225,14 +225,9 @@ def serve_and_classify(model, saved_model, files, image_size, crop_ratio, top_k,
     return served
 
 
-def run_digits(args, progress):
+def run_digits(args, progress, weights):
     import keras_cvt
     from keras_cvt import training
-
-    progress.step("Converting the original code's tiny CvT checkpoint and comparing logits")
-    weights, difference = check_conversion(args.output_dir)
-    if difference > TOLERANCE:
-        return {"parity": {"max_abs_difference": difference, "tolerance": TOLERANCE}}, 1
 
     progress.step(f"Fine-tuning it on scikit-learn's digits for {args.epochs} epochs with model.fit")
     strategy = training.make_strategy("mirrored")
@@ -264,7 +259,6 @@ def run_digits(args, progress):
     correct = sum(row["classes"][0] == row["true_class"] for row in served)
     logs = args.output_dir / "training" / "logs"
     summary = {
-        "parity": {"checkpoint": str(CHECKPOINT), "max_abs_difference": difference, "tolerance": TOLERANCE},
         "training": {
             "devices": devices,
             "epochs": args.epochs,
@@ -286,13 +280,8 @@ def run_digits(args, progress):
     return summary, 0
 
 
-def run_pretrained(args, progress):
+def run_pretrained(args, progress, weights):
     from keras_cvt import export
-
-    progress.step("Converting the original code's tiny CvT checkpoint and comparing logits")
-    weights, difference = check_conversion(args.output_dir)
-    if difference > TOLERANCE:
-        return {"parity": {"max_abs_difference": difference, "tolerance": TOLERANCE}}, 1
 
     progress.step(f"Loading CvT-13 with weights {args.weights}")
     try:
@@ -311,7 +300,6 @@ def run_pretrained(args, progress):
         for label, score in zip(row["labels"], row["scores"]):
             print(f"    {score:7.2%}  {label}", flush=True)
     summary = {
-        "parity": {"checkpoint": str(CHECKPOINT), "max_abs_difference": difference, "tolerance": TOLERANCE},
         "serving": {"saved_model": str(saved_model), "images": served},
         "outputs": {"converted weights": str(weights), "SavedModel": str(saved_model), "photos": str(PHOTOS)},
     }
@@ -325,12 +313,18 @@ def main(argv=None):
     print(f"Writing everything to {args.output_dir.resolve()}", flush=True)
     progress = Progress(3)
     if args.weights is None:
-        configure_devices(args.cpu_replicas)
-        summary, status = run_digits(args, progress)
+        configure_devices(args.cpu_replicas)  # before any TensorFlow operation
+    progress.step("Converting the original code's tiny CvT checkpoint and comparing logits")
+    weights, difference = check_conversion(args.output_dir)
+    parity = {"checkpoint": str(CHECKPOINT), "max_abs_difference": difference, "tolerance": TOLERANCE}
+    if difference > TOLERANCE:
+        summary, status = {}, 1
     else:
-        summary, status = run_pretrained(args, progress)
+        run = run_digits if args.weights is None else run_pretrained
+        summary, status = run(args, progress, weights)
     if summary is None:
         return status
+    summary = {"parity": parity, **summary}
     path = args.output_dir / "summary.json"
     from keras_cvt import atomic
 

@@ -279,7 +279,14 @@ def run(args, callbacks=()):
 
 
 def main(argv=None):
-    run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ValueError as error:
+        # The checks of data, arguments and the output directory say what to do; a traceback
+        # would bury that.
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert import interpreter as litert
 from PIL import Image
 
 from keras_cvt import CvT, atomic, cvt, decode_predictions, export_for_serving, export_tflite, serving
@@ -444,10 +445,10 @@ TFLITE_AGREEMENT = {"float16": 15 / 16, "dynamic_range": 15 / 16}
 
 
 def _tflite_predict(path, inputs):
-    interpreter = tf.lite.Interpreter(
+    interpreter = litert.Interpreter(
         model_path=str(path),
         # No Flex delegate (nor any default one): a select TF op would fail to resolve here.
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     runner = interpreter.get_signature_runner("serving_default")
@@ -472,7 +473,7 @@ def _check_tflite_classifier(path, inputs, probabilities):
     with pytest.raises(TypeError, match="dtype"):
         classifier(np.full((1, SIZE, SIZE, 3), "x"))
     # The runtime alone fails without naming the input or the size it takes.
-    runner = tf.lite.Interpreter(model_path=str(path)).get_signature_runner()
+    runner = litert.Interpreter(model_path=str(path)).get_signature_runner()
     with pytest.raises(RuntimeError, match="failed to (reshape|prepare)"):
         runner(pixels=wrong)
     # The check came before the runtime: the classifier is still usable.

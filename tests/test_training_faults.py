@@ -319,3 +319,15 @@ def test_train_py_checks_the_image_folder_before_building_a_model(tmp_path):
         train_source, val_source = train.sources(args, multi_worker=False)
     assert train_source.num_examples + val_source.num_examples == 10
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_train_py_reports_a_refusal_in_one_message_without_a_traceback(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "images", per_class=5, classes=2, size=(16, 16))
+    (root / "class_1" / "fake.jpg").write_text("text")
+    train = load_example("train")
+    status = train.main([*SMALL_ARGS, "--image-folder", str(root), "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("train.py: error: ") and "fake.jpg" in err
+    assert "Traceback" not in err
+    assert not os.path.exists(tmp_path / "run")
