@@ -6,6 +6,7 @@ complete, so a kill, a full disk or an exception never leaves half a file under 
 """
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
@@ -90,6 +91,19 @@ def publish_directory(path, overwrite=False):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def remove_leftovers(path):
+    """Removes what a kill while publishing `path` left behind: its dot-named staging entries.
+
+    The kill that the rename protects against also skips the cleanup, so a process that
+    publishes again after a crash calls this first.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+        for leftover in glob.glob(os.path.join(glob.escape(parent), pattern)):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def sha256_file(path, chunk_size=1 << 20):

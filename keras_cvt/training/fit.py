@@ -5,7 +5,6 @@ complete) and carries a record of the run that wrote it (its defining parameters
 model's weight layout), so a rerun can tell whether it is the same run before loading anything.
 """
 
-import glob
 import importlib.util
 import json
 import os
@@ -138,13 +137,6 @@ def save_weights(model, path, attributes):
         with h5py.File(temporary, "a") as f:
             for key, value in attributes.items():
                 f.attrs[key] = value
-
-
-def _remove_leftovers(directory, names):
-    # What a kill during `atomic.publish_file` leaves: its dot-named staging directory.
-    for name in names:
-        for leftover in glob.glob(os.path.join(glob.escape(directory), f".{name}.tmp-*")):
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 class Checkpoints(keras.callbacks.Callback):
@@ -410,9 +402,13 @@ def fit(
             )
         return _completed(model, output_dir, completed, epochs, keep_backup, chief)
     if chief:
-        _remove_leftovers(output_dir, [COMPLETED])
-        _remove_leftovers(checkpoint_dir, [LAST, BEST])
-        _remove_leftovers(backup_dir, [ResumableBackupAndRestore.FILENAME])
+        for path in (
+            os.path.join(output_dir, COMPLETED),
+            os.path.join(checkpoint_dir, LAST),
+            os.path.join(checkpoint_dir, BEST),
+            os.path.join(backup_dir, ResumableBackupAndRestore.FILENAME),
+        ):
+            atomic.remove_leftovers(path)
         if restart:
             for path in (completed_path, os.path.join(backup_dir, ResumableBackupAndRestore.FILENAME)):
                 if os.path.exists(path):
