@@ -387,6 +387,7 @@ def fit(
     checkpoint_dir = os.path.join(output_dir, "checkpoints")
     backup_dir = os.path.join(output_dir, "backup")
     completed_path = os.path.join(output_dir, COMPLETED)
+    backup_path = os.path.join(backup_dir, ResumableBackupAndRestore.FILENAME)
 
     # Everything is checked before anything is written or deleted.
     best = _check_checkpoints(checkpoint_dir, signature, monitor)
@@ -402,19 +403,13 @@ def fit(
             )
         return _completed(model, output_dir, completed, epochs, keep_backup, chief)
     if chief:
-        for path in (
-            os.path.join(output_dir, COMPLETED),
-            os.path.join(checkpoint_dir, LAST),
-            os.path.join(checkpoint_dir, BEST),
-            os.path.join(backup_dir, ResumableBackupAndRestore.FILENAME),
-        ):
+        checkpoint_paths = [os.path.join(checkpoint_dir, name) for name in (LAST, BEST)]
+        for path in (completed_path, *checkpoint_paths, backup_path):
             atomic.remove_leftovers(path)
         if restart:
-            for path in (completed_path, os.path.join(backup_dir, ResumableBackupAndRestore.FILENAME)):
+            for path in (completed_path, backup_path):
                 if os.path.exists(path):
                     os.remove(path)
-
-    if chief:
         write_root = output_dir
     else:
         task_type, task_id = task(strategy)
