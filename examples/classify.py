@@ -13,8 +13,8 @@ import sys
 import numpy as np
 
 import keras_cvt
-from keras_cvt import pretrained, transforms
-from keras_cvt.cvt import BUILDERS
+from keras_cvt import images, pretrained, transforms
+from keras_cvt.variants import BUILDERS
 
 
 
@@ -34,7 +34,7 @@ def main(argv=None):
         entry = pretrained.lookup(args.model, args.weights)
         transform = transforms.evaluation_transform(entry.resolution, entry.crop_ratio)
     model = BUILDERS[args.model](weights=args.weights, input_shape=(None, None, 3))
-    batch = np.stack([transform(transforms.load_image(path)).numpy() for path in args.images])
+    batch = np.stack([transform(images.load_image(path)).numpy() for path in args.images])
     predictions = keras_cvt.decode_predictions(model.predict(batch, verbose=0), top=args.top)
     for path, top in zip(args.images, predictions):
         print(path)

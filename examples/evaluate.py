@@ -16,7 +16,6 @@ import sys
 import keras
 
 from keras_cvt import pretrained, training
-from keras_cvt import weights as weights_lib
 from keras_cvt.training import cli
 
 
@@ -43,7 +42,7 @@ def run(args):
     """Returns `(top1, top5, number of images)`."""
     strategy = training.make_strategy(args.strategy)
     architecture = args.architecture
-    if not weights_lib.is_pretrained_name(args.weights):
+    if not pretrained.is_pretrained_name(args.weights):
         size, crop_ratio = args.image_size, None if args.no_crop else 0.875
     else:
         entry = pretrained.lookup(args.model, args.weights)

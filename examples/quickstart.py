@@ -200,10 +200,10 @@ def classify_without_keras(saved_model, files):
 
 def keras_top(model, files, image_size, crop_ratio, k):
     """(classes, scores) of the Keras model on `files`, transformed as the SavedModel does."""
-    from keras_cvt import transforms
+    from keras_cvt import images, transforms
 
     transform = transforms.evaluation_transform(image_size, crop_ratio)
-    pixels = np.stack([transform(transforms.load_image(str(f))).numpy() for f in files])
+    pixels = np.stack([transform(images.load_image(str(f))).numpy() for f in files])
     probabilities = model.predict(pixels, verbose=0)
     classes = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return classes, np.take_along_axis(probabilities, classes, axis=1)

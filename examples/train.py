@@ -24,7 +24,6 @@ import sys
 import keras
 
 from keras_cvt import pretrained, training
-from keras_cvt import weights as weights_lib
 from keras_cvt.training import cli
 
 
@@ -134,7 +133,7 @@ def parse_args(argv=None):
 def image_size(args):
     if args.image_size:
         return args.image_size
-    if args.weights and weights_lib.is_pretrained_name(args.weights) and not args.depths:
+    if args.weights and pretrained.is_pretrained_name(args.weights) and not args.depths:
         return pretrained.lookup(args.model, args.weights).resolution
     return 224
 

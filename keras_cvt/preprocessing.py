@@ -6,9 +6,7 @@ import importlib.resources
 import numpy as np
 from keras import ops
 
-# The statistics the original checkpoints were trained with (RGB, on pixels scaled to [0, 1]).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from keras_cvt.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _check_data_format(data_format):

@@ -1,13 +1,55 @@
-"""The seven original ImageNet checkpoints: names, where they live, what pins them.
+"""The seven original ImageNet checkpoints, one record each: where they live, what pins them,
+and how they were evaluated.
 
 All are HuggingFace hub repos of Microsoft's weights. We download `tf_model.h5` (HF's
 TensorFlow copy of the same weights) because h5py reads it, so pretrained weights never need
 PyTorch. A `sha256` is the file's Git LFS id at the pinned revision; where none is known, the
 download is checked against the LFS id the hub reports,
 and always by the converter's check of every tensor's name and shape.
+
+Each record carries its evaluation transform (as timm's pretrained configs do), which the
+builders (default input size), exports, evaluation, training and the examples all read through
+`transform_for`: which transform goes with which weights is decided here only. Adding a
+checkpoint is one entry in `PRETRAINED`.
+
+Pure data: importing it imports nothing but `keras_cvt.architectures`.
 """
 
 import dataclasses
+import os
+
+from keras_cvt import architectures
+
+# The statistics the original checkpoints were trained with (RGB, on pixels scaled to [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The original's evaluation crop at 224: the short side resized to 224 / 0.875 = 256, then the
+# centre 224 x 224 (`lib/dataset/transformas/build.py`, `TEST.CENTER_CROP`).
+CENTER_CROP = 0.875
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationTransform:
+    """How images are turned into a model's input at evaluation.
+
+    Attributes:
+        size: the output height and width.
+        crop_ratio: the short side is resized to `int(size / crop_ratio)` and the centre
+            `size x size` cropped; None resizes straight to `size x size`.
+        interpolation: the resize filter (PIL's, antialiased when downscaling).
+        mean, std: the RGB normalisation, on pixels scaled to [0, 1] (inside the models).
+    """
+
+    size: int = architectures.DEFAULT_SIZE
+    crop_ratio: float | None = CENTER_CROP
+    interpolation: str = "bicubic"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+
+# The transform for weights without a record (a `.weights.h5` of your own): the original's 224
+# evaluation. Yours may differ: every command line takes `--size` and `--crop-ratio`.
+DEFAULT_TRANSFORM = EvaluationTransform()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,12 +64,18 @@ class Pretrained:
     top1: float
     filename: str = "tf_model.h5"
     classes: int = 1000
+    # The label set of the classifier (`keras_cvt.decode_predictions`, serving's labels).
+    labels: str = "imagenet-1k"
+
+    @property
+    def transform(self):
+        """The original evaluation: the 224 models see the centre 87.5%, the 384 models all of
+        the image resized to 384 x 384."""
+        return EvaluationTransform(self.resolution, CENTER_CROP if self.resolution == 224 else None)
 
     @property
     def crop_ratio(self):
-        """The original evaluation crop: 224 models see the centre 87.5%, 384 models all."""
-        return 0.875 if self.resolution == 224 else None
-
+        return self.transform.crop_ratio
 
 # (variant, name, repo, revision, sha256 of tf_model.h5, resolution, pre-training, top-1)
 PRETRAINED = (
@@ -76,8 +124,29 @@ def lookup(variant, name):
     for p in PRETRAINED:
         if p.variant == variant and p.name == name:
             return p
-    known = sorted({p.name for p in PRETRAINED if p.variant == variant} | {a for v, a in ALIASES if v == variant})
+    known = sorted(names(variant))
     raise ValueError(
         f"`weights`={name!r} is not a pretrained checkpoint of {variant}: expected None, a path to a "
         f".weights.h5 file, or one of {known}"
     )
+
+
+def transform_for(variant, weights):
+    """The evaluation transform that goes with `weights` of `variant`: the checkpoint's for a
+    pretrained name (ValueError for a name `variant` has not), `DEFAULT_TRANSFORM` for None or
+    a file."""
+    if is_pretrained_name(weights):
+        return lookup(variant, weights).transform
+    return DEFAULT_TRANSFORM
+
+
+def is_pretrained_name(weights):
+    """Whether `weights` names a pretrained checkpoint rather than giving a file path."""
+    # A path says so with a directory or an .h5 suffix; anything else is taken for a name, so
+    # that a typo of one is reported against the list of names rather than as a missing file.
+    return isinstance(weights, str) and not weights.endswith(".h5") and not {"/", os.sep} & set(weights)
+
+
+def names(variant):
+    """The pretrained names `weights=` takes for `variant`, aliases included."""
+    return {p.name for p in PRETRAINED if p.variant == variant} | {a for v, a in ALIASES if v == variant}

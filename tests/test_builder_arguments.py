@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_cvt import CvT, CvT13, CvT21, CvTW24, cvt
-from keras_cvt import weights as weights_lib
+from keras_cvt import CvT, CvT13, CvT21, CvTW24, builder
+from keras_cvt import cache
 from tests.conftest import TINY_CONFIG
 
 VARIANTS = [CvT13, CvT21, CvTW24]
@@ -23,8 +23,8 @@ def nothing_built(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the builder went on to build or fetch with an invalid argument")
 
-    monkeypatch.setattr(cvt, "_image_input", refuse)
-    monkeypatch.setattr(weights_lib, "fetch", refuse)
+    monkeypatch.setattr(builder, "_image_input", refuse)
+    monkeypatch.setattr(cache, "fetch", refuse)
 
 
 # (arguments over TINY_CONFIG, error, what the message must say)

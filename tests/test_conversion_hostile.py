@@ -130,7 +130,7 @@ def test_claims_larger_than_the_file_are_refused_in_bounded_memory(tiny_state, t
 
 def test_an_expanded_view_is_refused_before_any_model_is_built(tiny_state, tmp_path, out_dir, monkeypatch):
     built = []
-    monkeypatch.setattr("keras_cvt.cvt.CvT", lambda *a, **k: built.append(k))
+    monkeypatch.setattr("weights_conversion.CvT", lambda *a, **k: built.append(k))
     with pytest.raises(ValueError, match=HOSTILE["expanded_view.pth"][1]):
         convert(_expanded_head_pth(tiny_state, tmp_path / "x.pth"), out_dir / "x.weights.h5")
     assert built == []

@@ -13,7 +13,7 @@ from keras_cvt import (
     freeze_for_inference,
     optimize_for_inference,
 )
-from keras_cvt import frozen as frozen_module
+from keras_cvt.inference import frozen as frozen_module
 from tests.conftest import TINY_CONFIG
 
 # CI and the benchmark machine run TensorFlow's x86 build, where oneDNN is on by default.

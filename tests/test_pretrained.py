@@ -22,7 +22,7 @@ import pytest
 
 import keras_cvt
 from keras_cvt import CvT, CvT13, CvTW24, atomic, hub, pretrained
-from keras_cvt import weights as weights_lib
+from keras_cvt import cache, weights_file
 from tests.conftest import FIXTURES, assert_same_weights_files, reference_file
 from weights_conversion import read_checkpoint
 
@@ -287,7 +287,7 @@ def isolated(tmp_path, monkeypatch):
 
 def cache_contents():
     """Every entry of the cache directory, hidden ones (partial downloads) included."""
-    directory = weights_lib.cache_dir()
+    directory = cache.cache_dir()
     return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
 
 
@@ -315,10 +315,10 @@ def repin(monkeypatch, variant, name, sha256):
 
 def install(entry, converted):
     """Puts a converted file into the cache as a download would: the file, then its record."""
-    target = weights_lib.cached_path(entry)
+    target = cache.cached_path(entry)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.copyfile(converted, target)
-    weights_lib.write_record(entry, target, atomic.sha256_file(converted))
+    cache.write_record(entry, target, atomic.sha256_file(converted))
     return target
 
 
@@ -342,8 +342,8 @@ def test_download_convert_cache_then_reuse_without_network(fake_hub, served, ref
     # Only the converted file and its record remain: the 80 MB download is gone.
     converted = "cvt13_imagenet22k-384_main.weights.h5"
     assert cache_contents() == [converted, converted + ".json"]
-    path = weights_lib.cached_path(entry)
-    with open(weights_lib.record_path(path)) as f:
+    path = cache.cached_path(entry)
+    with open(cache.record_path(path)) as f:
         record = json.load(f)
     assert record["sha256"] == atomic.sha256_file(path) and record["size"] == os.path.getsize(path)
     assert record["source_sha256"] == sha
@@ -465,7 +465,7 @@ def test_default_input_size_follows_the_weights(cvt13_reference, monkeypatch, na
 def _flip_classifier_byte(path):
     """Flips the exponent byte of one classifier weight: HDF5 reads the file as before."""
     with h5py.File(path, "r") as f:
-        kernel = f[weights_lib._HEAD_KERNEL]
+        kernel = f[weights_file._HEAD_KERNEL]
         offset, before = kernel.id.get_offset(), kernel[()]
     at = offset + 4 * (before.size // 2) + 3  # float32, little-endian: the last byte holds the exponent
     with open(path, "r+b") as f:
@@ -474,7 +474,7 @@ def _flip_classifier_byte(path):
         f.seek(at)
         f.write(bytes([byte ^ 0x40]))
     with h5py.File(path, "r") as f:
-        after = f[weights_lib._HEAD_KERNEL][()]
+        after = f[weights_file._HEAD_KERNEL][()]
     assert np.count_nonzero(after != before) == 1
 
 
@@ -488,21 +488,21 @@ def _empty(path):
 
 
 def _drop_record(path):
-    os.remove(weights_lib.record_path(path))
+    os.remove(cache.record_path(path))
 
 
 def _edit_record(**changes):
     def edit(path):
-        with open(weights_lib.record_path(path)) as f:
+        with open(cache.record_path(path)) as f:
             record = json.load(f)
-        with open(weights_lib.record_path(path), "w") as f:
+        with open(cache.record_path(path), "w") as f:
             json.dump({**record, **changes}, f)
 
     return edit
 
 
 def _garble_record(path):
-    with open(weights_lib.record_path(path), "w") as f:
+    with open(cache.record_path(path), "w") as f:
         f.write('{"sha256": ')
 
 
@@ -514,7 +514,7 @@ DAMAGES = {
     "record missing": (_drop_record, "is missing"),
     "record of other bytes": (_edit_record(sha256=hashlib.sha256(b"other").hexdigest()), "SHA-256"),
     "record unreadable": (_garble_record, "unreadable"),
-    "record of an older format": (_edit_record(format=weights_lib.CACHE_FORMAT - 1), "format"),
+    "record of an older format": (_edit_record(format=cache.CACHE_FORMAT - 1), "format"),
 }
 
 
@@ -529,7 +529,7 @@ def test_damaged_cache_is_refused_offline_with_what_to_delete(cvt13_reference, f
         CvT13(weights="imagenet22k-384")
     message = str(error.value)
     assert f"{path} fail verification" in message and words in message
-    assert f"delete {path} and {weights_lib.record_path(path)}" in message
+    assert f"delete {path} and {cache.record_path(path)}" in message
     assert_names_the_file(error.value, entry)
     assert fake_hub.requests == []
 
@@ -541,9 +541,9 @@ def test_damaged_cache_is_downloaded_and_converted_again(cvt13_reference, fake_h
     path = install(entry, cvt13_reference[0])
     _flip_classifier_byte(path)
     with pytest.warns(UserWarning, match=f"{re.escape(path)} fail verification .*SHA-256"):
-        assert weights_lib.fetch(entry, progress=False) == path
+        assert cache.fetch(entry, progress=False) == path
     assert len([p for p, _ in fake_hub.requests if p.startswith("/cdn/")]) == 1
-    assert weights_lib.verify_cached(entry, path) is None
+    assert cache.verify_cached(entry, path) is None
     assert_same_weights_files(path, cvt13_reference[0])
     assert cache_contents() == sorted([os.path.basename(path), os.path.basename(path) + ".json"])
 
@@ -636,13 +636,13 @@ def test_every_name_maps_to_a_file_at_a_revision():
         assert p.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", p.sha256), p
         assert p.resolution == (384 if p.name.endswith("-384") else 224)
         assert pretrained.lookup(p.variant, p.name) is p
-        assert weights_lib.cached_path(p).endswith(f"{p.variant}_{p.name}_{p.revision[:12]}.weights.h5")
-    assert len({weights_lib.cached_path(p) for p in pretrained.PRETRAINED}) == 7
+        assert cache.cached_path(p).endswith(f"{p.variant}_{p.name}_{p.revision[:12]}.weights.h5")
+    assert len({cache.cached_path(p) for p in pretrained.PRETRAINED}) == 7
     assert pretrained.lookup("cvtw24", "imagenet").name == "imagenet22k-384"
 
 
 def test_cache_lives_under_keras_home(tmp_path):
-    assert weights_lib.cache_dir() == str(tmp_path / "keras" / "models" / "keras_cvt")
+    assert cache.cache_dir() == str(tmp_path / "keras" / "models" / "keras_cvt")
 
 
 def test_unknown_name_for_the_variant_lists_the_valid_ones(fake_hub):

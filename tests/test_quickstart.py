@@ -25,10 +25,10 @@ def load_quickstart():
 
 def keras_probabilities(model, images, image_size, crop_ratio):
     """The model's output for decoded images, or image files, transformed as served."""
-    from keras_cvt import transforms
+    from keras_cvt import images, transforms
 
     transform = transforms.evaluation_transform(image_size, crop_ratio)
-    decoded = [transforms.load_image(str(i)) if isinstance(i, (str, os.PathLike)) else i for i in images]
+    decoded = [images.load_image(str(i)) if isinstance(i, (str, os.PathLike)) else i for i in images]
     return model.predict(np.stack([transform(image).numpy() for image in decoded]), verbose=0)
 
 

@@ -16,10 +16,11 @@ import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 from PIL import Image
 
-from keras_cvt import CvT, atomic, cvt, decode_predictions, export_for_serving, export_tflite, serving
-from keras_cvt import export as export_cli
+from keras_cvt import CvT, architectures, atomic, decode_predictions, export_for_serving, export_tflite, serving
+from keras_cvt.export import cli as export_cli
 from keras_cvt.preprocessing import imagenet_classes
-from keras_cvt.transforms import evaluation_transform, load_image
+from keras_cvt.images import load_image
+from keras_cvt.transforms import evaluation_transform
 from tests.conftest import TINY_CONFIG
 
 SIZE = 64  # what the tiny model is exported for: short side to int(64 / 0.875) = 73, centre 64
@@ -401,8 +402,10 @@ def test_directory_is_published_whole(tiny_model, tmp_path, monkeypatch):
 
 def test_cli_exports_a_weights_file(tiny_reference, tiny_model, image_files, tmp_path, monkeypatch, capsys):
     path, _, _ = tiny_reference
-    # --model takes the architectures of MODEL_CONFIGS; the tiny one stands in for CvT-13.
-    monkeypatch.setitem(cvt.MODEL_CONFIGS, "tiny", {k: v for k, v in TINY_CONFIG.items() if k != "classes"})
+    # --model takes the variants of keras_cvt.architectures; a tiny one stands in for CvT-13.
+    tiny = architectures.Variant("tiny", "Tiny", **{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")},
+                                 drop_path_rate=0.0, weight_decay=0.05, title="tiny")
+    monkeypatch.setitem(architectures.VARIANTS, "tiny", tiny)
     output = tmp_path / "models" / "tiny" / "7"
     argv = [
         "--model", "tiny", "--weights", str(path), "--output", str(output),

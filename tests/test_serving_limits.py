@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_cvt import CvT, export_for_serving, serving
-from keras_cvt import export as export_cli
+from keras_cvt.export import cli as export_cli
 from tests.conftest import TINY_CONFIG
 from tests.test_serving import run_script
 

@@ -7,14 +7,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_cvt.transforms import (
-    decode_image,
-    evaluation_resize_size,
-    evaluation_transform,
-    evaluation_transform_for,
-    inspect_encoded_image,
-    load_image,
-)
+from keras_cvt.images import decode_image, inspect_encoded_image, load_image
+from keras_cvt.transforms import evaluation_resize_size, evaluation_transform, evaluation_transform_for
 
 
 def _pil_reference(image, size, crop_ratio):

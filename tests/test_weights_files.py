@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from keras_cvt import CvT
-from keras_cvt import weights as weights_lib
+from keras_cvt import weights_file
 from tests.conftest import FIXTURES, TINY_CONFIG
 
 EXPECTED = "Expected a Keras 3 .weights.h5 file of a keras_cvt model"
@@ -83,10 +83,10 @@ def tiny_model():
 def test_damaged_file_is_refused_by_every_reader(damaged, tiny_model):
     path, words = damaged
     for read in (
-        weights_lib.resolve,
-        weights_lib.head_classes,
-        lambda p: weights_lib.check_classes(p, 10),
-        lambda p: weights_lib.load(tiny_model, p),
+        weights_file.resolve_path,
+        weights_file.head_classes,
+        lambda p: weights_file.check_classes(p, 10),
+        lambda p: weights_file.load(tiny_model, p),
     ):
         with pytest.raises(ValueError) as error:
             read(path)
@@ -105,7 +105,7 @@ def test_hdf5_file_of_something_else_is_refused(tmp_path, tiny_model):
                 CvT(**TINY_KWARGS, include_top=include_top, weights=path)
             assert_refused(error, path, "holds no CvT token embedding layers", "python -m weights_conversion")
         with pytest.raises(ValueError) as error:
-            weights_lib.load(tiny_model, path)
+            weights_file.load(tiny_model, path)
         assert_refused(error, path, "holds no CvT token embedding layers")
 
 
@@ -158,4 +158,4 @@ def test_sound_files_still_load(tiny_reference, tmp_path):
     again = CvT(**TINY_KWARGS, include_top=False, pooling="token", weights=saved)
     for a, b in zip(backbone.weights, again.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert weights_lib.head_classes(path) == 10
+    assert weights_file.head_classes(path) == 10

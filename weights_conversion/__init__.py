@@ -4,8 +4,11 @@
 import os
 import tempfile
 
+from keras_cvt import architectures
 from keras_cvt.atomic import publish_file
-from weights_conversion.checkpoints import describe_error, hf_to_original_key, read_checkpoint
+from keras_cvt.builder import CvT
+from weights_conversion.checkpoints import read_checkpoint
+from weights_conversion.keys import describe_error, hf_to_original_key
 from weights_conversion.mapping import assign, expected_shapes, infer_config, mismatches, value_problem, variable_map
 
 __all__ = ["CheckpointMismatchError", "convert", "hf_to_original_key", "read_checkpoint"]
@@ -53,13 +56,11 @@ def convert(input_path, output_path, model=None):
             not a CvT checkpoint (each naming the file and the problem).
         OSError: writing the output failed (a full disk); nothing is left behind.
     """
-    from keras_cvt.cvt import CvT, MODEL_CONFIGS
-
     output_path = os.fspath(output_path)
     if not output_path.endswith(".weights.h5"):
         raise ValueError(f"`output_path` must end with .weights.h5, got {output_path!r}")
-    if model is not None and model not in MODEL_CONFIGS:
-        raise ValueError(f"`model` must be one of {sorted(MODEL_CONFIGS)} or None, got model={model!r}")
+    if model is not None and model not in architectures.VARIANTS:
+        raise ValueError(f"`model` must be one of {sorted(architectures.VARIANTS)} or None, got model={model!r}")
     _check_writable(output_path)
     input_path = os.fspath(input_path)
     state = read_checkpoint(input_path)
@@ -71,7 +72,7 @@ def convert(input_path, output_path, model=None):
         # The published variant as its builder makes it; only the classifier width is read.
         variant = model
         config = {
-            **{k: MODEL_CONFIGS[model][k] for k in ("depths", "embed_dims", "num_heads")},
+            **architectures.VARIANTS[model].config,
             "classes": config["classes"],
         }
     expected = expected_shapes(config)

@@ -3,9 +3,9 @@
 import argparse
 import sys
 
-from keras_cvt.cvt import MODEL_CONFIGS
+from keras_cvt.architectures import VARIANTS
 from weights_conversion import CheckpointMismatchError, convert
-from weights_conversion.checkpoints import describe_error
+from weights_conversion.keys import describe_error
 
 
 def main(argv=None):
@@ -17,7 +17,7 @@ def main(argv=None):
     parser.add_argument("input", help="checkpoint to read")
     parser.add_argument("output", help="Keras weights file to write (*.weights.h5)")
     parser.add_argument(
-        "--model", choices=sorted(MODEL_CONFIGS), help="variant to insist on (default: inferred from the tensors)"
+        "--model", choices=sorted(VARIANTS), help="variant to insist on (default: inferred from the tensors)"
     )
     args = parser.parse_args(argv)
     try:

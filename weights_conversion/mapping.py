@@ -5,7 +5,8 @@ import re
 
 import numpy as np
 
-from keras_cvt.cvt import MODEL_CONFIGS, PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
+from keras_cvt import architectures
+from keras_cvt.architectures import PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
 
 # Keras array = np.transpose(PyTorch array, permutation).
 LINEAR = (1, 0)  # (out, in) -> (in, out)
@@ -143,15 +144,8 @@ def infer_config(state):
         mlp_ratio = hidden / width
     else:
         mlp_ratio = 4.0
-    variant = next(
-        (
-            name
-            for name, c in MODEL_CONFIGS.items()
-            if c["depths"] == depths and c["embed_dims"] == embed_dims and mlp_ratio == 4.0
-        ),
-        None,
-    )
-    num_heads = MODEL_CONFIGS[variant]["num_heads"] if variant else (1,) * len(stages)
+    variant = architectures.recognise(depths, embed_dims, mlp_ratio)
+    num_heads = variant.num_heads if variant else (1,) * len(stages)
     config = {
         "depths": depths,
         "embed_dims": embed_dims,
@@ -163,7 +157,7 @@ def infer_config(state):
         "patch_paddings": tuple(PATCH_PADDINGS[min(i, 1)] for i in stages),
         "classes": classes,
     }
-    return variant, config
+    return (variant.name if variant else None), config
 
 
 def expected_shapes(config, in_channels=3):

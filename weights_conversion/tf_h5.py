@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from weights_conversion.checkpoints import describe_error, hf_to_original_key
+from weights_conversion.keys import describe_error, hf_to_original_key
 
 # Keras variable name -> PyTorch parameter/buffer name.
 _VARIABLE_TO_TORCH = {

@@ -49,7 +49,7 @@ from keras_cvt.training.fit import (
     model_signature,
     read_completed,
 )
-from keras_cvt.cvt import BUILDERS
+from keras_cvt.variants import BUILDERS
 from keras_cvt.training.model import build_model, head_classes
 from keras_cvt.training.pipeline import Augmentation, eval_dataset, random_resized_crop, train_dataset
 from keras_cvt.training.recipe import (

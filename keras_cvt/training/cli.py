@@ -1,6 +1,6 @@
 """Command-line arguments that examples/train.py and examples/evaluate.py share."""
 
-from keras_cvt.cvt import BUILDERS
+from keras_cvt.architectures import VARIANTS
 
 
 def int_list(text):
@@ -28,7 +28,7 @@ def add_data_arguments(parser):
 def add_architecture_arguments(parser):
     """`--model`, or a custom architecture with `--depths`, `--embed-dims`, `--num-heads`."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", choices=sorted(BUILDERS), default="cvt13")
+    group.add_argument("--model", choices=sorted(VARIANTS), default="cvt13")
     group.add_argument(
         "--depths",
         type=int_list,

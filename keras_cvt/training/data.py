@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_cvt import transforms
+from keras_cvt import images
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ def tfds_source(name, split, data_dir=None, image_key="image", label_key="label"
         num_classes=label_feature.num_classes,
         class_names=list(label_feature.names),
         load=load,
-        decode=transforms.decode_image,
+        decode=images.decode_image,
     )
 
 
@@ -120,7 +120,7 @@ def list_image_folder(root):
     return paths, labels, class_names
 
 
-def find_unreadable_images(paths, load=transforms.load_image):
+def find_unreadable_images(paths, load=images.load_image):
     """`[(index, path, reason)]` of the files `load` cannot read and decode.
 
     One parallel tf.data pass over all files (each decoded once; the elements that fail are
@@ -217,7 +217,7 @@ def image_folder_source(root, subset=None, validation_fraction=0.1, seed=0, skip
             tf.constant([paths[i] for i in kept], tf.string),
             np.asarray([labels[i] for i in kept], np.int64),
             class_names,
-            transforms.load_image,
+            images.load_image,
         )
 
     if subset == "both":

@@ -4,10 +4,9 @@ import os
 
 import keras
 
-import keras_cvt
-from keras_cvt import pretrained
-from keras_cvt import weights as weights_lib
-from keras_cvt.cvt import BUILDERS
+from keras_cvt import pretrained, weights_file
+from keras_cvt.builder import CvT
+from keras_cvt.variants import BUILDERS
 
 
 def build_model(architecture, num_classes, image_size, weights=None, drop_path_rate=None, name=None):
@@ -42,7 +41,7 @@ def build_model(architecture, num_classes, image_size, weights=None, drop_path_r
         config = dict(architecture)
 
         def builder(**more):
-            return keras_cvt.CvT(**config, **more)
+            return CvT(**config, **more)
 
     stored = head_classes(architecture, weights)
     if weights is None or stored == num_classes:
@@ -61,8 +60,8 @@ def head_classes(architecture, weights):
     """Classes of the classifier in `weights` (None without weights or without a classifier)."""
     if weights is None:
         return None
-    if not weights_lib.is_pretrained_name(weights):
-        return weights_lib.head_classes(os.fspath(weights))
+    if not pretrained.is_pretrained_name(weights):
+        return weights_file.head_classes(os.fspath(weights))
     if not isinstance(architecture, str):
         raise ValueError(f"pretrained `weights`={weights!r} need a variant name as `architecture`")
     return pretrained.lookup(architecture, weights).classes

@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from keras_cvt import transforms
+from keras_cvt.pretrained import DEFAULT_TRANSFORM
 from keras_cvt.training.recipe import CROP_RATIO, CROP_SCALE
 
 
@@ -142,7 +143,7 @@ def _batch_augmentation(augmentation):
     return apply
 
 
-def eval_dataset(strategy, source, image_size, per_replica_batch_size, crop_ratio=0.875):
+def eval_dataset(strategy, source, image_size, per_replica_batch_size, crop_ratio=DEFAULT_TRANSFORM.crop_ratio):
     """The distributed evaluation input: every image once, with the original evaluation transform.
 
     `keras_cvt.transforms.evaluation_transform(image_size, crop_ratio)`: bicubic resize of the

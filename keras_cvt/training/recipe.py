@@ -5,12 +5,14 @@ import math
 import keras
 from keras import ops
 
+from keras_cvt.architectures import VARIANTS
+
 
 BASE_LEARNING_RATE = 2.5e-4
 BASE_BATCH_SIZE = 256
 WEIGHT_DECAY = 0.05
-# The paper's weight decay per variant (section 4.1): 0.05 for CvT-13, 0.1 for the larger two.
-VARIANT_WEIGHT_DECAY = {"cvt13": 0.05, "cvt21": 0.1, "cvtw24": 0.1}
+# The paper's weight decay per variant (section 4.1), from the variants' records.
+VARIANT_WEIGHT_DECAY = {name: variant.weight_decay for name, variant in VARIANTS.items()}
 EPOCHS = 300
 WARMUP_EPOCHS = 5
 WARMUP_LEARNING_RATE = 1e-6

@@ -17,11 +17,9 @@ import argparse
 import os
 import sys
 
-from keras_cvt import cvt, pretrained, serving
-from keras_cvt import weights as weights_lib
+from keras_cvt import architectures, builder, pretrained, variants, weights_file
+from keras_cvt.export import saved_model as serving
 
-DEFAULT_SIZE = 224
-DEFAULT_CROP_RATIO = 0.875
 _UNSET = object()
 
 
@@ -30,27 +28,23 @@ def evaluation_settings(variant, weights, size=None, crop_ratio=_UNSET):
 
     Raises ValueError (listing the names) for a name `variant` has no checkpoint of.
     """
-    if not weights_lib.is_pretrained_name(weights):
-        default_size, default_crop_ratio = DEFAULT_SIZE, DEFAULT_CROP_RATIO
-    else:
-        entry = pretrained.lookup(variant, weights)
-        default_size, default_crop_ratio = entry.resolution, entry.crop_ratio
+    transform = pretrained.transform_for(variant, weights)
     return (
-        default_size if size is None else size,
-        default_crop_ratio if crop_ratio is _UNSET else crop_ratio,
+        transform.size if size is None else size,
+        transform.crop_ratio if crop_ratio is _UNSET else crop_ratio,
     )
 
 
-def build_model(variant, weights):
+def classifier_for_export(variant, weights):
     """The classifier to export, taking images of any size (for `predict_pixels`)."""
-    if weights_lib.is_pretrained_name(weights):
-        return cvt.BUILDERS[variant](weights=weights, input_shape=(None, None, 3))
-    path = weights_lib.resolve(weights)
-    classes = weights_lib.head_classes(path)
+    if pretrained.is_pretrained_name(weights):
+        return variants.BUILDERS[variant](weights=weights, input_shape=(None, None, 3))
+    path = weights_file.resolve_path(weights)
+    classes = weights_file.head_classes(path)
     if classes is None:
         raise ValueError(f"`--weights` file {path!r} has no classifier to serve")
-    return cvt.CvT(
-        **cvt.MODEL_CONFIGS[variant], weights=path, classes=classes, input_shape=(None, None, 3), name=variant
+    return builder.CvT(
+        **architectures.VARIANTS[variant].config, weights=path, classes=classes, input_shape=(None, None, 3), name=variant
     )
 
 
@@ -78,7 +72,7 @@ def _parser():
         prog="python -m keras_cvt.export",
         description="Export a CvT classifier as a TF Serving SavedModel that takes encoded images.",
     )
-    parser.add_argument("--model", required=True, choices=sorted(cvt.MODEL_CONFIGS), help="the architecture")
+    parser.add_argument("--model", required=True, choices=sorted(architectures.VARIANTS), help="the architecture")
     parser.add_argument(
         "--weights",
         required=True,
@@ -125,7 +119,7 @@ def main(argv=None):
         if args.labels is not None:
             with open(args.labels, encoding="utf-8") as f:
                 labels = f.read().splitlines()
-        model = build_model(args.model, args.weights)
+        model = classifier_for_export(args.model, args.weights)
         path = serving.export_for_serving(
             model,
             args.output,
@@ -154,6 +148,3 @@ def main(argv=None):
         )
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

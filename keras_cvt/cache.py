@@ -1,39 +1,21 @@
-"""Resolving and loading the `weights` argument of the model builders.
+"""The pretrained cache: each checkpoint downloaded once, verified, converted, and kept.
 
-The pretrained cache holds, per checkpoint, the converted `.weights.h5` and beside it a record
+The cache holds, per checkpoint, the converted `.weights.h5` and beside it a record
 (`<file>.json`) written after it: the file's size and SHA-256, the hub file it was converted
 from, and the keras_cvt version. The file is used only while it matches its record; otherwise it
 is downloaded and converted again, or, offline, refused with its path and what to delete.
 """
 
-import contextlib
 import json
 import os
-import re
 import tempfile
 import warnings
 
-import h5py
+import weights_conversion
+from keras_cvt import _version, atomic, hub, pretrained, weights_file
 
-from keras_cvt import _version, atomic, hub, pretrained
-from keras_cvt.layers import ConvEmbedding, CvTBlock
-
-# Where Keras 3's `.weights.h5` format keeps the classifier of our models: the functional
-# model's only top-level Dense layer, keyed by its class name.
-_HEAD_KERNEL = "layers/dense/vars/0"
-_SUFFIX = ".weights.h5"
-# Keras keys each top-level layer by its snake-cased class name, numbered from the second on.
-_EMBEDDING = re.compile(r"conv_embedding(_\d+)?")
-_BLOCK = re.compile(r"cv_t_block(_\d+)?")
-# What h5py raises for a file whose structure it cannot follow (KeyError: an object that is
-# listed but cannot be opened).
-_DAMAGED_HDF5 = (OSError, RuntimeError, KeyError)
 # Bumped when converted files change (layout, conversion): older cache entries are redone.
 CACHE_FORMAT = 1
-_EXPECTED = (
-    "a Keras 3 .weights.h5 file of a keras_cvt model, written by `model.save_weights` or "
-    "`python -m weights_conversion`"
-)
 
 
 def cache_dir():
@@ -44,19 +26,12 @@ def cache_dir():
 
 def cached_path(entry):
     """The converted file of a pretrained entry; the revision in the name keeps pins apart."""
-    return os.path.join(cache_dir(), f"{entry.variant}_{entry.name}_{entry.revision[:12]}{_SUFFIX}")
+    return os.path.join(cache_dir(), f"{entry.variant}_{entry.name}_{entry.revision[:12]}{weights_file.SUFFIX}")
 
 
 def record_path(path):
     """The record beside a cached file: what it was converted from, and its SHA-256."""
     return path + ".json"
-
-
-def is_pretrained_name(weights):
-    """Whether `weights` names a pretrained checkpoint rather than giving a file path."""
-    # A path says so with a directory or an .h5 suffix; anything else is taken for a name, so
-    # that a typo of one is reported against the list of names rather than as a missing file.
-    return isinstance(weights, str) and not weights.endswith(".h5") and not {"/", os.sep} & set(weights)
 
 
 def pretrained_entry(weights, variant=None):
@@ -65,14 +40,10 @@ def pretrained_entry(weights, variant=None):
     Raises ValueError for a name that `variant` does not have (listing those it has), and for
     any name when `variant` is None: the generic `CvT` builder has no pretrained weights.
     """
-    if weights is None or not is_pretrained_name(weights):
+    if weights is None or not pretrained.is_pretrained_name(weights):
         return None
     if variant is None:
-        raise ValueError(
-            f"`weights`={weights!r} is neither None nor a path to a .weights.h5 file; pretrained "
-            "names such as 'imagenet' belong to the variant builders CvT13, CvT21 and CvTW24, "
-            "not to the generic CvT builder"
-        )
+        weights_file.resolve_path(weights)  # raises, saying where names belong
     return pretrained.lookup(variant, weights)
 
 
@@ -91,56 +62,7 @@ def resolve(weights, variant=None):
     entry = pretrained_entry(weights, variant)
     if entry is not None:
         return fetch(entry)
-    if weights is None:
-        return None
-    if not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(
-            f"`weights` must be None or a path to a .weights.h5 file, got {type(weights).__name__}"
-        )
-    path = os.fspath(weights)
-    if not path.endswith(_SUFFIX):
-        raise ValueError(
-            "`weights` must be None or a path to a .weights.h5 file (convert original "
-            f"checkpoints with `python -m weights_conversion`), got weights={path!r}"
-        )
-    # Opened now, so that a damaged file is refused before a model is built for it.
-    with _open(path):
-        pass
-    return path
-
-
-@contextlib.contextmanager
-def _open(path):
-    """The open HDF5 file at `path`, or ValueError naming it when it is no CvT weights file."""
-    if not os.path.isfile(path):
-        raise ValueError(f"`weights` file not found: {path!r}")
-    try:
-        file = h5py.File(path, "r")
-    except OSError as error:
-        raise _unreadable(path, error) from error
-    with file:
-        try:
-            top = file.get("layers")
-            names = list(top) if isinstance(top, h5py.Group) else []
-            if not any(_EMBEDDING.fullmatch(name) for name in names):
-                raise ValueError(
-                    f"`weights` file {path!r} is HDF5 but holds no CvT token embedding layers: "
-                    f"expected {_EXPECTED} (a HuggingFace tf_model.h5 or Keras 2 .h5 file needs "
-                    "`python -m weights_conversion` first)"
-                )
-            yield file
-        except _DAMAGED_HDF5 as error:
-            raise _unreadable(path, error) from error
-
-
-def _unreadable(path, error):
-    # h5py says why: no signature (empty, or not HDF5), truncated (bytes there vs. expected), a
-    # bad node signature (overwritten structure)...
-    return ValueError(
-        f"`weights` file {path!r} ({os.path.getsize(path)} bytes) cannot be read: {error}. "
-        f"Expected {_EXPECTED}; this one is damaged, truncated or another kind of file: write "
-        "it again"
-    )
+    return weights_file.resolve_path(weights)
 
 
 def fetch(entry, progress=True):
@@ -199,12 +121,9 @@ def _download_and_convert(entry, path, progress):
     with work_dir as work:
         raw = os.path.join(work, entry.filename)
         source_sha256 = hub.download(entry, raw, progress=progress)
-        # Imported here: weights_conversion imports keras_cvt's model code at its own import.
-        from weights_conversion import convert
-
         with atomic.publish_file(path) as converted:
             try:
-                convert(raw, converted, model=entry.variant)
+                weights_conversion.convert(raw, converted, model=entry.variant)
             except ValueError as error:
                 raise ValueError(
                     f"{hub.describe(entry)} was downloaded and verified, but does not convert to "
@@ -266,65 +185,3 @@ def verify_cached(entry, path):
             "it was written"
         )
     return None
-
-
-def head_classes(path):
-    """Number of classes of the classifier stored in a `.weights.h5` file, or None."""
-    with _open(path) as f:
-        kernel = f.get(_HEAD_KERNEL)
-        return None if kernel is None else int(kernel.shape[-1])
-
-
-def check_classes(path, classes):
-    """Refuses a `classes` that the classifier in the weights file contradicts."""
-    stored = head_classes(path)
-    if stored is None:
-        raise ValueError(
-            f"`weights` file {path!r} has no classifier; build with include_top=False to use it"
-        )
-    if stored != classes:
-        raise ValueError(
-            f"`classes`={classes} contradicts the `weights` file {path!r}, whose classifier has "
-            f"{stored} classes; pass classes={stored}, or include_top=False and add your own head"
-        )
-
-
-def load(model, path):
-    """Loads a `.weights.h5` file, naming the file when it does not fit the model."""
-    with _open(path) as f:
-        _check_architecture(f, path, model)
-    try:
-        model.load_weights(path)
-    except ValueError as error:
-        raise ValueError(f"`weights` file {path!r} does not fit model {model.name!r}: {error}") from error
-    except _DAMAGED_HDF5 as error:
-        raise _unreadable(path, error) from error
-
-
-def _check_architecture(file, path, model):
-    """Refuses a file whose stage widths or number of blocks differ from `model`'s.
-
-    Keras refuses a file that lacks a layer of the model or holds another shape, but loads one
-    with more blocks than the model without a word, leaving a different network.
-    """
-    embeddings = sorted(
-        (int(match.group(1)[1:] if match.group(1) else 0), name)
-        for name in file["layers"]
-        if (match := _EMBEDDING.fullmatch(name))
-    )
-    gammas = [file.get(f"layers/{name}/norm/vars/0") for _, name in embeddings]
-    stored = (
-        tuple(None if gamma is None else int(gamma.shape[0]) for gamma in gammas),
-        sum(1 for name in file["layers"] if _BLOCK.fullmatch(name)),
-    )
-    built = (
-        tuple(layer.embed_dim for layer in model.layers if isinstance(layer, ConvEmbedding)),
-        sum(1 for layer in model.layers if isinstance(layer, CvTBlock)),
-    )
-    if stored != built:
-        raise ValueError(
-            f"`weights` file {path!r} holds a CvT with stage widths {stored[0]} and {stored[1]} "
-            f"transformer blocks, but model {model.name!r} has stage widths {built[0]} and "
-            f"{built[1]} blocks: the file was saved from another architecture; build the model "
-            "it was saved from"
-        )

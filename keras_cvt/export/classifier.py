@@ -1,0 +1,102 @@
+"""What every export wraps: a CvT classifier as a function from RGB pixels in [0, 255] to
+probabilities, whatever its preprocessing and activation, in its folded inference form; and the
+label strings of its classes."""
+
+import keras
+import tensorflow as tf
+
+from keras_cvt import inference, preprocessing
+from keras_cvt.layers import ConvEmbedding, conv_output_size
+
+
+class Classifier:
+    """`model` as a function from [0, 255] pixels to probabilities, whatever its preprocessing."""
+
+    def __init__(self, model):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "SavedModel and TFLite exports trace the model with TensorFlow: run with "
+                f"KERAS_BACKEND=tensorflow (the backend is {keras.backend.backend()!r})"
+            )
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"`model` must be a keras.Model, got {type(model).__name__}")
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ValueError("`model` must have one image input and one output (a CvT classifier)")
+        input_shape, output_shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+        if len(input_shape) != 4 or input_shape[-1] != 3:
+            raise ValueError(f"`model` must take RGB images (batch, height, width, 3), its input is {input_shape}")
+        # The classifier is what makes scores of the output; pooled features are rank 2 too.
+        classifier = model.layers[-1]
+        if not isinstance(classifier, keras.layers.Dense) or len(output_shape) != 2:
+            raise ValueError(
+                "`model` must end with its classifier, a Dense layer with output (batch, classes); its "
+                f"output is {output_shape} from a {type(classifier).__name__} layer: build it with "
+                "include_top=True"
+            )
+        # BatchNorm, the attention scale and QuickGELU's factor folded into the weights: the same
+        # outputs with fewer operations in every exported graph.
+        self.model = inference.optimize_for_inference(model) if inference.is_foldable(model) else model
+        self.classes = int(output_shape[-1])
+        self.input_size = input_shape[1:3]
+        # include_preprocessing=True puts this layer first; without it the model expects what the
+        # original PyTorch model expected (normalised input), which clients should not compute.
+        self.normalise = not any(
+            isinstance(layer, keras.layers.Normalization) and layer.name == "preprocessing" for layer in model.layers
+        )
+        self.softmax = classifier.activation is keras.activations.linear
+        self.min_size = min_input_size(model)
+
+    def __call__(self, pixels):
+        pixels = tf.cast(pixels, tf.float32)
+        if self.normalise:
+            pixels = preprocessing.imagenet_normalize(pixels)
+
+        def predict():
+            outputs = tf.cast(self.model(pixels, training=False), tf.float32)
+            return tf.nn.softmax(outputs, axis=-1) if self.softmax else outputs
+
+        # The convolutions reject an empty batch with a confusing shape error, and an empty
+        # request deserves an empty answer.
+        return tf.cond(
+            tf.shape(pixels)[0] > 0, predict, lambda: tf.zeros([0, self.classes], tf.float32)
+        )
+
+
+def min_input_size(model):
+    """The smallest height and width from which the token embeddings leave a token."""
+    embeddings = [layer for layer in model.layers if isinstance(layer, ConvEmbedding)]
+    size = 1
+    while True:
+        remaining = size
+        for layer in embeddings:
+            remaining = conv_output_size(remaining, layer.kernel_size, layer.strides, layer.padding)
+        if remaining >= 1:
+            return size
+        size += 1
+
+
+def label_strings(labels, classes):
+    if labels is None:
+        if classes == len(preprocessing.imagenet_classes()):
+            return imagenet_labels()
+        return [str(i) for i in range(classes)]
+    if isinstance(labels, str):
+        if labels != "imagenet":
+            raise ValueError(f"`labels` must be None, 'imagenet' or a list of strings, got labels={labels!r}")
+        if classes != len(preprocessing.imagenet_classes()):
+            raise ValueError(
+                f"`labels`='imagenet' needs a classifier with 1000 classes, the model has {classes}"
+            )
+        return imagenet_labels()
+    labels = list(labels)
+    if len(labels) != classes or not all(isinstance(label, str) for label in labels):
+        raise ValueError(
+            f"`labels` must hold one string per class ({classes}), got {len(labels)} "
+            f"items of types {sorted({type(label).__name__ for label in labels})}"
+        )
+    return labels
+
+
+def imagenet_labels():
+    # The names decode_predictions returns, so served and in-process results read the same.
+    return [names.split(",")[0].replace(" ", "_") for _, names in preprocessing.imagenet_classes()]

@@ -1,0 +1,151 @@
+"""The published variants' builders, `CvT13`, `CvT21` and `CvTW24`, with their pretrained weights.
+
+Each is made from its record in `keras_cvt.architectures` (and its checkpoints' records in
+`keras_cvt.pretrained`), so a new variant is an entry there, not code here.
+"""
+
+from keras_cvt import arguments, architectures, cache, pretrained
+from keras_cvt.architectures import DEFAULT_SIZE
+from keras_cvt.builder import CvT
+
+BASE_DOCSTRING = """Instantiates the {name} architecture.
+
+Reference: [CvT: Introducing Convolutions to Vision Transformers](
+https://arxiv.org/abs/2103.15808) (ICCV 2021). The model is the original one layer for
+layer (QuickGELU, LayerNorm eps 1e-5, convolutional projections with BatchNorm), so the
+original checkpoints, converted with `python -m weights_conversion`, reproduce its logits.
+
+CvT has no position embedding: the same weights accept any input height and width, and the
+classifier reads the class token, so `include_top=True` also works with
+`input_shape=(None, None, 3)`.
+
+Each stage's output map is the layer `stage{{i}}_output` (i = 0, 1, 2; NHWC at strides 4, 8
+and 16), so a feature pyramid of a model built with `include_top=False` is
+`keras.Model(model.input, [model.get_layer(f"stage{{i}}_output").output for i in range(3)])`.
+The classifier and `pooling="token"` read only the class token, so their models have no
+`stage2_output` layer (Keras leaves out the last map, which nothing uses).
+
+Args:
+    include_top: whether to include the classifier (final LayerNorm on the class token and
+        a Dense layer named `predictions`); a bool.
+    weights: `None` (random initialization), the path to a `.weights.h5` file, such as
+        one written by `python -m weights_conversion`, or the name of an original checkpoint
+        (see `keras_cvt.available_weights()`):
+        {names}.
+        A name downloads the checkpoint from the HuggingFace hub on first use (`HF_ENDPOINT`
+        picks a mirror, `HF_HUB_OFFLINE=1` forbids it), verifies and converts it, and keeps
+        the converted file in `$KERAS_HOME/models/keras_cvt` (`~/.keras` by default).
+    input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
+    input_shape: optional `(height, width, channels)`, channels last whatever
+        `keras.config.image_data_format()` says; height and width may be `None`.
+        Defaults to `({default_size}, {default_size}, 3)` with the classifier (the pretrained
+        checkpoint's resolution with a named `weights`: 384 for the `-384` names) and to
+        `(None, None, 3)` without it. With `input_tensor`, it may be left out; if given, it
+        must agree with the tensor's shape.
+    pooling: output of the model when `include_top=False`:
+        - `None`: the last stage's feature map, `(batch, height / 16, width / 16, {dim})`;
+        - `"avg"` / `"max"`: that map globally average / max pooled, `(batch, {dim})`;
+        - `"token"`: the class token after the final LayerNorm, `(batch, {dim})`: the
+          features the pretrained classifier was trained on.
+    classes: number of classes of the classifier, when `include_top=True`.
+    classifier_activation: activation of the classifier (`None` returns logits). It is
+        computed in float32 under mixed precision.
+    include_preprocessing: `True` takes RGB pixels in [0, 255] and normalises them with the
+        ImageNet mean and standard deviation inside the model (so `keras_cvt.preprocess_input`
+        is a pass-through, as for keras' ConvNeXt); `False` takes input already normalised
+        that way (see `keras_cvt.imagenet_normalize`), like the original model. For an input
+        of other than 3 channels there is nothing to normalise with: the model takes it as
+        it is, with a warning, as keras' models do.
+    drop_path_rate: stochastic depth rate of the last stage's final block, in [0, 1) (the
+        original's default is {drop_path_rate}).
+    name: name of the model.
+
+Returns:
+    A `keras.Model`.
+
+Raises:
+    TypeError: an argument of the wrong type (`include_top="no"`, `input_shape=224`, ...).
+    ValueError: an argument out of range or contradicting another, named in the message.
+"""
+
+
+def _check_pretrained(entry, include_top, classes, input_tensor, input_shape):
+    """Refuses arguments that the pretrained weights named by `entry` cannot serve."""
+    if include_top and classes != entry.classes:
+        raise ValueError(
+            f"`weights`={entry.name!r} has a {entry.classes}-class ImageNet classifier, got "
+            f"classes={classes}; pass include_top=False and add your own head for other classes"
+        )
+    shape = input_shape if input_shape is not None else getattr(input_tensor, "shape", None)
+    channels = tuple(shape)[-1] if shape is not None and len(shape) else None
+    if channels is not None and channels != 3:
+        raise ValueError(
+            f"`weights`={entry.name!r} was trained on RGB images, so the input needs 3 channels, "
+            f"got {channels}"
+        )
+
+
+def _names(variant):
+    names = [repr(w["weights"]) for w in pretrained.available_weights(variant)]
+    names += [f"{alias!r} (= {target!r})" for (v, alias), target in pretrained.ALIASES.items() if v == variant]
+    return ", ".join(names)
+
+
+def _variant(record):
+    """The `keras.applications`-style builder of the variant `record`."""
+
+    def builder(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        include_preprocessing=True,
+        drop_path_rate=record.drop_path_rate,
+        name=record.name,
+    ):
+        default_size = DEFAULT_SIZE
+        arguments.check_arguments(
+            include_top, include_preprocessing, input_tensor, input_shape, pooling, classes,
+            classifier_activation, drop_path_rate, name,
+        )
+        entry = cache.pretrained_entry(weights, record.name)
+        if entry is not None:
+            # Checked before the download, which can take minutes.
+            _check_pretrained(entry, include_top, classes, input_tensor, input_shape)
+            default_size = entry.transform.size
+            weights = cache.fetch(entry)
+        return CvT(
+            **record.config,
+            drop_path_rate=drop_path_rate,
+            default_size=default_size,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            include_preprocessing=include_preprocessing,
+            name=name,
+        )
+
+    builder.__name__ = builder.__qualname__ = record.builder
+    builder.__module__ = __name__
+    builder.__doc__ = BASE_DOCSTRING.format(
+        name=record.builder,
+        names=_names(record.name),
+        default_size=DEFAULT_SIZE,
+        dim=record.embed_dims[-1],
+        drop_path_rate=record.drop_path_rate,
+    )
+    return builder
+
+
+# {variant name: builder}; each builder is also this module's attribute of its own name
+# (`CvT13`, ...), made from the variant's record.
+BUILDERS = {name: _variant(record) for name, record in architectures.VARIANTS.items()}
+globals().update({builder.__name__: builder for builder in BUILDERS.values()})
+__all__ = ["BUILDERS", *(builder.__name__ for builder in BUILDERS.values())]
