@@ -11,6 +11,7 @@ variable names and layouts are undone, `hf_to_original_key` does the rest.
 
 import os
 
+import h5py
 import numpy as np
 
 from weights_conversion.keys import describe_error, hf_to_original_key
@@ -76,8 +77,6 @@ def read_tf_h5(path):
     its size in memory, not twice. A variable listed in `weight_names` without its dataset is
     left out, for the converter's check to report as missing.
     """
-    import h5py
-
     path = os.fspath(path)
     try:
         h5 = h5py.File(path, "r")
@@ -93,8 +92,6 @@ def read_tf_h5(path):
 
 
 def _read_weights(path, h5):
-    import h5py
-
     layers = _attribute_list(h5, "layer_names")
     if not layers:
         hint = (
