@@ -13,7 +13,6 @@ Three rules, each a test:
 """
 
 import ast
-import pathlib
 
 import pytest
 
