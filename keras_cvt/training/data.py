@@ -32,14 +32,25 @@ class ImageSource:
     decode: object
 
 
+def _tensorflow_datasets():
+    """The `tensorflow_datasets` module: an optional install, needed only to read a TFDS dataset."""
+    try:
+        import tensorflow_datasets
+    except ImportError as error:
+        raise ImportError(
+            "reading a TensorFlow Datasets dataset (--dataset) needs the tensorflow-datasets package: "
+            "pip install keras-cvt[datasets] (or train on an image folder, --image-folder)"
+        ) from error
+    return tensorflow_datasets
+
+
 def tfds_source(name, split, data_dir=None, image_key="image", label_key="label", download=True):
     """A TensorFlow Datasets image classification split (slices such as 'train[:90%]' work).
 
     Each input pipeline reads only its own contiguous part of the split (`tfds.even_splits`),
     so several workers never decode each other's images.
     """
-    import tensorflow_datasets as tfds
-
+    tfds = _tensorflow_datasets()
     builder = tfds.builder(name, data_dir=data_dir)
     if download:
         builder.download_and_prepare()
@@ -73,8 +84,7 @@ def default_tfds_splits(name, data_dir=None):
     Its `validation` split when it has one; otherwise the last 10% of `train` is held out
     ('train[:90%]', 'train[90%:]'), so the test split, if any, stays untouched.
     """
-    import tensorflow_datasets as tfds
-
+    tfds = _tensorflow_datasets()
     splits = tfds.builder(name, data_dir=data_dir).info.splits
     if "validation" in splits:
         return "train", "validation"
