@@ -1,15 +1,72 @@
-"""Exports of CvT classifiers for the runtimes people deploy to, each a module of its own:
+"""Exports of CvT classifiers for the runtimes people deploy to, one module per format
+(`keras_cvt.export.formats` lists them):
 
 - `saved_model`: a TF Serving SavedModel that takes encoded images (`export_for_serving`);
 - `tflite`: a LiteRT (TFLite) file, pixels in, probabilities out (`export_tflite`,
-  `TFLiteClassifier`).
+  `TFLiteClassifier`);
+- `onnx`: an ONNX file, the same input and output (`export_onnx`);
+- `openvino`: an OpenVINO IR, the same input and output (`export_openvino`).
 
-Each writes through `keras_cvt.atomic`, so a failed export leaves nothing behind, and wraps the
-model in `classifier.Classifier` (its folded inference form, pixels in [0, 255] in,
-probabilities out). The command line is `python -m keras_cvt.export` (`keras_cvt.export.cli`).
+`export(model, path, format=...)` writes any of them. Each writes through `keras_cvt.atomic`,
+so a failed export leaves nothing behind, and wraps the model in `classifier.Classifier` (its
+folded inference form, pixels in [0, 255] in, probabilities out). The command line is
+`python -m keras_cvt.export` (`keras_cvt.export.cli`).
+
+The ONNX and OpenVINO modules (and their converters, the `export` extra) are imported on first
+use.
 """
 
+import importlib
+import os
+
+from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS
 from keras_cvt.export.saved_model import export_for_serving
 from keras_cvt.export.tflite import TFLiteClassifier, export_tflite
 
-__all__ = ["TFLiteClassifier", "export_for_serving", "export_tflite"]
+# The writers not imported above, by name.
+_LAZY = {spec.function: spec.module for spec in FORMATS.values()}
+
+__all__ = [
+    "FORMATS",
+    "TFLiteClassifier",
+    "export",
+    "export_for_serving",
+    "export_onnx",
+    "export_openvino",
+    "export_tflite",
+]
+
+
+def export(model, path, format=DEFAULT_FORMAT, **options):
+    """Writes `model` in `format` to `path`; returns the absolute path written.
+
+    Args:
+        model: a CvT classifier (`include_top=True`).
+        path: the output: a directory for `"saved_model"`, else a file ending in the format's
+            suffix (`.tflite`, `.onnx`, `.xml`).
+        format: one of `FORMATS` (`"saved_model"`, `"tflite"`, `"onnx"`, `"openvino"`).
+        **options: the options of the format's function (`export_for_serving`,
+            `export_tflite`, `export_onnx`, `export_openvino`), such as `input_size`.
+
+    Raises:
+        ValueError: an unknown format, an option the format does not take, or a path without
+            its suffix, before the model is traced.
+    """
+    try:
+        spec = FORMATS[format]
+    except (KeyError, TypeError):
+        raise ValueError(f"`format` must be one of {sorted(FORMATS)}, got format={format!r}") from None
+    known = (spec.size_option,) + spec.options
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"format={format!r} takes the options {list(known)}, got {unknown}")
+    if spec.suffix is not None and not os.fspath(path).endswith(spec.suffix):
+        raise ValueError(f"`path` of a {format} export must end with {spec.suffix}, got {os.fspath(path)!r}")
+    writer = getattr(importlib.import_module(spec.module), spec.function)
+    return writer(model, path, **options)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_cvt.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

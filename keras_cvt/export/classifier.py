@@ -15,7 +15,7 @@ class Classifier:
     def __init__(self, model):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
-                "SavedModel and TFLite exports trace the model with TensorFlow: run with "
+                "The exports trace the model with TensorFlow: run with "
                 f"KERAS_BACKEND=tensorflow (the backend is {keras.backend.backend()!r})"
             )
         if not isinstance(model, keras.Model):
@@ -33,33 +33,63 @@ class Classifier:
                 f"output is {output_shape} from a {type(classifier).__name__} layer: build it with "
                 "include_top=True"
             )
+        # include_preprocessing=True puts the normalisation first, as a layer whose mean and
+        # variance are eager tensors: a traced function captures them as inputs, which ONNX then
+        # has as two more required inputs. The rest of the model is exported, and the
+        # normalisation done with graph constants (`probabilities`); the same numbers. Without
+        # that layer the model expects what the original PyTorch model expected (normalised
+        # input), which clients should not compute.
+        first = model.layers[1] if len(model.layers) > 1 else None
+        if isinstance(first, keras.layers.Normalization) and first.name == "preprocessing":
+            model = keras.Model(first.output, model.output, name=model.name)
         # BatchNorm, the attention scale and QuickGELU's factor folded into the weights: the same
         # outputs with fewer operations in every exported graph.
         self.model = inference.optimize_for_inference(model) if inference.is_foldable(model) else model
         self.classes = int(output_shape[-1])
         self.input_size = input_shape[1:3]
-        # include_preprocessing=True puts this layer first; without it the model expects what the
-        # original PyTorch model expected (normalised input), which clients should not compute.
-        self.normalise = not any(
-            isinstance(layer, keras.layers.Normalization) and layer.name == "preprocessing" for layer in model.layers
-        )
         self.softmax = classifier.activation is keras.activations.linear
         self.min_size = min_input_size(model)
 
+    def probabilities(self, pixels):
+        """Probabilities (float32, `[batch, classes]`) of `pixels`, RGB in [0, 255] of any number
+        dtype; the batch must not be empty (the convolutions refuse one)."""
+        normalised = preprocessing.imagenet_normalize(tf.cast(pixels, tf.float32))
+        outputs = tf.cast(self.model(normalised, training=False), tf.float32)
+        return tf.nn.softmax(outputs, axis=-1) if self.softmax else outputs
+
     def __call__(self, pixels):
         pixels = tf.cast(pixels, tf.float32)
-        if self.normalise:
-            pixels = preprocessing.imagenet_normalize(pixels)
-
-        def predict():
-            outputs = tf.cast(self.model(pixels, training=False), tf.float32)
-            return tf.nn.softmax(outputs, axis=-1) if self.softmax else outputs
-
         # The convolutions reject an empty batch with a confusing shape error, and an empty
         # request deserves an empty answer.
         return tf.cond(
-            tf.shape(pixels)[0] > 0, predict, lambda: tf.zeros([0, self.classes], tf.float32)
+            tf.shape(pixels)[0] > 0,
+            lambda: self.probabilities(pixels),
+            lambda: tf.zeros([0, self.classes], tf.float32),
         )
+
+    def pixels_spec(self, input_size):
+        """The `pixels` input of a file format: float32 `[batch, input_size, input_size, 3]`,
+        any batch; any height and width (down to `min_size`) for `input_size=None`.
+
+        Raises ValueError for a size below `min_size` or one the model's input does not take.
+        """
+        if input_size is None:
+            fixed = [size for size in self.input_size if size is not None]
+            if fixed:
+                raise ValueError(
+                    "`input_size`=None exports any height and width, but the model takes only "
+                    f"{self.input_size[0]} x {self.input_size[1]} images: pass that input_size, or "
+                    "build the model with input_shape=(None, None, 3)"
+                )
+        elif isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < self.min_size:
+            raise ValueError(
+                f"`input_size` must be None or an integer of at least {self.min_size}, got input_size={input_size!r}"
+            )
+        else:
+            for axis, size in zip(("height", "width"), self.input_size):
+                if size is not None and size != input_size:
+                    raise ValueError(f"`input_size`={input_size} does not fit the model's input {axis} {size}")
+        return tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="pixels")
 
 
 def min_input_size(model):
@@ -84,9 +114,7 @@ def label_strings(labels, classes):
         if labels != "imagenet":
             raise ValueError(f"`labels` must be None, 'imagenet' or a list of strings, got labels={labels!r}")
         if classes != len(preprocessing.imagenet_classes()):
-            raise ValueError(
-                f"`labels`='imagenet' needs a classifier with 1000 classes, the model has {classes}"
-            )
+            raise ValueError(f"`labels`='imagenet' needs a classifier with 1000 classes, the model has {classes}")
         return imagenet_labels()
     labels = list(labels)
     if len(labels) != classes or not all(isinstance(label, str) for label in labels):

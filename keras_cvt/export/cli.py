@@ -1,16 +1,24 @@
-"""Exports a CvT classifier as a TF Serving SavedModel that takes encoded images.
+"""`python -m keras_cvt.export`: a CvT classifier in any format of `keras_cvt.export.formats`.
 
     python -m keras_cvt.export --model cvt13 --weights imagenet --output models/cvt13/1
-    python -m keras_cvt.export --model cvt13 --weights my.weights.h5 --output models/mine/1 \\
-        --size 224 --crop-ratio 0.875 --labels labels.txt
+    python -m keras_cvt.export --format onnx --model cvt13 --weights imagenet --output cvt13.onnx
+    python -m keras_cvt.export --format openvino --model cvt13 --weights imagenet --output cvt13.xml
+    python -m keras_cvt.export --format tflite --model cvt13 --weights my.weights.h5 --output m.tflite \\
+        --size 224 --quantization float16
 
-With a pretrained name (see `keras_cvt.available_weights()`) the images are transformed as
-that checkpoint was evaluated (224 with a 0.875 centre crop, or a straight resize to 384);
-`--size` and `--crop-ratio` override it. With a `.weights.h5` file they default to 224 and
-0.875, and the number of classes is read from the file. `--max-pixels` bounds the pixels
-(height x width) the server decodes per image, and resizes it to (default: 50,000,000, about
-2 GB of work per image); larger images are refused by name. See `keras_cvt.serving` for
-the signatures.
+`--format saved_model` (the default) writes a TF Serving SavedModel that takes encoded images:
+with a pretrained name (see `keras_cvt.available_weights()`) the images are transformed as
+that checkpoint was evaluated (`keras_cvt.pretrained.transform_for`); `--size` and
+`--crop-ratio` override it; with a `.weights.h5` file they default to `DEFAULT_TRANSFORM`'s,
+and the number of classes is read from the file. `--max-pixels` bounds the pixels (height x
+width) the server decodes per image, and resizes it to; larger images are refused by name.
+See `keras_cvt.export.saved_model` for the signatures.
+
+`--format tflite|onnx|openvino` writes a file that takes pixels (`float32`, `[batch, height,
+width, 3]`, RGB in [0, 255], already transformed) and returns probabilities: any batch, and
+any height and width unless `--size` fixes them. The transform to apply is printed.
+
+An existing output is replaced only with `--overwrite`. Errors are one line, exit status 2.
 """
 
 import argparse
@@ -18,7 +26,10 @@ import os
 import sys
 
 from keras_cvt import architectures, builder, pretrained, variants, weights_file
+from keras_cvt.export import export
 from keras_cvt.export import saved_model as serving
+from keras_cvt.export.formats import DEFAULT_FORMAT, DEFAULT_ONNX_OPSET, FORMATS
+from keras_cvt.export.tflite import TFLITE_QUANTIZATIONS
 
 _UNSET = object()
 
@@ -44,7 +55,11 @@ def classifier_for_export(variant, weights):
     if classes is None:
         raise ValueError(f"`--weights` file {path!r} has no classifier to serve")
     return builder.CvT(
-        **architectures.VARIANTS[variant].config, weights=path, classes=classes, input_shape=(None, None, 3), name=variant
+        **architectures.VARIANTS[variant].config,
+        weights=path,
+        classes=classes,
+        input_shape=(None, None, 3),
+        name=variant,
     )
 
 
@@ -67,10 +82,28 @@ def _positive_int(text):
     return value
 
 
+# The options of one format or another (argparse destinations), and their defaults.
+_DEFAULTS = {
+    "crop_ratio": _UNSET,
+    "top_k": 5,
+    "labels": None,
+    "max_pixels": serving.DEFAULT_MAX_PIXELS,
+    "quantization": None,
+    "opset": DEFAULT_ONNX_OPSET,
+}
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="python -m keras_cvt.export",
-        description="Export a CvT classifier as a TF Serving SavedModel that takes encoded images.",
+        description="Export a CvT classifier: a TF Serving SavedModel that takes encoded images (the "
+        "default), or a LiteRT, ONNX or OpenVINO file that takes pixels.",
+    )
+    parser.add_argument(
+        "--format",
+        default=DEFAULT_FORMAT,
+        choices=sorted(FORMATS),
+        help="; ".join(f"{f.name}: {f.summary}" for f in FORMATS.values()) + f" (default: {DEFAULT_FORMAT})",
     )
     parser.add_argument("--model", required=True, choices=sorted(architectures.VARIANTS), help="the architecture")
     parser.add_argument(
@@ -81,60 +114,119 @@ def _parser():
     parser.add_argument(
         "--output",
         required=True,
-        help="the SavedModel directory; TF Serving wants a numbered version, e.g. models/cvt13/1",
+        help="saved_model: the directory (TF Serving wants a numbered version, e.g. models/cvt13/1); "
+        "the other formats: the file, ending in "
+        + ", ".join(f"{f.suffix} ({f.name})" for f in FORMATS.values() if f.suffix),
     )
     parser.add_argument(
-        "--size", type=int, default=None, help="image height and width (default: the checkpoint's, or 224)"
+        "--size",
+        type=_positive_int,
+        default=None,
+        help="image height and width (saved_model default: the checkpoint's, or "
+        f"{pretrained.DEFAULT_TRANSFORM.size}; the other formats: any size unless given)",
     )
     parser.add_argument(
         "--crop-ratio",
         type=_crop_ratio,
         default=_UNSET,
-        help="centre crop ratio, or 'none' for a straight resize (default: the checkpoint's, or 0.875)",
+        help="saved_model: centre crop ratio, or 'none' for a straight resize (default: the checkpoint's, or "
+        f"{pretrained.DEFAULT_TRANSFORM.crop_ratio})",
     )
-    parser.add_argument("--top-k", type=int, default=5, help="classes returned per image (default: 5)")
+    parser.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=_UNSET,
+        help=f"saved_model: classes returned per image (default: {_DEFAULTS['top_k']})",
+    )
     parser.add_argument(
         "--labels",
-        default=None,
-        help="a UTF-8 text file with one label per line, in class order (default: ImageNet names "
-        "for 1000 classes, class indices otherwise)",
+        default=_UNSET,
+        help="saved_model: a UTF-8 text file with one label per line, in class order (default: ImageNet "
+        "names for 1000 classes, class indices otherwise)",
     )
     parser.add_argument(
         "--max-pixels",
         type=_positive_int,
-        default=serving.DEFAULT_MAX_PIXELS,
-        help="the most pixels (height x width) decoded per image, and produced by its resize before "
-        f"the centre crop; larger images are refused (default: {serving.DEFAULT_MAX_PIXELS:,})",
+        default=_UNSET,
+        help="saved_model: the most pixels (height x width) decoded per image, and produced by its resize "
+        f"before the centre crop; larger images are refused (default: {serving.DEFAULT_MAX_PIXELS:,})",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    parser.add_argument(
+        "--quantization",
+        choices=[q for q in TFLITE_QUANTIZATIONS if q is not None],
+        default=_UNSET,
+        help="tflite: float16 or int8 (dynamic_range) weights (default: float32)",
+    )
+    parser.add_argument(
+        "--opset", type=_positive_int, default=_UNSET, help=f"onnx: the ONNX opset (default: {DEFAULT_ONNX_OPSET})"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     return parser
+
+
+def _options(parser, args, spec):
+    """The format's options from `args`, after refusing those of other formats."""
+    options = {}
+    for name, default in _DEFAULTS.items():
+        value = getattr(args, name)
+        given = value is not _UNSET
+        if given and name not in spec.options:
+            takers = [f.name for f in FORMATS.values() if name in f.options]
+            parser.error(f"--{name.replace('_', '-')} applies to --format {' or '.join(takers)}, not {spec.name}")
+        if name in spec.options:
+            options[name] = value if given else default
+    return options
 
 
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
+    spec = FORMATS[args.format]
+    options = _options(parser, args, spec)
     try:
-        size, crop_ratio = evaluation_settings(args.model, args.weights, args.size, args.crop_ratio)
-        labels = None
-        if args.labels is not None:
-            with open(args.labels, encoding="utf-8") as f:
-                labels = f.read().splitlines()
+        if spec.suffix is None:
+            options["overwrite"] = args.overwrite
+            size, options["crop_ratio"] = evaluation_settings(
+                args.model, args.weights, args.size, options["crop_ratio"]
+            )
+            if options["labels"] is not None:
+                with open(options["labels"], encoding="utf-8") as f:
+                    options["labels"] = f.read().splitlines()
+        else:
+            _check_output_file(args.output, spec, args.overwrite)
+            size = args.size
+            transform = pretrained.transform_for(args.model, args.weights)
         model = classifier_for_export(args.model, args.weights)
-        path = serving.export_for_serving(
-            model,
-            args.output,
-            image_size=size,
-            crop_ratio=crop_ratio,
-            top_k=args.top_k,
-            labels=labels,
-            max_pixels=args.max_pixels,
-            overwrite=args.overwrite,
-        )
+        path = export(model, args.output, format=spec.name, **{spec.size_option: size}, **options)
     except (ValueError, OSError) as error:
         parser.error(str(error))
+    if spec.suffix is None:
+        _report_saved_model(path, size, options)
+        return 0
     print(
-        f"SavedModel written to {path} (images transformed to {size} x {size}, crop_ratio={crop_ratio}, "
-        f"at most {args.max_pixels:,} pixels per image)"
+        f"{spec.name} written to {path}: input `pixels` float32 [batch, "
+        f"{'height, width' if size is None else f'{size}, {size}'}, 3], RGB in [0, 255]; output `probabilities`"
+    )
+    print(
+        f"transform images as the weights were evaluated: keras_cvt.transforms.evaluation_transform("
+        f"{transform.size if size is None else size}, crop_ratio={transform.crop_ratio})"
+    )
+    return 0
+
+
+def _check_output_file(output, spec, overwrite):
+    if not output.endswith(spec.suffix):
+        raise ValueError(f"--output of --format {spec.name} must end with {spec.suffix}, got {output!r}")
+    if os.path.isdir(output):
+        raise ValueError(f"--output {output!r} is a directory; --format {spec.name} writes a file")
+    if os.path.exists(output) and not overwrite:
+        raise ValueError(f"--output {output!r} exists; pass --overwrite to replace it")
+
+
+def _report_saved_model(path, size, options):
+    print(
+        f"SavedModel written to {path} (images transformed to {size} x {size}, crop_ratio={options['crop_ratio']}, "
+        f"at most {options['max_pixels']:,} pixels per image)"
     )
     print(
         f"signatures: {serving.IMAGES_SIGNATURE} (images -> classes, labels, scores), "
@@ -146,5 +238,3 @@ def main(argv=None):
             "model base path at the parent of one",
             file=sys.stderr,
         )
-    return 0
-

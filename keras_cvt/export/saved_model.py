@@ -216,9 +216,7 @@ def _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels)
                 lambda: (status, sizes, no_pixels),
             )
 
-        status, sizes, pixels = tf.cond(
-            tf.equal(status, 0), decode_and_check, lambda: (status, sizes, no_pixels)
-        )
+        status, sizes, pixels = tf.cond(tf.equal(status, 0), decode_and_check, lambda: (status, sizes, no_pixels))
         return index, status, sizes, pixels
 
     # Graph functions cannot catch a decoder's error, so which image failed would be lost: a
@@ -230,9 +228,7 @@ def _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels)
         .ignore_errors(log_warning=True)
     )
     # The sentinel keeps the one batch non-empty when nothing (or no image) came through.
-    sentinel = tf.data.Dataset.from_tensors(
-        (tf.constant(-1), tf.constant(0), tf.zeros([4], tf.int64), no_pixels)
-    )
+    sentinel = tf.data.Dataset.from_tensors((tf.constant(-1), tf.constant(0), tf.zeros([4], tf.int64), no_pixels))
     decoded_indices, statuses, sizes, pixels = (
         decoded.concatenate(sentinel).batch(tf.cast(count, tf.int64) + 1).get_single_element()
     )
@@ -275,11 +271,7 @@ def _check_pixels(pixels, min_size):
     shape = tf.shape(pixels)
     check = tf.debugging.Assert(
         tf.reduce_all(shape[1:3] >= min_size),
-        [
-            tf.strings.format(
-                "`pixels` height and width must be at least {}, got {}", (min_size, shape[1:3])
-            )
-        ],
+        [tf.strings.format("`pixels` height and width must be at least {}, got {}", (min_size, shape[1:3]))],
     )
     with tf.control_dependencies([check]):
         return tf.identity(pixels)
