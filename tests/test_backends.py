@@ -5,6 +5,7 @@ so the other backends run in a subprocess with KERAS_BACKEND set.
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,13 @@ import pytest
 from keras_cvt import CvT
 from tests.conftest import ROOT, TINY_CONFIG, assert_same_weights_files
 
+# Each backend's subprocess takes a minute on two cores.
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 1e-4
+# The SGD step of the training comparison: labels of the tiny reference's two images.
+LEARNING_RATE = 0.5
+LABELS = [3, 7]
 
 TORCH_SCRIPT = textwrap.dedent(
     """
@@ -27,6 +34,7 @@ TORCH_SCRIPT = textwrap.dedent(
     from keras_cvt import CvT, optimize_for_inference
 
     config, weights, x_path, out_dir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    LEARNING_RATE, LABELS = json.loads(sys.argv[5]), np.array(json.loads(sys.argv[6]))
     x = np.load(x_path)
     model = CvT(**config, weights=weights, input_shape=(None, None, 3),
                 include_preprocessing=False, classifier_activation=None)
@@ -34,10 +42,22 @@ TORCH_SCRIPT = textwrap.dedent(
     np.save(out_dir + "/logits_predict.npy", model.predict(x, verbose=0))
     # The folded form ("same" padding at stride 2 with a kernel one larger, heads first).
     np.save(out_dir + "/folded.npy", keras.ops.convert_to_numpy(optimize_for_inference(model)(x)))
-    # The training path (stochastic depth, BatchNorm batch statistics) runs too.
+    # The training path: BatchNorm on batch statistics, then one SGD step (no dropout, no
+    # stochastic depth: deterministic, so every backend must land on the same numbers).
     trained = CvT(**config, weights=weights, input_shape=(None, None, 3), include_preprocessing=False,
-                  classifier_activation=None, drop_path_rate=0.5)
+                  classifier_activation=None)
     np.save(out_dir + "/training.npy", keras.ops.convert_to_numpy(trained(x, training=True)))
+    trained.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = trained.train_on_batch(x, LABELS)
+    np.save(out_dir + "/loss.npy", np.asarray(loss))
+    np.savez(out_dir + "/stepped.npz", *[keras.ops.convert_to_numpy(v) for v in trained.weights])
+    with open(out_dir + "/stepped_names.json", "w") as f:
+        json.dump([v.path for v in trained.weights], f)
+    # Stochastic depth runs too: with it, the training forward is another function.
+    dropping = CvT(**config, weights=weights, input_shape=(None, None, 3), include_preprocessing=False,
+                   classifier_activation=None, drop_path_rate=0.5)
+    np.save(out_dir + "/drop_path.npy", keras.ops.convert_to_numpy(dropping(x, training=True)))
     model.save_weights(out_dir + "/from_torch.weights.h5")
     with open(out_dir + "/backend.txt", "w") as f:
         f.write(keras.backend.backend())
@@ -52,8 +72,6 @@ def _sha256(path):
 @pytest.fixture(scope="module", params=["torch", "jax"])
 def backend_run(request, tiny_reference, tmp_path_factory):
     """Runs the tiny reference model under another backend; returns its output folder."""
-    import json
-
     weights, x, _ = tiny_reference
     out_dir = tmp_path_factory.mktemp(f"{request.param}_backend")
     np.save(out_dir / "x.npy", x)
@@ -65,7 +83,7 @@ def backend_run(request, tiny_reference, tmp_path_factory):
     }
     result = subprocess.run(
         [sys.executable, "-c", TORCH_SCRIPT, json.dumps(TINY_CONFIG), str(weights), str(out_dir / "x.npy"),
-         str(out_dir)],
+         str(out_dir), json.dumps(LEARNING_RATE), json.dumps(LABELS)],
         env=env, cwd=out_dir, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -106,10 +124,45 @@ def test_backend_equals_tensorflow_backend(backend_run, tiny_reference):
     assert np.abs(other_out - tf_out).max() <= 1e-5
 
 
-def test_backend_training_forward(backend_run):
+@pytest.fixture(scope="module")
+def tensorflow_training(tiny_reference):
+    """The TensorFlow backend's training forward, SGD step loss and weights after the step."""
+    weights, x, _ = tiny_reference
+    model = _tf_model(weights)
+    inference = keras.ops.convert_to_numpy(model(x))
+    forward = keras.ops.convert_to_numpy(model(x, training=True))
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = model.train_on_batch(x, np.array(LABELS))
+    stepped = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    initial = [keras.ops.convert_to_numpy(v) for v in _tf_model(weights).weights]
+    return inference, forward, float(loss), [v.path for v in model.weights], stepped, initial
+
+
+def test_backend_training_forward(backend_run, tensorflow_training):
+    inference, forward, _, _, _, _ = tensorflow_training
     out = np.load(backend_run / "training.npy")
-    assert out.shape == (2, 10)
-    assert np.isfinite(out).all()
+    # Batch statistics make the training forward another function, which the backend matches.
+    assert np.abs(forward - inference).max() > 100 * TOLERANCE
+    assert out.shape == forward.shape == (2, 10)
+    assert np.abs(out - forward).max() <= 1e-5
+    # Stochastic depth changes it again (it drops the last stage's residual branches).
+    assert np.abs(np.load(backend_run / "drop_path.npy") - out).max() > 100 * TOLERANCE
+
+
+def test_backend_gradient_step(backend_run, tensorflow_training):
+    _, _, loss, names, stepped, initial = tensorflow_training
+    assert float(np.load(backend_run / "loss.npy")) == pytest.approx(loss, abs=1e-5)
+    assert json.loads((backend_run / "stepped_names.json").read_text()) == names
+    other = np.load(backend_run / "stepped.npz")
+    other = [other[f"arr_{i}"] for i in range(len(names))]
+    moved = [name for name, a, b in zip(names, initial, stepped) if np.abs(a - b).max() > 1e-3]
+    # The step moves every trainable kernel (and the BatchNorm statistics), the same way here.
+    assert len(moved) > len(names) // 2
+    differing = {
+        name: float(np.abs(a - b).max()) for name, a, b in zip(names, stepped, other) if np.abs(a - b).max() > 1e-5
+    }
+    assert differing == {}
 
 
 def test_weights_saved_under_torch_load_under_tensorflow(backend_run, tiny_reference):
