@@ -15,7 +15,7 @@ NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def _dense_initializer():
+def dense_initializer():
     return keras.initializers.TruncatedNormal(stddev=0.02)
 
 
@@ -185,90 +185,77 @@ def conv_output_size(size, kernel_size, strides, padding):
     return (size + 2 * padding - kernel_size) // strides + 1
 
 
-@keras.saving.register_keras_serializable(package="keras_cvt")
-class HeadProjection(layers.Layer):
-    """A Linear layer whose output comes out split into attention heads, heads first.
+def same_kernel_size(kernel_size, stride, padding, enlarge_strided=False):
+    """The kernel size of a convolution with "same" padding that computes a `kernel_size`
+    convolution with symmetric `padding` at `stride` without a padded copy of the map, or None
+    (then the map is padded and convolved "valid").
 
-    Maps tokens `(batch, tokens, input_dim)` to `(num_heads, batch, tokens, head_dim)` with
-    one matmul of the flattened tokens against a `(num_heads, input_dim, head_dim)` kernel.
-    Heads and batch are then the leading (batch) dimensions of the attention matmuls, so the
-    transpose that splitting a Dense layer's output into heads needs is saved: it costs more
-    than the matmul at small batches. (Heads first rather than batch first: TensorFlow's
-    oneDNN kernel crashes on a `(batch, 1, tokens, input_dim)` broadcast against the kernel.)
-
-    Args:
-        num_heads: number of heads.
-        head_dim: width of each head.
-        use_bias: whether a `(num_heads, 1, head_dim)` bias is added.
+    Unstrided, "same" pads (kernel - 1) / 2 on each side: the symmetric padding itself. At
+    stride 2 it puts an odd total's extra row and column last; for a kernel one larger it pads
+    `padding` first, and the kernel's last row and column, zero, reach none of what it pads
+    last. Only the folded form, whose kernels `keras_cvt.optimize_for_inference` computes,
+    takes the larger kernel (`enlarge_strided`; about 1.3x faster than padding and a 3x3
+    convolution at stride 2, at batch 32).
     """
+    if 2 * padding != kernel_size - 1:
+        return None
+    if stride == 1:
+        return kernel_size
+    if stride == 2 and enlarge_strided:
+        return kernel_size + 1
+    return None
 
-    def __init__(self, num_heads, head_dim, use_bias=True, **kwargs):
-        super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.use_bias = use_bias
 
-    def build(self, input_shape):
-        self.kernel = self.add_weight(
-            shape=(self.num_heads, input_shape[-1], self.head_dim),
-            initializer=_dense_initializer(),
-            name="kernel",
+def projection_conv(kernel_size, stride, padding, use_bias, name, dtype, enlarge_strided=False):
+    """The depthwise convolution of a q/k/v projection, "same" where `same_kernel_size` allows;
+    apply it with `convolve`."""
+    same = same_kernel_size(kernel_size, stride, padding, enlarge_strided)
+    return layers.DepthwiseConv2D(
+        same or kernel_size,
+        strides=stride,
+        padding="same" if same else "valid",
+        use_bias=use_bias,
+        data_format="channels_last",
+        name=name,
+        dtype=dtype,
+    )
+
+
+def convolve(conv, x_map, padding):
+    """`conv` (from `projection_conv`) applied to `x_map` with PyTorch's symmetric padding."""
+    if conv.padding == "valid":
+        x_map = symmetric_pad(x_map, padding)
+    return conv(x_map)
+
+
+def dense(units, use_bias, name, dtype):
+    return layers.Dense(
+        units, use_bias=use_bias, kernel_initializer=dense_initializer(), name=name, dtype=dtype
+    )
+
+
+def _refuse_folded(cls, config):
+    """Configs saved before the folded form had classes of its own carry `folded`: False is
+    the training form; True cannot be rebuilt from a training layer's class."""
+    config = dict(config)
+    if config.pop("folded", False):
+        raise ValueError(
+            f"This `{cls.__name__}` config was saved in the folded inference form of an older "
+            "keras_cvt, which is now `keras_cvt.inference.layers.Folded*`: load the trained model "
+            "and fold it again with `keras_cvt.optimize_for_inference`"
         )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                shape=(self.num_heads, 1, self.head_dim), initializer="zeros", name="bias"
-            )
-
-    def call(self, x):
-        batch = ops.shape(x)[0]
-        tokens = ops.reshape(x, (-1, ops.shape(x)[-1]))
-        y = ops.matmul(tokens, ops.cast(self.kernel, self.compute_dtype))
-        if self.use_bias:
-            y = y + ops.cast(self.bias, self.compute_dtype)
-        return ops.reshape(y, (self.num_heads, batch, -1, self.head_dim))
-
-    def compute_output_shape(self, input_shape):
-        return (self.num_heads, input_shape[0], input_shape[1], self.head_dim)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "use_bias": self.use_bias,
-        }
+    return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package="keras_cvt")
-class ConvAttention(layers.Layer):
-    """Multi-head attention with convolutional projections (the original's `dw_bn`).
+class ConvAttentionBase(layers.Layer):
+    """What the training form (`ConvAttention`) and the folded form
+    (`keras_cvt.inference.layers.FoldedConvAttention`) share: the arguments, the split of the
+    class token, the attention itself and the output projection. A subclass makes the q/k/v
+    projections (`_qkv`) and says in which layout their heads come (`heads_axis`)."""
 
-    Queries, keys and values are taken from the token map by a depthwise convolution and
-    BatchNorm each (keys and values with a stride, which shrinks the attention matrix), then
-    a Linear layer. A class token, when present, bypasses the convolutions and is prepended
-    to each of q, k and v before their Linear layers.
-
-    Call with tokens `(batch, cls + height * width, dim)` and the map's `height`, `width`.
-
-    Args:
-        dim: token width.
-        num_heads: number of attention heads; must divide `dim`.
-        with_cls_token: whether the first token is a class token.
-        kernel_size: depthwise kernel size of the projections.
-        q_stride: stride of the query projection.
-        kv_stride: stride of the key and value projections.
-        padding: symmetric zero padding of the projections.
-        qkv_bias: whether the q/k/v Linear layers have a bias.
-        folded: the inference form that `keras_cvt.optimize_for_inference` builds: each
-            BatchNorm folded into its depthwise convolution (which gets a bias), the
-            attention scale folded into the query projection's weights, and k and v
-            projected straight into heads (`HeadProjection`, heads first like q), with no
-            key bias (it adds one constant to each row of scores, which softmax ignores) and
-            the value bias folded into `proj`'s bias (each row of attention weights sums to
-            1, so it passes through unchanged); strided convolutions take a kernel one larger
-            with "same" padding instead of a padded copy of the map.
-    """
+    # Axis of the attention heads in q, k, v and the attention's output (batch is the other
+    # of the two leading axes).
+    heads_axis = 1
 
     def __init__(
         self,
@@ -280,7 +267,6 @@ class ConvAttention(layers.Layer):
         kv_stride=2,
         padding=1,
         qkv_bias=True,
-        folded=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -294,115 +280,33 @@ class ConvAttention(layers.Layer):
         self.kv_stride = kv_stride
         self.padding = padding
         self.qkv_bias = qkv_bias
-        self.folded = folded
         # The original scales by the full width, not the head width.
         self.scale = dim**-0.5
-        for part, stride in (("q", q_stride), ("k", kv_stride), ("v", kv_stride)):
-            same_kernel_size = self._same_kernel_size(stride)
-            setattr(self, f"conv_proj_{part}", layers.DepthwiseConv2D(
-                same_kernel_size or kernel_size,
-                strides=stride,
-                padding="same" if same_kernel_size else "valid",
-                use_bias=folded,
-                data_format="channels_last",
-                name=f"conv_proj_{part}",
-                dtype=self.dtype_policy,
-            ))
-            if not folded:
-                setattr(self, f"conv_proj_{part}_bn", layers.BatchNormalization(
-                    momentum=BATCH_NORM_MOMENTUM,
-                    epsilon=NORM_EPSILON,
-                    name=f"conv_proj_{part}_bn",
-                    dtype=self.dtype_policy,
-                ))
-            if folded and part != "q":
-                projection = HeadProjection(
-                    num_heads,
-                    dim // num_heads,
-                    use_bias=False,
-                    name=f"proj_{part}",
-                    dtype=self.dtype_policy,
-                )
-            else:
-                projection = layers.Dense(
-                    dim,
-                    use_bias=qkv_bias,
-                    kernel_initializer=_dense_initializer(),
-                    name=f"proj_{part}",
-                    dtype=self.dtype_policy,
-                )
-            setattr(self, f"proj_{part}", projection)
-        self.proj = layers.Dense(
-            dim, kernel_initializer=_dense_initializer(), name="proj", dtype=self.dtype_policy
-        )
 
-    def build(self, input_shape):
-        map_shape = (None, None, None, self.dim)
-        for part in "qkv":
-            getattr(self, f"conv_proj_{part}").build(map_shape)
-            if not self.folded:
-                getattr(self, f"conv_proj_{part}_bn").build(map_shape)
-            getattr(self, f"proj_{part}").build(input_shape)
-        self.proj.build(input_shape)
-
-    def _same_kernel_size(self, stride):
-        """The kernel size of a convolution with "same" padding that computes this projection
-        without a padded copy of the map, or None (then the map is padded and convolved
-        "valid"). Unstrided, "same" pads (kernel - 1) / 2 on each side: the symmetric padding
-        itself. At stride 2 it puts an odd total's extra row and column last; for a kernel one
-        larger it pads `padding` first, and the kernel's last row and column, zero, reach
-        none of what it pads last. Only the folded form, whose kernels
-        `optimize_for_inference` computes, takes the larger kernel (about 1.3x faster than
-        padding and a 3x3 convolution at stride 2, at batch 32)."""
-        if 2 * self.padding != self.kernel_size - 1:
-            return None
-        if stride == 1:
-            return self.kernel_size
-        if stride == 2 and self.folded:
-            return self.kernel_size + 1
-        return None
-
-    def _project(self, part, tokens_map, batch, training):
-        conv = getattr(self, f"conv_proj_{part}")
-        if conv.padding == "valid":
-            tokens_map = symmetric_pad(tokens_map, self.padding)
-        x = conv(tokens_map)
-        if not self.folded:
-            x = getattr(self, f"conv_proj_{part}_bn")(x, training=training)
-        return ops.reshape(x, (batch, -1, self.dim))
+    def _tokens(self, x_map, cls_token, batch):
+        """A projected map as tokens `(batch, tokens, dim)`, the class token first if any."""
+        x = ops.reshape(x_map, (batch, -1, self.dim))
+        return x if cls_token is None else ops.concatenate([cls_token, x], axis=1)
 
     def _split_heads(self, x, batch):
+        """`(batch * tokens, dim)` -> heads and batch leading, in the order of `heads_axis`."""
         head_dim = self.dim // self.num_heads
         if self.num_heads == 1:
             # One head: moving its axis of size 1 keeps the order in memory, so a reshape does
             # it without the copy a transpose makes.
-            shape = (1, batch, -1, head_dim) if self.folded else (batch, 1, -1, head_dim)
-            return ops.reshape(x, shape)
+            return ops.reshape(
+                x, (1, batch, -1, head_dim) if self.heads_axis == 0 else (batch, 1, -1, head_dim)
+            )
         x = ops.reshape(x, (batch, -1, self.num_heads, head_dim))
-        # Heads first in the folded form, the layout `HeadProjection` gives k and v.
-        return ops.transpose(x, (2, 0, 1, 3) if self.folded else (0, 2, 1, 3))
+        return ops.transpose(x, (2, 0, 1, 3) if self.heads_axis == 0 else (0, 2, 1, 3))
 
     def call(self, x, height, width, training=None):
         batch = ops.shape(x)[0]
+        cls_token = None
         if self.with_cls_token:
             cls_token, x = x[:, :1], x[:, 1:]
         tokens_map = ops.reshape(x, (batch, height, width, self.dim))
-        qkv = []
-        for part in "qkv":
-            t = self._project(part, tokens_map, batch, training)
-            if self.with_cls_token:
-                t = ops.concatenate([cls_token, t], axis=1)
-            projection = getattr(self, f"proj_{part}")
-            if isinstance(projection, HeadProjection):
-                qkv.append(projection(t))
-                continue
-            t = projection(ops.reshape(t, (-1, self.dim)))
-            if part == "q" and not self.folded:
-                # Scaling q costs a pass over dim-wide tokens, scaling the scores one over the
-                # (much larger) attention matrix.
-                t = t * ops.cast(self.scale, t.dtype)
-            qkv.append(self._split_heads(t, batch))
-        q, k, v = qkv
+        q, k, v = self._qkv(tokens_map, cls_token, batch, training)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
         if training or keras.backend.standardize_dtype(scores.dtype) == "float16":
             # float16 scores can overflow, and training wants float32 softmax gradients. For
@@ -412,11 +316,14 @@ class ConvAttention(layers.Layer):
         weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
         out = ops.matmul(weights, v)
         if self.num_heads > 1:
-            # (heads, batch, ...) when folded, else (batch, heads, ...)
-            # -> (batch, tokens, heads, ...)
-            out = ops.transpose(out, (1, 2, 0, 3) if self.folded else (0, 2, 1, 3))
+            # -> (batch, tokens, heads, head_dim)
+            out = ops.transpose(out, (1, 2, 0, 3) if self.heads_axis == 0 else (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (-1, self.dim)))
         return ops.reshape(out, (batch, -1, self.dim))
+
+    def _qkv(self, tokens_map, cls_token, batch, training):
+        """q, k and v of `tokens_map` (`(batch, height, width, dim)`), split into heads."""
+        raise NotImplementedError(f"{type(self).__name__} must define `_qkv`")
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -432,8 +339,95 @@ class ConvAttention(layers.Layer):
             "kv_stride": self.kv_stride,
             "padding": self.padding,
             "qkv_bias": self.qkv_bias,
-            "folded": self.folded,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return _refuse_folded(cls, config)
+
+
+@keras.saving.register_keras_serializable(package="keras_cvt")
+class ConvAttention(ConvAttentionBase):
+    """Multi-head attention with convolutional projections (the original's `dw_bn`).
+
+    Queries, keys and values are taken from the token map by a depthwise convolution and
+    BatchNorm each (keys and values with a stride, which shrinks the attention matrix), then
+    a Linear layer. A class token, when present, bypasses the convolutions and is prepended
+    to each of q, k and v before their Linear layers.
+
+    Call with tokens `(batch, cls + height * width, dim)` and the map's `height`, `width`.
+    `keras_cvt.optimize_for_inference` replaces it with the equivalent
+    `keras_cvt.inference.layers.FoldedConvAttention`.
+
+    Args:
+        dim: token width.
+        num_heads: number of attention heads; must divide `dim`.
+        with_cls_token: whether the first token is a class token.
+        kernel_size: depthwise kernel size of the projections.
+        q_stride: stride of the query projection.
+        kv_stride: stride of the key and value projections.
+        padding: symmetric zero padding of the projections.
+        qkv_bias: whether the q/k/v Linear layers have a bias.
+    """
+
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        with_cls_token=False,
+        kernel_size=3,
+        q_stride=1,
+        kv_stride=2,
+        padding=1,
+        qkv_bias=True,
+        **kwargs,
+    ):
+        super().__init__(
+            dim, num_heads, with_cls_token, kernel_size, q_stride, kv_stride, padding, qkv_bias, **kwargs
+        )
+        policy = self.dtype_policy
+        self.conv_proj_q = projection_conv(kernel_size, q_stride, padding, False, "conv_proj_q", policy)
+        self.conv_proj_q_bn = _batch_norm("conv_proj_q_bn", policy)
+        self.proj_q = dense(dim, qkv_bias, "proj_q", policy)
+        self.conv_proj_k = projection_conv(kernel_size, kv_stride, padding, False, "conv_proj_k", policy)
+        self.conv_proj_k_bn = _batch_norm("conv_proj_k_bn", policy)
+        self.proj_k = dense(dim, qkv_bias, "proj_k", policy)
+        self.conv_proj_v = projection_conv(kernel_size, kv_stride, padding, False, "conv_proj_v", policy)
+        self.conv_proj_v_bn = _batch_norm("conv_proj_v_bn", policy)
+        self.proj_v = dense(dim, qkv_bias, "proj_v", policy)
+        self.proj = dense(dim, True, "proj", policy)
+
+    def _projections(self):
+        return (
+            (self.conv_proj_q, self.conv_proj_q_bn, self.proj_q),
+            (self.conv_proj_k, self.conv_proj_k_bn, self.proj_k),
+            (self.conv_proj_v, self.conv_proj_v_bn, self.proj_v),
+        )
+
+    def build(self, input_shape):
+        map_shape = (None, None, None, self.dim)
+        for conv, batch_norm, projection in self._projections():
+            conv.build(map_shape)
+            batch_norm.build(map_shape)
+            projection.build(input_shape)
+        self.proj.build(input_shape)
+
+    def _qkv(self, tokens_map, cls_token, batch, training):
+        projected = []
+        for conv, batch_norm, projection in self._projections():
+            x_map = batch_norm(convolve(conv, tokens_map, self.padding), training=training)
+            projected.append(projection(ops.reshape(self._tokens(x_map, cls_token, batch), (-1, self.dim))))
+        q, k, v = projected
+        # Scaling q costs a pass over dim-wide tokens, scaling the scores one over the (much
+        # larger) attention matrix.
+        q = q * ops.cast(self.scale, q.dtype)
+        return self._split_heads(q, batch), self._split_heads(k, batch), self._split_heads(v, batch)
+
+
+def _batch_norm(name, dtype):
+    return layers.BatchNormalization(
+        momentum=BATCH_NORM_MOMENTUM, epsilon=NORM_EPSILON, name=name, dtype=dtype
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
@@ -441,7 +435,8 @@ class CvTBlock(layers.Layer):
     """Pre-norm transformer block with convolutional projection attention.
 
     Called on an NHWC map, or on `[map, cls_token]` in the stage that carries the class
-    token; returns the same structure.
+    token; returns the same structure. `keras_cvt.optimize_for_inference` replaces it with
+    the equivalent `keras_cvt.inference.layers.FoldedCvTBlock`.
 
     Args:
         dim: channels of the map (token width).
@@ -449,12 +444,15 @@ class CvTBlock(layers.Layer):
         mlp_ratio: hidden width of the MLP relative to `dim`.
         drop_path_rate: stochastic depth rate of both residual branches.
         with_cls_token: whether a class token travels with the map.
-        folded: the inference form that `keras_cvt.optimize_for_inference` builds: the
-            attention's BatchNorms and scale folded into its weights (`ConvAttention`), and
-            QuickGELU's factor folded into `fc1` and `fc2`, so that the MLP activation is
-            SiLU: `fc2(quick_gelu(fc1(x)))` = `(fc2 / 1.702)(silu((1.702 fc1)(x)))`, one
-            fused operation instead of four.
+        attention_kernel_size, q_stride, kv_stride, attention_padding, qkv_bias: the
+            `kernel_size`, `q_stride`, `kv_stride`, `padding` and `qkv_bias` of its
+            `ConvAttention`.
     """
+
+    # What the folded form replaces (`FoldedCvTBlock`): the attention's class and the MLP's
+    # activation.
+    attention_class = ConvAttention
+    activation = staticmethod(quick_gelu)
 
     def __init__(
         self,
@@ -463,7 +461,11 @@ class CvTBlock(layers.Layer):
         mlp_ratio=4.0,
         drop_path_rate=0.0,
         with_cls_token=False,
-        folded=False,
+        attention_kernel_size=3,
+        q_stride=1,
+        kv_stride=2,
+        attention_padding=1,
+        qkv_bias=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -472,20 +474,29 @@ class CvTBlock(layers.Layer):
         self.mlp_ratio = mlp_ratio
         self.drop_path_rate = drop_path_rate
         self.with_cls_token = with_cls_token
-        self.folded = folded
+        self.attention_kernel_size = attention_kernel_size
+        self.q_stride = q_stride
+        self.kv_stride = kv_stride
+        self.attention_padding = attention_padding
+        self.qkv_bias = qkv_bias
         policy = self.dtype_policy
         self.norm1 = LayerNorm(name="norm1", dtype=policy)
-        self.attn = ConvAttention(
-            dim, num_heads, with_cls_token, folded=folded, name="attn", dtype=policy
+        self.attn = self.attention_class(
+            dim,
+            num_heads,
+            with_cls_token,
+            kernel_size=attention_kernel_size,
+            q_stride=q_stride,
+            kv_stride=kv_stride,
+            padding=attention_padding,
+            qkv_bias=qkv_bias,
+            name="attn",
+            dtype=policy,
         )
         self.drop_path = StochasticDepth(drop_path_rate, name="drop_path", dtype=policy)
         self.norm2 = LayerNorm(name="norm2", dtype=policy)
-        self.fc1 = layers.Dense(
-            int(dim * mlp_ratio), kernel_initializer=_dense_initializer(), name="fc1", dtype=policy
-        )
-        self.fc2 = layers.Dense(
-            dim, kernel_initializer=_dense_initializer(), name="fc2", dtype=policy
-        )
+        self.fc1 = dense(int(dim * mlp_ratio), True, "fc1", policy)
+        self.fc2 = dense(dim, True, "fc2", policy)
 
     def build(self, input_shape):
         tokens_shape = (None, None, self.dim)
@@ -503,8 +514,7 @@ class CvTBlock(layers.Layer):
             x = ops.concatenate([inputs[1], x], axis=1)
         attn = self.attn(self.norm1(x), height=height, width=width, training=training)
         x = x + self.drop_path(attn, training=training)
-        activation = ops.silu if self.folded else quick_gelu
-        mlp = self.fc2(activation(self.fc1(self.norm2(ops.reshape(x, (-1, self.dim))))))
+        mlp = self.fc2(self.activation(self.fc1(self.norm2(ops.reshape(x, (-1, self.dim))))))
         x = x + self.drop_path(ops.reshape(mlp, ops.shape(x)), training=training)
         if not self.with_cls_token:
             return ops.reshape(x, (batch, height, width, self.dim))
@@ -523,8 +533,16 @@ class CvTBlock(layers.Layer):
             "mlp_ratio": self.mlp_ratio,
             "drop_path_rate": self.drop_path_rate,
             "with_cls_token": self.with_cls_token,
-            "folded": self.folded,
+            "attention_kernel_size": self.attention_kernel_size,
+            "q_stride": self.q_stride,
+            "kv_stride": self.kv_stride,
+            "attention_padding": self.attention_padding,
+            "qkv_bias": self.qkv_bias,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return _refuse_folded(cls, config)
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
@@ -542,9 +560,7 @@ class ClassToken(layers.Layer):
         self.dim = dim
 
     def build(self, input_shape):
-        self.token = self.add_weight(
-            shape=(1, 1, self.dim), initializer=_dense_initializer(), name="token"
-        )
+        self.token = self.add_weight(shape=(1, 1, self.dim), initializer=dense_initializer(), name="token")
 
     def call(self, x):
         token = ops.cast(self.token, self.compute_dtype)

@@ -4,8 +4,13 @@ import keras
 import numpy as np
 import pytest
 
+import os
+import subprocess
+import sys
+
 from keras_cvt import CvT, CvT13, CvTBlock, optimize_for_inference
-from tests.conftest import TINY_CONFIG
+from keras_cvt.inference.layers import FoldedConvAttention, FoldedCvTBlock
+from tests.conftest import ROOT, TINY_CONFIG
 
 
 def _tiny(weights, **kwargs):
@@ -44,7 +49,9 @@ def test_folded_structure_keeps_the_layer_names(tiny_reference):
     folded = optimize_for_inference(model)
     assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
     blocks = [layer for layer in folded.layers if isinstance(layer, CvTBlock)]
-    assert len(blocks) == sum(TINY_CONFIG["depths"]) and all(b.folded and b.attn.folded for b in blocks)
+    assert len(blocks) == sum(TINY_CONFIG["depths"])
+    assert all(type(b) is FoldedCvTBlock and type(b.attn) is FoldedConvAttention for b in blocks)
+    assert not any(isinstance(layer, FoldedCvTBlock) for layer in model.layers)
     paths = {v.path for v in folded.weights}
     assert not any("_bn/" in p for p in paths)
     assert "stage0_block0/attn/conv_proj_q/bias" in paths
@@ -72,7 +79,8 @@ def test_folded_model_saves_and_loads(tiny_reference, tmp_path):
     folded = optimize_for_inference(_tiny(path))
     folded.save(tmp_path / "folded.keras")
     restored = keras.saving.load_model(tmp_path / "folded.keras")
-    assert all(b.folded for b in restored.layers if isinstance(b, CvTBlock))
+    blocks = [b for b in restored.layers if isinstance(b, CvTBlock)]
+    assert blocks and all(type(b) is FoldedCvTBlock for b in blocks)
     np.testing.assert_allclose(restored.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-6)
 
 
@@ -99,3 +107,54 @@ def test_bad_arguments():
     model = CvT(**TINY_CONFIG, input_shape=(64, 64, 3))
     with pytest.raises(ValueError, match="`dtype` must be None or one of"):
         optimize_for_inference(model, dtype="int8")
+
+
+# Under JAX, the folded form imports no TensorFlow itself. Keras does, where TensorFlow is
+# installed, to serialise a layer config (`serialize_keras_object` asks `tf.available`), which
+# `optimize_for_inference` reads: the first import of TensorFlow must come from there.
+_TENSORFLOW_IMPORTS = """
+import sys, traceback
+import numpy as np
+
+importers = []
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" and not importers:
+            # The innermost frame outside the import machinery (and this spy) made the import.
+            frames = [f.filename for f in traceback.extract_stack()[:-1]]
+            importers.append([f for f in frames if "importlib" not in f and "module_utils" not in f][-1])
+
+sys.meta_path.insert(0, Spy())
+import keras_cvt
+import keras_cvt.inference
+import keras_cvt.inference.layers
+model = keras_cvt.CvT(depths=(1, 2, 2), embed_dims=(16, 32, 48), num_heads=(1, 2, 3),
+                      input_shape=(32, 32, 3), classes=4)
+x = np.random.RandomState(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+expected = np.asarray(model(x))
+assert not importers, importers
+folded = keras_cvt.optimize_for_inference(model)
+assert np.abs(np.asarray(folded(x)) - expected).max() < 1e-5
+print("first tensorflow import:", importers[0] if importers else None)
+"""
+
+
+@pytest.mark.slow
+def test_the_folded_form_imports_no_tensorflow():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", _TENSORFLOW_IMPORTS], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("first tensorflow import:")]
+    importer = line.split(":", 1)[1].strip()
+    if importer != "None":  # TensorFlow is installed: Keras' serialisation imported it
+        assert importer.endswith("keras/src/saving/serialization_lib.py"), importer
+
+
+def test_old_configs_load_or_are_refused_by_name():
+    config = CvTBlock(8, 2).get_config()
+    # Saved by keras_cvt before the folded form had classes of its own.
+    assert CvTBlock.from_config({**config, "folded": False}).get_config() == config
+    with pytest.raises(ValueError, match="folded inference form of an older keras_cvt"):
+        CvTBlock.from_config({**config, "folded": True})

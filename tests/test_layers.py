@@ -13,11 +13,10 @@ from keras_cvt import (
     ConvAttention,
     ConvEmbedding,
     CvTBlock,
-    HeadProjection,
     LayerNorm,
     StochasticDepth,
 )
-from keras_cvt.layers import NORM_EPSILON, quick_gelu, symmetric_pad
+from keras_cvt.layers import NORM_EPSILON, convolve, quick_gelu, symmetric_pad
 
 
 def _np(x):
@@ -118,13 +117,16 @@ def _np_attention(layer, tokens, height, width, scale=None):
         cls_token, tokens = tokens[:, :1], tokens[:, 1:]
     x_map = tokens.reshape(batch, height, width, dim)
     qkv = []
-    for part, stride in (("q", layer.q_stride), ("k", layer.kv_stride), ("v", layer.kv_stride)):
-        kernel = getattr(layer, f"conv_proj_{part}").get_weights()[0].astype("float64")
-        t = _np_depthwise(x_map, kernel, stride, layer.padding)
-        t = _np_batch_norm(t, getattr(layer, f"conv_proj_{part}_bn")).reshape(batch, -1, dim)
+    for conv, batch_norm, projection, stride in (
+        (layer.conv_proj_q, layer.conv_proj_q_bn, layer.proj_q, layer.q_stride),
+        (layer.conv_proj_k, layer.conv_proj_k_bn, layer.proj_k, layer.kv_stride),
+        (layer.conv_proj_v, layer.conv_proj_v_bn, layer.proj_v, layer.kv_stride),
+    ):
+        t = _np_depthwise(x_map, conv.get_weights()[0].astype("float64"), stride, layer.padding)
+        t = _np_batch_norm(t, batch_norm).reshape(batch, -1, dim)
         if layer.with_cls_token:
             t = np.concatenate([cls_token, t], axis=1)
-        t = _np_dense(t, getattr(layer, f"proj_{part}"))
+        t = _np_dense(t, projection)
         qkv.append(t.reshape(batch, -1, heads, dim // heads).transpose(0, 2, 1, 3))
     q, k, v = qkv
     weights = _np_softmax(q @ k.transpose(0, 1, 3, 2) * scale)
@@ -266,9 +268,10 @@ def test_conv_attention_strided_key_value_maps(kv_stride, height, width):
     layer(x, height=height, width=width)
     x_map = x.reshape(2, height, width, 12)
     expected = _torch_conv_size(height, 3, kv_stride, 1) * _torch_conv_size(width, 3, kv_stride, 1)
-    for part in "kv":
-        assert tuple(layer._project(part, x_map, 2, training=False).shape) == (2, expected, 12)
-    assert tuple(layer._project("q", x_map, 2, training=False).shape) == (2, height * width, 12)
+    for conv in (layer.conv_proj_k, layer.conv_proj_v):
+        out = convolve(conv, x_map, layer.padding)
+        assert int(np.prod(out.shape[1:3])) == expected and out.shape[-1] == 12
+    assert tuple(convolve(layer.conv_proj_q, x_map, layer.padding).shape) == (2, height, width, 12)
 
 
 def test_conv_attention_num_heads_must_divide_dim():
@@ -326,41 +329,17 @@ def test_conv_attention_config_roundtrip():
     _check_config_roundtrip(layer, kwargs, lambda l: l(x, height=7, width=5))
 
 
-# ---------------------------------------------------------------------------------------------
-# HeadProjection
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("heads, use_bias", [(3, True), (1, True), (2, False)])
-@pytest.mark.parametrize("batch, tokens", [(2, 7), (1, 1)])
-def test_head_projection_is_a_linear_layer_split_into_heads(heads, use_bias, batch, tokens):
-    dim, head_dim = 10, 4
-    layer = HeadProjection(heads, head_dim, use_bias=use_bias)
-    x = np.random.RandomState(7).normal(size=(batch, tokens, dim)).astype("float32")
-    layer(x)
-    _randomize(layer, 8)
-    out = _np(layer(x))
-    assert out.shape == (heads, batch, tokens, head_dim)
-    assert layer.compute_output_shape(x.shape) == out.shape
-    kernel = _np(layer.kernel).astype("float64")
-    assert kernel.shape == (heads, dim, head_dim)
-    # The Dense layer with kernel (dim, heads * head_dim), its output split into heads.
-    dense_kernel = kernel.transpose(1, 0, 2).reshape(dim, heads * head_dim)
-    expected = (x.astype("float64") @ dense_kernel).reshape(batch, tokens, heads, head_dim)
-    if use_bias:
-        expected = expected + _np(layer.bias).reshape(heads, head_dim)
-    else:
-        assert layer.bias is None and len(layer.weights) == 1
-    np.testing.assert_allclose(out, expected.transpose(2, 0, 1, 3), rtol=0, atol=1e-5)
-
-
-def test_head_projection_config_roundtrip():
-    kwargs = {"num_heads": 3, "head_dim": 5, "use_bias": False}
-    layer = HeadProjection(**kwargs)
-    x = np.random.RandomState(9).normal(size=(2, 6, 8)).astype("float32")
-    layer(x)
-    _randomize(layer, 10)
-    _check_config_roundtrip(layer, kwargs, lambda l: l(x))
+def test_conv_attention_weight_paths_are_those_of_the_weight_files():
+    # .weights.h5 files and the converter's variable map address the variables by these paths.
+    layer = ConvAttention(8, 2, name="attn")
+    layer(_attention_input(1, 4, 4, 8, False), height=4, width=4)
+    paths = [v.path for v in layer.weights]
+    expected = []
+    for part in "qkv":
+        expected += [f"attn/conv_proj_{part}/kernel"]
+        expected += [f"attn/conv_proj_{part}_bn/{name}" for name in ("gamma", "beta", "moving_mean", "moving_variance")]
+        expected += [f"attn/proj_{part}/kernel", f"attn/proj_{part}/bias"]
+    assert paths == expected + ["attn/proj/kernel", "attn/proj/bias"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,8 +407,22 @@ def test_cvt_block_drop_path_only_acts_in_training():
 
 
 def test_cvt_block_config_roundtrip():
-    kwargs = {"dim": 8, "num_heads": 4, "mlp_ratio": 3.0, "drop_path_rate": 0.2, "with_cls_token": True}
+    kwargs = {
+        "dim": 8,
+        "num_heads": 4,
+        "mlp_ratio": 3.0,
+        "drop_path_rate": 0.2,
+        "with_cls_token": True,
+        "attention_kernel_size": 5,
+        "q_stride": 1,
+        "kv_stride": 3,
+        "attention_padding": 2,
+        "qkv_bias": False,
+    }
     block = CvTBlock(**kwargs)
+    attention = block.attn
+    assert (attention.kernel_size, attention.q_stride, attention.kv_stride, attention.padding) == (5, 1, 3, 2)
+    assert not attention.qkv_bias
     rng = np.random.RandomState(3)
     inputs = [rng.normal(size=(2, 3, 5, 8)).astype("float32"), rng.normal(size=(2, 1, 8)).astype("float32")]
     block(inputs)

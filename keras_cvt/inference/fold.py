@@ -1,14 +1,13 @@
 """A CvT rewritten for fast inference: the same function with fewer operations.
 
 `optimize_for_inference(model)` returns a new model, built from `model`'s config with every
-`CvTBlock` in its folded form (`CvTBlock(folded=True)`), whose weights are computed from
-`model`'s:
+`CvTBlock` replaced by a `FoldedCvTBlock` of the same arguments (`keras_cvt.inference.layers`),
+whose weights are computed from `model`'s:
 
 - each attention BatchNorm (inference statistics) folded into its depthwise convolution,
   `w * gamma / sqrt(var + eps)` with the bias `beta - mean * gamma / sqrt(var + eps)`;
 - the attention scale folded into the query projection (`proj_q` kernel and bias);
-- k and v projected straight into attention heads (`keras_cvt.layers.HeadProjection`, no
-  transposes), the key bias dropped (it shifts each row of scores by a constant, which
+- k and v projected straight into attention heads (`HeadProjection`, no transposes), the key bias dropped (it shifts each row of scores by a constant, which
   softmax ignores) and the value bias folded into the output projection's bias (attention
   weights sum to 1 per row);
 - QuickGELU's 1.702 folded into `fc1` (times 1.702) and `fc2`'s kernel (divided by it), so that
@@ -24,6 +23,7 @@ so it is meant for inference; train the original model.
 import keras
 import numpy as np
 
+from keras_cvt.inference.layers import FoldedCvTBlock
 from keras_cvt.layers import QUICK_GELU_FACTOR, CvTBlock
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -51,23 +51,31 @@ def optimize_for_inference(model, dtype=None):
 
     config = model.get_config()
     for layer_config in config["layers"]:
-        if layer_config["class_name"].endswith("CvTBlock"):
-            layer_config["config"]["folded"] = True
+        if layer_config.get("registered_name") == _CVT_BLOCK:
+            layer_config.update(
+                class_name="FoldedCvTBlock",
+                registered_name=_FOLDED_CVT_BLOCK,
+                module=FoldedCvTBlock.__module__,
+            )
         if dtype is not None and layer_config["config"].get("name") != "predictions":
             layer_config["config"]["dtype"] = dtype
     optimized = model.__class__.from_config(config)
 
     for layer in model.layers:
         target = optimized.get_layer(layer.name)
-        if isinstance(layer, CvTBlock) and not layer.folded:
+        if isinstance(layer, CvTBlock) and not isinstance(layer, FoldedCvTBlock):
             _fold_block(layer, target)
         else:
             target.set_weights(layer.get_weights())
     return optimized
 
 
+_CVT_BLOCK = keras.saving.get_registered_name(CvTBlock)
+_FOLDED_CVT_BLOCK = keras.saving.get_registered_name(FoldedCvTBlock)
+
+
 def is_foldable(model):
-    """Whether `model` has `CvTBlock` layers for `optimize_for_inference` to fold."""
+    """Whether `model` has `CvTBlock` layers (folded or not) for `optimize_for_inference`."""
     return any(isinstance(layer, CvTBlock) for layer in model.layers)
 
 
@@ -75,34 +83,38 @@ def _fold_block(block, folded):
     for name in ("norm1", "norm2"):
         getattr(folded, name).set_weights(getattr(block, name).get_weights())
     attention, folded_attention = block.attn, folded.attn
-    for part in "qkv":
-        (kernel,) = getattr(attention, f"conv_proj_{part}").get_weights()
-        batch_norm = getattr(attention, f"conv_proj_{part}_bn")
+    for conv, batch_norm, folded_conv in (
+        (attention.conv_proj_q, attention.conv_proj_q_bn, folded_attention.conv_proj_q),
+        (attention.conv_proj_k, attention.conv_proj_k_bn, folded_attention.conv_proj_k),
+        (attention.conv_proj_v, attention.conv_proj_v_bn, folded_attention.conv_proj_v),
+    ):
+        (kernel,) = conv.get_weights()
         gamma, beta, mean, variance = (w.astype(np.float64) for w in batch_norm.get_weights())
         factor = gamma / np.sqrt(variance + batch_norm.epsilon)
-        conv = getattr(folded_attention, f"conv_proj_{part}")
         # Depthwise kernels are (height, width, channels, 1): one factor per channel. A larger
-        # folded kernel (a strided one, see `ConvAttention`) has a zero last row and column.
-        extra = conv.kernel.shape[0] - kernel.shape[0]
+        # folded kernel (a strided one, see `keras_cvt.layers.same_kernel_size`) has a zero last
+        # row and column.
+        extra = folded_conv.kernel.shape[0] - kernel.shape[0]
         kernel = np.pad(kernel * factor[:, None], [(0, extra), (0, extra), (0, 0), (0, 0)])
-        conv.set_weights([kernel, beta - mean * factor])
+        folded_conv.set_weights([kernel, beta - mean * factor])
+    folded_attention.proj_q.set_weights(
+        [w.astype(np.float64) * attention.scale for w in attention.proj_q.get_weights()]
+    )
     heads, head_dim = attention.num_heads, attention.dim // attention.num_heads
-    value_bias = None
-    for part in "qkv":
-        projection = getattr(attention, f"proj_{part}").get_weights()
-        if part == "q":
-            weights = [w.astype(np.float64) * attention.scale for w in projection]
-        else:
-            kernel, *bias = projection
-            # (dim, heads * head_dim) -> (heads, dim, head_dim): output column
-            # h * head_dim + j is head h's feature j, as `_split_heads` reads it.
-            weights = [kernel.reshape(-1, heads, head_dim).transpose(1, 0, 2)]
-            if part == "v" and bias:
-                value_bias = bias[0].astype(np.float64)
-        getattr(folded_attention, f"proj_{part}").set_weights(weights)
+    for projection, head_projection in (
+        (attention.proj_k, folded_attention.proj_k),
+        (attention.proj_v, folded_attention.proj_v),
+    ):
+        # (dim, heads * head_dim) -> (heads, dim, head_dim): output column h * head_dim + j is
+        # head h's feature j, as the training form splits it into heads.
+        kernel = projection.get_weights()[0]
+        head_projection.set_weights([kernel.reshape(-1, heads, head_dim).transpose(1, 0, 2)])
+    # The key bias is dropped (softmax ignores a constant added to a row of scores); the value
+    # bias goes through the attention unchanged (each row of weights sums to 1), into `proj`.
     kernel, bias = (w.astype(np.float64) for w in attention.proj.get_weights())
-    if value_bias is not None:
-        bias = bias + value_bias @ kernel
+    if attention.qkv_bias:
+        _, value_bias = attention.proj_v.get_weights()
+        bias = bias + value_bias.astype(np.float64) @ kernel
     folded_attention.proj.set_weights([kernel, bias])
     kernel, bias = block.fc1.get_weights()
     folded.fc1.set_weights([kernel * QUICK_GELU_FACTOR, bias * QUICK_GELU_FACTOR])

@@ -1,0 +1,92 @@
+"""keras_cvt.inference.layers: the folded layers one by one (their numbers against the training
+layers, through `optimize_for_inference`, are in test_inference.py and test_attention_options.py)."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_cvt
+from keras_cvt.inference.layers import FoldedConvAttention, FoldedCvTBlock, HeadProjection
+from tests.test_layers import _check_config_roundtrip, _np, _randomize
+
+
+def test_head_projection_is_the_public_name():
+    assert keras_cvt.HeadProjection is HeadProjection
+
+
+""" + open('/tmp/headproj_tests.py').read().split("# ---------------------------------------------------------------------------------------------\n\n\n",1)[1] + """
+
+
+@pytest.mark.parametrize(
+    "options, kernels, paddings",
+    [
+        # The published options: the strided k/v kernels one larger, "same".
+        ({}, (3, 4, 4), ("same", "same", "same")),
+        ({"kv_stride": 1}, (3, 3, 3), ("same", "same", "same")),
+        # Stride 3: "same" would place the windows otherwise; the map is padded instead.
+        ({"kernel_size": 5, "padding": 2, "kv_stride": 3}, (5, 5, 5), ("same", "valid", "valid")),
+        # Padding that is not (kernel - 1) / 2: never "same".
+        ({"kernel_size": 3, "padding": 0, "kv_stride": 2}, (3, 3, 3), ("valid", "valid", "valid")),
+    ],
+)
+def test_folded_attention_convolutions(options, kernels, paddings):
+    layer = FoldedConvAttention(12, 3, **options)
+    convs = (layer.conv_proj_q, layer.conv_proj_k, layer.conv_proj_v)
+    assert tuple(c.kernel_size[0] for c in convs) == kernels
+    assert tuple(c.padding for c in convs) == paddings
+    assert all(c.use_bias for c in convs)
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_folded_attention_weights(qkv_bias):
+    layer = FoldedConvAttention(12, 3, with_cls_token=True, qkv_bias=qkv_bias, name="attn")
+    x = np.random.RandomState(0).normal(size=(2, 1 + 5 * 7, 12)).astype("float32")
+    out = layer(x, height=5, width=7)
+    assert tuple(out.shape) == x.shape
+    paths = {v.path for v in layer.weights}
+    assert not any("_bn/" in p for p in paths)
+    assert ("attn/proj_q/bias" in paths) == qkv_bias
+    assert "attn/proj_k/bias" not in paths and "attn/proj_v/bias" not in paths
+    assert tuple(layer.proj_k.kernel.shape) == (3, 12, 4)
+
+
+def test_folded_attention_config_roundtrip():
+    kwargs = {
+        "dim": 8,
+        "num_heads": 2,
+        "with_cls_token": True,
+        "kernel_size": 5,
+        "q_stride": 1,
+        "kv_stride": 3,
+        "padding": 2,
+        "qkv_bias": False,
+    }
+    layer = FoldedConvAttention(**kwargs)
+    x = np.random.RandomState(1).normal(size=(2, 1 + 7 * 5, 8)).astype("float32")
+    layer(x, height=7, width=5)
+    _randomize(layer, 2)
+    _check_config_roundtrip(layer, kwargs, lambda l: l(x, height=7, width=5))
+
+
+def test_folded_block_config_roundtrip_and_activation():
+    kwargs = {
+        "dim": 8,
+        "num_heads": 4,
+        "mlp_ratio": 3.0,
+        "drop_path_rate": 0.0,
+        "with_cls_token": False,
+        "attention_kernel_size": 3,
+        "q_stride": 1,
+        "kv_stride": 2,
+        "attention_padding": 1,
+        "qkv_bias": True,
+    }
+    block = FoldedCvTBlock(**kwargs)
+    assert isinstance(block.attn, FoldedConvAttention)
+    hidden = np.linspace(-3, 3, 13).astype("float32")
+    np.testing.assert_allclose(_np(block.activation(hidden)), hidden / (1 + np.exp(-hidden)), atol=1e-6)
+    x = np.random.RandomState(3).normal(size=(2, 3, 5, 8)).astype("float32")
+    block(x)
+    _randomize(block, 4)
+    _check_config_roundtrip(block, kwargs, lambda l: l(x))
+    assert keras.saving.get_registered_name(FoldedCvTBlock) == "keras_cvt>FoldedCvTBlock"
