@@ -3,11 +3,10 @@
     python examples/evaluate.py --dataset imagenet2012 --split validation --model cvt13 --weights imagenet
     python examples/evaluate.py --image-folder flowers_val/ --weights runs/flowers/checkpoints/best.weights.h5
 
-Images go through the original evaluation transform (`keras_cvt.transforms`): bicubic resize
-of the short side to size / 0.875 and a centre crop for the 224 models, a straight resize for
-the 384 ones. With a pretrained name the checkpoint's own resolution and transform are used;
-with a `.weights.h5` path, `--image-size` and `--no-crop` choose them. The number of classes
-is read from the weights.
+Images go through the original evaluation transform of the weights
+(`keras_cvt.pretrained.transform_for`): with a pretrained name the checkpoint's own resolution,
+crop and filter, with a `.weights.h5` path the 224 models' centre crop; `--image-size` and
+`--no-crop` change them. The number of classes is read from the weights.
 """
 
 import argparse
@@ -15,7 +14,7 @@ import sys
 
 import keras
 
-from keras_cvt import pretrained, training
+from keras_cvt import training
 from keras_cvt.training import cli
 
 
@@ -29,7 +28,7 @@ def parse_args(argv=None):
     )
     cli.add_architecture_arguments(parser)
     parser.add_argument("--weights", default="imagenet", help="pretrained name or .weights.h5 path")
-    parser.add_argument("--image-size", type=int, default=224, help="input size for a weights path")
+    parser.add_argument("--image-size", type=int, help="input size (default: the weights')")
     parser.add_argument("--no-crop", action="store_true", help="resize straight to --image-size (384-style)")
     parser.add_argument("--batch-size", type=int, default=64, help="per replica")
     parser.add_argument("--strategy", choices=training.STRATEGIES, default="auto")
@@ -42,11 +41,8 @@ def run(args):
     """Returns `(top1, top5, number of images)`."""
     strategy = training.make_strategy(args.strategy)
     architecture = args.architecture
-    if not pretrained.is_pretrained_name(args.weights):
-        size, crop_ratio = args.image_size, None if args.no_crop else 0.875
-    else:
-        entry = pretrained.lookup(args.model, args.weights)
-        size, crop_ratio = entry.resolution, entry.crop_ratio
+    transform = cli.evaluation_transform(args, crop=not args.no_crop)
+    size = transform.size
     classes = training.head_classes(architecture, args.weights)
     if classes is None:
         raise SystemExit(f"--weights {args.weights} has no classifier to evaluate")
@@ -60,7 +56,7 @@ def run(args):
         source = training.image_folder_source(args.image_folder)
     if source.num_classes != classes:
         raise SystemExit(f"the data has {source.num_classes} classes, the weights' classifier {classes}")
-    data = training.eval_dataset(strategy, source, size, args.batch_size, crop_ratio)
+    data = training.eval_dataset(strategy, source, size, args.batch_size, transform.crop_ratio, transform.interpolation)
     with strategy.scope():
         model = training.build_model(architecture, classes, size, weights=args.weights)
         model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True), weighted_metrics=training.metrics())

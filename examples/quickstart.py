@@ -281,15 +281,18 @@ def run_digits(args, progress, weights):
 
 
 def run_pretrained(args, progress, weights):
-    from keras_cvt import export
+    import keras_cvt
+    from keras_cvt import pretrained
 
     progress.step(f"Loading CvT-13 with weights {args.weights}")
     try:
-        model = export.build_model("cvt13", args.weights)
+        # Any image size: the SavedModel resizes as the weights' evaluation transform says.
+        model = keras_cvt.CvT13(weights=args.weights, input_shape=(None, None, 3))
     except OSError as error:  # the hub's errors say how to download by hand
         print(f"quickstart: could not load CvT-13 weights {args.weights!r}: {error}", file=sys.stderr)
         return None, 2
-    image_size, crop_ratio = export.evaluation_settings("cvt13", args.weights)
+    transform = pretrained.transform_for("cvt13", args.weights)
+    image_size, crop_ratio = transform.size, transform.crop_ratio
 
     progress.step("Exporting for TF Serving and classifying the sample photos through serving_default")
     files = sorted(PHOTOS.glob("*.jpg"))

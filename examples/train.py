@@ -3,8 +3,8 @@
     python examples/train.py --dataset tf_flowers --weights imagenet --epochs 30 --output-dir runs/fl
     python examples/train.py --image-folder photos/ --model cvt21 --mixed-precision bfloat16 --output-dir runs/p
 
-Defaults are the original CvT recipe (AdamW, 2.5e-4 per 256 images, weight decay 0.05 (0.1 for
-cvt21/cvtw24) except on norms, biases and the class token, 5 warm-up epochs then cosine to 1e-5
+Defaults are the original CvT recipe (AdamW, 2.5e-4 per 256 images, the paper's weight decay of
+the variant except on norms, biases and the class token, 5 warm-up epochs then cosine to 1e-5
 over 300 epochs, label smoothing 0.1, stochastic depth of the variant, random resized
 crops and flips); see `keras_cvt.training`.
 
@@ -60,7 +60,8 @@ def parse_args(argv=None):
     model.add_argument(
         "--image-size",
         type=int,
-        help="training resolution (default: the pretrained weights' resolution, else 224)",
+        help="training resolution (default: the pretrained weights' resolution, else "
+        f"{pretrained.DEFAULT_TRANSFORM.size})",
     )
     model.add_argument("--drop-path-rate", type=float, help="stochastic depth (default: the variant's)")
 
@@ -81,7 +82,9 @@ def parse_args(argv=None):
     recipe.add_argument(
         "--weight-decay",
         type=float,
-        help="default: 0.05 for cvt13 and custom architectures, 0.1 for cvt21 and cvtw24 (the paper's)",
+        help="default: the paper's, "
+        + ", ".join(f"{name} {decay}" for name, decay in training.VARIANT_WEIGHT_DECAY.items())
+        + f", and {training.WEIGHT_DECAY} for custom architectures",
     )
     recipe.add_argument("--warmup-epochs", type=int, default=training.WARMUP_EPOCHS)
     recipe.add_argument("--warmup-learning-rate", type=float, default=training.WARMUP_LEARNING_RATE)
@@ -128,14 +131,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.architecture = cli.architecture(parser, args)
     return args
-
-
-def image_size(args):
-    if args.image_size:
-        return args.image_size
-    if args.weights and pretrained.is_pretrained_name(args.weights) and not args.depths:
-        return pretrained.lookup(args.model, args.weights).resolution
-    return 224
 
 
 def sources(args, multi_worker):
@@ -185,7 +180,9 @@ def run(args, callbacks=()):
         keras.mixed_precision.set_global_policy(f"mixed_{args.mixed_precision}")
 
     train_source, val_source = sources(args, multi_worker)
-    size = image_size(args)
+    # Validation sees the initial weights' evaluation transform (at --image-size if given).
+    transform = cli.evaluation_transform(args)
+    size = transform.size
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
     steps_per_epoch = args.steps_per_epoch or train_source.num_examples // global_batch
@@ -204,7 +201,7 @@ def run(args, callbacks=()):
     train_data = training.train_dataset(
         strategy, train_source, size, args.batch_size, augmentation, seed=args.seed
     )
-    val_data = training.eval_dataset(strategy, val_source, size, args.batch_size)
+    val_data = training.eval_dataset(strategy, val_source, size, args.batch_size, transform.crop_ratio, transform.interpolation)
     print(
         f"{replicas} replica(s), global batch {global_batch}, {steps_per_epoch} steps per epoch, "
         f"peak learning rate {peak_lr:.3g}, {train_source.num_classes} classes, {size}px",
@@ -229,7 +226,7 @@ def run(args, callbacks=()):
         )
         weight_decay = args.weight_decay
         if weight_decay is None:
-            weight_decay = training.WEIGHT_DECAY if args.depths else training.VARIANT_WEIGHT_DECAY[args.model]
+            weight_decay = training.weight_decay_for(args.architecture)
         optimizer = training.make_optimizer(model, schedule, weight_decay)
         training.compile_model(
             model, optimizer, args.label_smoothing, args.jit_compile, args.steps_per_execution

@@ -30,6 +30,9 @@ class Variant:
             original applies it to the last stage only, rising linearly from 0).
         weight_decay: the paper's AdamW weight decay for it (section 4.1).
         title: how papers and tables write its name.
+        published_params: its parameters in millions as the CvT model zoos list them: the
+            classifier's `count_params()` (BatchNorm moving statistics included), truncated
+            to 0.1M (the paper's Table 3 gives them rounded to 1M); None for unpublished ones.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Variant:
     drop_path_rate: float
     weight_decay: float
     title: str
+    published_params: float | None = None
 
     @property
     def config(self):
@@ -50,9 +54,9 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("cvt13", "CvT13", (1, 2, 10), (64, 192, 384), (1, 3, 6), 0.1, 0.05, "CvT-13"),
-        Variant("cvt21", "CvT21", (1, 4, 16), (64, 192, 384), (1, 3, 6), 0.1, 0.1, "CvT-21"),
-        Variant("cvtw24", "CvTW24", (2, 2, 20), (192, 768, 1024), (3, 12, 16), 0.3, 0.1, "CvT-W24"),
+        Variant("cvt13", "CvT13", (1, 2, 10), (64, 192, 384), (1, 3, 6), 0.1, 0.05, "CvT-13", 20.0),
+        Variant("cvt21", "CvT21", (1, 4, 16), (64, 192, 384), (1, 3, 6), 0.1, 0.1, "CvT-21", 31.6),
+        Variant("cvtw24", "CvTW24", (2, 2, 20), (192, 768, 1024), (3, 12, 16), 0.3, 0.1, "CvT-W24", 277.3),
     )
 }
 

@@ -100,9 +100,15 @@ ALIASES = {("cvtw24", "imagenet"): "imagenet22k-384"}
 def available_weights(variant=None):
     """The pretrained weights names, as a list of dicts (one per checkpoint).
 
+    Each dict holds the checkpoint's record: its `variant` and `weights` name, `resolution`,
+    `pretraining`, paper `top1`, hub `repo` and `revision`, and its evaluation `transform`
+    (`size`, `crop_ratio`, `interpolation`, `mean`, `std`: `EvaluationTransform`'s fields).
+
     Args:
-        variant: `"cvt13"`, `"cvt21"`, `"cvtw24"` or None for all.
+        variant: a name of `keras_cvt.architectures.VARIANTS` (`"cvt13"`, ...) or None for all.
     """
+    if variant is not None:
+        architectures.get(variant)
     return [
         {
             "variant": p.variant,
@@ -112,6 +118,7 @@ def available_weights(variant=None):
             "top1": p.top1,
             "repo": p.repo,
             "revision": p.revision,
+            "transform": dataclasses.asdict(p.transform),
         }
         for p in PRETRAINED
         if variant in (None, p.variant)
@@ -131,13 +138,13 @@ def lookup(variant, name):
     )
 
 
-def transform_for(variant, weights):
+def transform_for(variant, weights, **overrides):
     """The evaluation transform that goes with `weights` of `variant`: the checkpoint's for a
     pretrained name (ValueError for a name `variant` has not), `DEFAULT_TRANSFORM` for None or
-    a file."""
-    if is_pretrained_name(weights):
-        return lookup(variant, weights).transform
-    return DEFAULT_TRANSFORM
+    a file; `overrides` (`size=`, `crop_ratio=`, ...: what a user asked for instead) replace
+    its fields."""
+    transform = lookup(variant, weights).transform if is_pretrained_name(weights) else DEFAULT_TRANSFORM
+    return dataclasses.replace(transform, **overrides)
 
 
 def is_pretrained_name(weights):

@@ -104,21 +104,38 @@ def test_weight_decay_spares_exactly_norms_biases_and_class_token():
     )  # depthwise kernels decay, as in the original
 
 
-def test_learning_rate_schedule_warms_up_then_decays():
+def _recipe_rates(peak, total_steps, warmup_steps, warmup_lr, min_lr, steps):
+    """The recipe's schedule in float64: linear warm-up, then cosine to `min_lr`, then flat."""
+    steps = np.asarray(steps, np.float64)
+    progress = np.clip((steps - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+    cosine = min_lr + 0.5 * (peak - min_lr) * (1.0 + np.cos(np.pi * progress))
+    return np.where(steps < warmup_steps, warmup_lr + (peak - warmup_lr) * steps / max(warmup_steps, 1), cosine)
+
+
+def test_learning_rate_schedule_is_keras_cosine_decay_with_warmup():
     assert training.scaled_learning_rate(256) == pytest.approx(2.5e-4)
     assert training.scaled_learning_rate(2048) == pytest.approx(2e-3)
-    schedule = training.WarmupCosineDecay(
-        1e-3, total_steps=100, warmup_steps=10, warmup_learning_rate=1e-6, min_learning_rate=1e-5
-    )
-    lr = np.array([float(schedule(step)) for step in range(120)])
-    assert lr[0] == pytest.approx(1e-6)
-    assert lr[5] == pytest.approx(1e-6 + (1e-3 - 1e-6) / 2)
-    assert lr[10] == pytest.approx(1e-3)
-    assert lr[55] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
-    assert lr[100] == pytest.approx(1e-5) and lr[119] == pytest.approx(1e-5)
-    assert np.all(np.diff(lr[:11]) > 0) and np.all(np.diff(lr[10:101]) < 0)
-    restored = training.WarmupCosineDecay.from_config(schedule.get_config())
-    assert float(restored(37)) == pytest.approx(lr[37])
+    # The whole default recipe (300 epochs, 5 of warm-up) at 4 steps per epoch and a global
+    # batch of 2048, and 20 steps past its end.
+    peak, epochs, steps_per_epoch = training.scaled_learning_rate(2048), training.EPOCHS, 4
+    schedule = training.recipe_schedule(peak, epochs, steps_per_epoch)
+    assert type(schedule) is keras.optimizers.schedules.CosineDecay
+    total, warmup = epochs * steps_per_epoch, training.WARMUP_EPOCHS * steps_per_epoch
+    steps = np.arange(total + 20)
+    lr = np.array([float(schedule(step)) for step in steps])
+    exact = _recipe_rates(peak, total, warmup, training.WARMUP_LEARNING_RATE, training.MIN_LEARNING_RATE, steps)
+    # Float32 arithmetic: the cosine of a float32 fraction, times the peak; the rest is exact.
+    np.testing.assert_allclose(lr, exact, rtol=0, atol=8 * np.finfo(np.float32).eps * peak)
+    assert lr[0] == np.float32(training.WARMUP_LEARNING_RATE) and lr[warmup] == np.float32(peak)
+    assert np.all(lr[total:] == lr[total]) and lr[total] == pytest.approx(training.MIN_LEARNING_RATE, rel=1e-6)
+    assert np.all(np.diff(lr[: warmup + 1]) > 0) and np.all(np.diff(lr[warmup : total + 1]) <= 0)
+    # The hand-written schedule it replaced (keras_cvt 0.2) computed the same formula.
+    old = np.array([_keras_cvt_0_2_schedule(peak, total, warmup, step) for step in steps])
+    np.testing.assert_allclose(lr, old, rtol=0, atol=8 * np.finfo(np.float32).eps * peak)
+    # Saved and loaded by Keras alone: no keras_cvt class in its config.
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert [float(restored(s)) for s in (0, 37, total)] == [lr[0], lr[37], lr[total]]
+
     # A small batch scales the peak below the recipe's absolute floor: the floor gives way.
     peak = training.scaled_learning_rate(8)
     small = np.array(
@@ -127,6 +144,51 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert peak < training.MIN_LEARNING_RATE
     assert small[0] == pytest.approx(training.WARMUP_LEARNING_RATE)
     np.testing.assert_allclose(small[20:], peak, rtol=1e-6)  # flat at the peak, never rising above it
+    # All warm-up (epochs <= warm-up epochs): the floor one step after the end, as before.
+    short = training.recipe_schedule(1e-3, epochs=2, steps_per_epoch=3)
+    rates = [float(short(step)) for step in range(8)]
+    np.testing.assert_allclose(rates, _recipe_rates(1e-3, 6, 6, 1e-6, 1e-5, range(8)), rtol=1e-6)
+    assert rates[6] == pytest.approx(1e-3) and rates[7] == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="`total_steps` must be an integer >= 1"):
+        training.recipe_schedule(1e-3, epochs=0, steps_per_epoch=3)
+
+
+def _keras_cvt_0_2_schedule(peak, total, warmup, step, warmup_lr=1e-6, min_lr=1e-5):
+    """keras_cvt 0.2's WarmupCosineDecay.__call__, as it was, in float32."""
+    step = tf.cast(step, tf.float32)
+    rising = warmup_lr + (peak - warmup_lr) * step / max(warmup, 1)
+    progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    cosine = min_lr + 0.5 * (peak - min_lr) * (1.0 + tf.cos(np.pi * progress))
+    return float(tf.where(step < warmup, rising, cosine))
+
+
+def test_warmup_cosine_decay_keeps_its_name_and_saved_configs():
+    # The class of keras_cvt 0.2, now Keras' CosineDecay under its arguments: its configs,
+    # in optimizers saved then, still load and give the same rates.
+    config = {
+        "peak_learning_rate": 1e-3,
+        "total_steps": 100,
+        "warmup_steps": 10,
+        "warmup_learning_rate": 1e-6,
+        "min_learning_rate": 1e-5,
+    }
+    # What keras.optimizers.schedules.serialize wrote for it then.
+    saved = {
+        "module": "keras_cvt.training.recipe",
+        "class_name": "WarmupCosineDecay",
+        "config": config,
+        "registered_name": "keras_cvt>WarmupCosineDecay",
+    }
+    schedule = keras.optimizers.schedules.deserialize(saved)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert schedule.get_config() == config
+    lr = np.array([float(schedule(step)) for step in range(120)])
+    np.testing.assert_allclose(lr, _recipe_rates(1e-3, 100, 10, 1e-6, 1e-5, range(120)), rtol=0, atol=1e-9)
+    assert lr[5] == pytest.approx(1e-6 + (1e-3 - 1e-6) / 2) and lr[55] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
+    restored = training.WarmupCosineDecay.from_config(schedule.get_config())
+    assert float(restored(37)) == lr[37]
+    with pytest.raises(ValueError, match="`warmup_steps` must be <= `total_steps`"):
+        training.WarmupCosineDecay(1e-3, total_steps=10, warmup_steps=11)
 
 
 def test_random_resized_crop_follows_torchvision():

@@ -7,22 +7,26 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from keras_cvt import pretrained
 from keras_cvt.images import decode_image, inspect_encoded_image, load_image
-from keras_cvt.transforms import evaluation_resize_size, evaluation_transform, evaluation_transform_for
+from keras_cvt.transforms import evaluation_resize_size, evaluation_transform, evaluation_transform_for, from_record
+
+PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
 
-def _pil_reference(image, size, crop_ratio):
-    """torchvision's Resize(int | (size, size), BICUBIC) + CenterCrop, on a PIL image."""
+def _pil_reference(image, size, crop_ratio, interpolation="bicubic"):
+    """torchvision's Resize(int | (size, size), filter) + CenterCrop, on a PIL image."""
     pil = Image.fromarray(image)
+    resample = PIL_FILTERS[interpolation]
     if crop_ratio is None:
-        return np.asarray(pil.resize((size, size), Image.BICUBIC))
+        return np.asarray(pil.resize((size, size), resample))
     width, height = pil.size
     short = int(size / crop_ratio)
     if width <= height:
         new_size = (short, int(short * height / width))
     else:
         new_size = (int(short * width / height), short)
-    resized = np.asarray(pil.resize(new_size, Image.BICUBIC))
+    resized = np.asarray(pil.resize(new_size, resample))
     top = int(round((new_size[1] - size) / 2.0))
     left = int(round((new_size[0] - size) / 2.0))
     return resized[top : top + size, left : left + size]
@@ -48,10 +52,26 @@ def test_matches_pil_within_one_level(shape, size, crop_ratio):
     assert difference.mean() <= 0.5
 
 
+def test_the_records_filter_is_used():
+    # The record's `interpolation` reaches the resize: bilinear matches PIL's bilinear, and
+    # differs from the bicubic default.
+    image = _photo_like(375, 500)
+    record = pretrained.EvaluationTransform(224, 0.875, "bilinear")
+    ours = from_record(record)(image).numpy()
+    reference = _pil_reference(image, 224, 0.875, "bilinear").astype(np.float32)
+    assert np.abs(ours - reference).max() <= 2.0 and np.abs(ours - reference).mean() <= 0.5
+    assert np.abs(ours - evaluation_transform(224, 0.875)(image).numpy()).max() > 2.0
+
+
 def test_transform_for_pretrained_weights():
     image = _photo_like(300, 400)
     assert evaluation_transform_for("cvt13", "imagenet")(image).shape == (224, 224, 3)
     assert evaluation_transform_for("cvt21", "imagenet-384")(image).shape == (384, 384, 3)
+    for p in pretrained.PRETRAINED:
+        np.testing.assert_array_equal(
+            evaluation_transform_for(p.variant, p.name)(image).numpy(),
+            evaluation_transform(p.resolution, p.transform.crop_ratio)(image).numpy(),
+        )
     with pytest.raises(ValueError, match="weights"):
         evaluation_transform_for("cvtw24", "imagenet-384")
 
@@ -78,6 +98,10 @@ def test_bad_arguments():
         evaluation_transform(0)
     with pytest.raises(ValueError, match="crop_ratio"):
         evaluation_transform(224, crop_ratio=1.5)
+    with pytest.raises(ValueError, match=r"`interpolation` must be one of \('bicubic', 'bilinear'\), got interpolation='lanczos'"):
+        evaluation_transform(224, interpolation="lanczos")
+    with pytest.raises(TypeError, match="`transform` must be a keras_cvt.pretrained.EvaluationTransform, got 224"):
+        from_record(224)
 
 
 def _encode(image, fmt, **options):

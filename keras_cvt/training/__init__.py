@@ -12,7 +12,8 @@ together; each piece also works on its own:
   augmentation, prefetching, one shard per input pipeline through `tf.distribute.InputContext`).
 - `build_model`: a CvT from scratch, or fine-tuning from `.weights.h5` / pretrained weights with
   a new classifier for another number of classes.
-- `WarmupCosineDecay`, `make_optimizer`, `compile_model`: the original recipe.
+- `recipe_schedule` (Keras' `CosineDecay` with warm-up), `weight_decay_for`, `make_optimizer`,
+  `compile_model`: the original recipe.
 - `prepare_for_strategy`: workarounds for Keras 3 under `tf.distribute`, keras-team/keras#20585
   (multi-worker training) included.
 - `fit`: `model.fit` that can be killed anywhere and run again: backups every N steps that
@@ -25,7 +26,8 @@ together; each piece also works on its own:
 The recipe is the original's (microsoft/CvT `experiments/imagenet/cvt/cvt-13-224x224.yaml`,
 `lib/config/default.py`, `lib/optim/build.py`, timm's cosine scheduler): AdamW, learning rate
 2.5e-4 per 256 images (the yaml's `TRAIN.LR` for 256 images per GPU, multiplied by the number of
-GPUs), weight decay 0.05 except on norms, biases and the class token, 5 warm-up epochs from
+GPUs), the paper's weight decay of each variant (its `keras_cvt.architectures` record; `WEIGHT_DECAY` for
+custom architectures) except on norms, biases and the class token, 5 warm-up epochs from
 1e-6, cosine decay to 1e-5 over 300 epochs, label smoothing 0.1, stochastic depth from the
 builder, random resized crops (scale 0.08-1, ratio 3/4-4/3) and horizontal flips.
 """
@@ -76,6 +78,7 @@ from keras_cvt.training.recipe import (
     no_weight_decay_variables,
     recipe_schedule,
     scaled_learning_rate,
+    weight_decay_for,
 )
 from keras_cvt.training.strategy import (
     STRATEGIES,

@@ -1,5 +1,8 @@
 """Command-line arguments that examples/train.py and examples/evaluate.py share."""
 
+import dataclasses
+
+from keras_cvt import pretrained
 from keras_cvt.architectures import VARIANTS
 
 
@@ -47,3 +50,16 @@ def architecture(parser, args):
     if not all(custom):
         parser.error("--depths, --embed-dims and --num-heads go together")
     return {"depths": args.depths, "embed_dims": args.embed_dims, "num_heads": args.num_heads}
+
+
+def evaluation_transform(args, crop=True):
+    """The evaluation transform of `--weights` (`keras_cvt.pretrained.transform_for` of
+    `--model`; a custom architecture has no pretrained weights of its own), at `--image-size`
+    when given, and resizing straight to it without `crop`."""
+    if args.depths:
+        transform = pretrained.DEFAULT_TRANSFORM
+    else:
+        transform = pretrained.transform_for(args.model, args.weights)
+    if args.image_size:
+        transform = dataclasses.replace(transform, size=args.image_size)
+    return transform if crop else dataclasses.replace(transform, crop_ratio=None)

@@ -14,10 +14,10 @@ import warnings
 
 import h5py
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_cvt import atomic
+from keras_cvt.arguments import check_integer
 from keras_cvt.training.strategy import is_chief, task
 
 MONITOR = "val_top1"
@@ -314,11 +314,6 @@ def _as_json(parameters):
         ) from None
 
 
-def _check_count(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {name}={value!r}")
-
-
 def fit(
     model,
     train_data,
@@ -371,9 +366,9 @@ def fit(
     resumed: `(0, 0)` for a fresh start, `(epochs, 0)` with an empty history for a run that had
     already completed.
     """
-    _check_count("epochs", epochs, 1)
-    _check_count("steps_per_epoch", steps_per_epoch, 1)
-    _check_count("backup_every", backup_every, 0)
+    epochs = check_integer("epochs", epochs, 1)
+    steps_per_epoch = check_integer("steps_per_epoch", steps_per_epoch, 1)
+    backup_every = check_integer("backup_every", backup_every, 0)
     run = _as_json(parameters)
     reserved = [key for key in RESERVED_PARAMETERS if key in run]
     if reserved:

@@ -143,12 +143,21 @@ def _batch_augmentation(augmentation):
     return apply
 
 
-def eval_dataset(strategy, source, image_size, per_replica_batch_size, crop_ratio=DEFAULT_TRANSFORM.crop_ratio):
+def eval_dataset(
+    strategy,
+    source,
+    image_size,
+    per_replica_batch_size,
+    crop_ratio=DEFAULT_TRANSFORM.crop_ratio,
+    interpolation=DEFAULT_TRANSFORM.interpolation,
+):
     """The distributed evaluation input: every image once, with the original evaluation transform.
 
-    `keras_cvt.transforms.evaluation_transform(image_size, crop_ratio)`: bicubic resize of the
-    short side to `image_size / crop_ratio` and centre crop (`crop_ratio=None`: straight resize,
-    the 384 models' transform). Elements are `(images, one-hot labels, sample weights)`.
+    `keras_cvt.transforms.evaluation_transform(image_size, crop_ratio, interpolation)`: resize
+    of the short side to `image_size / crop_ratio` and centre crop (`crop_ratio=None`: straight
+    resize, the 384 models' transform); the defaults are `DEFAULT_TRANSFORM`'s, and
+    `keras_cvt.pretrained.transform_for` gives a checkpoint's. Elements are
+    `(images, one-hot labels, sample weights)`.
 
     With several replicas each input pipeline pads its shard with blank images of weight 0 to
     the same whole number of full batches per replica, so accuracies are exact and no replica
@@ -156,7 +165,7 @@ def eval_dataset(strategy, source, image_size, per_replica_batch_size, crop_rati
     empty batch, and under `MultiWorkerMirroredStrategy` workers with fewer batches than
     others would otherwise get empty ones. (The loss averages over the padding too.)
     """
-    transform = transforms.evaluation_transform(image_size, crop_ratio)
+    transform = transforms.evaluation_transform(image_size, crop_ratio, interpolation)
     replicas = strategy.num_replicas_in_sync
 
     def dataset_fn(context):

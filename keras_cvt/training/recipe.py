@@ -1,18 +1,16 @@
 """The original training recipe: constants, learning rate schedule, optimizer, loss and metrics."""
 
-import math
-
 import keras
-from keras import ops
 
-from keras_cvt.architectures import VARIANTS
+from keras_cvt import architectures
+from keras_cvt.arguments import check_integer
 
 
 BASE_LEARNING_RATE = 2.5e-4
 BASE_BATCH_SIZE = 256
 WEIGHT_DECAY = 0.05
 # The paper's weight decay per variant (section 4.1), from the variants' records.
-VARIANT_WEIGHT_DECAY = {name: variant.weight_decay for name, variant in VARIANTS.items()}
+VARIANT_WEIGHT_DECAY = {name: variant.weight_decay for name, variant in architectures.VARIANTS.items()}
 EPOCHS = 300
 WARMUP_EPOCHS = 5
 WARMUP_LEARNING_RATE = 1e-6
@@ -33,55 +31,69 @@ CUTMIX_ALPHA = 1.0
 NO_WEIGHT_DECAY_NAMES = ("gamma", "beta", "bias", "token")
 
 
+def weight_decay_for(architecture):
+    """The paper's weight decay for a variant name (its record's), `WEIGHT_DECAY` for a custom
+    architecture (a dict of `keras_cvt.CvT` arguments)."""
+    if isinstance(architecture, str):
+        return architectures.get(architecture).weight_decay
+    return WEIGHT_DECAY
+
+
 def scaled_learning_rate(global_batch_size, base_learning_rate=BASE_LEARNING_RATE):
     """The original's linear scaling: `base_learning_rate` per 256 images."""
     return base_learning_rate * global_batch_size / BASE_BATCH_SIZE
 
 
+def _cosine_decay_arguments(
+    peak_learning_rate, total_steps, warmup_steps=0, warmup_learning_rate=0.0, min_learning_rate=0.0
+):
+    """`keras.optimizers.schedules.CosineDecay` arguments for a linear warm-up from
+    `warmup_learning_rate` to `peak_learning_rate` over `warmup_steps`, then a cosine decay to
+    `min_learning_rate` at `total_steps`."""
+    total_steps = check_integer("total_steps", total_steps, 1)
+    warmup_steps = check_integer("warmup_steps", warmup_steps, 0)
+    if warmup_steps > total_steps:
+        raise ValueError(
+            f"`warmup_steps` must be <= `total_steps`, got warmup_steps={warmup_steps}, total_steps={total_steps}"
+        )
+    peak_learning_rate = float(peak_learning_rate)
+    return {
+        "initial_learning_rate": float(warmup_learning_rate),
+        "warmup_target": peak_learning_rate,
+        "warmup_steps": warmup_steps,
+        # CosineDecay refuses 0 decay steps; with 1, a schedule that is all warm-up reaches
+        # the floor one step after its end, as the cosine of 0 steps would.
+        "decay_steps": max(total_steps - warmup_steps, 1),
+        "alpha": float(min_learning_rate) / peak_learning_rate if peak_learning_rate else 0.0,
+    }
+
+
 @keras.saving.register_keras_serializable(package="keras_cvt")
-class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     """Linear warm-up from `warmup_learning_rate`, then cosine decay to `min_learning_rate`.
 
-    Per optimizer step. At step 0 the rate is `warmup_learning_rate`; it reaches
-    `peak_learning_rate` at `warmup_steps` and `min_learning_rate` at `total_steps`, and stays
-    there after. (timm's scheduler, which the original used, changes the rate per epoch.)
+    Keras' `CosineDecay` with warm-up (which `recipe_schedule` returns), under the arguments
+    of keras_cvt 0.2, whose saved optimizer configs name this class. Per optimizer step: at
+    step 0 the rate is `warmup_learning_rate`; it reaches `peak_learning_rate` at
+    `warmup_steps` and `min_learning_rate` at `total_steps`, and stays there after. (timm's
+    scheduler, which the original used, changes the rate per epoch.)
     """
 
     def __init__(
         self, peak_learning_rate, total_steps, warmup_steps=0, warmup_learning_rate=0.0, min_learning_rate=0.0
     ):
-        if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
-            raise ValueError(
-                f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got "
-                f"total_steps={total_steps}, warmup_steps={warmup_steps}"
-            )
-        self.peak_learning_rate = float(peak_learning_rate)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_learning_rate = float(warmup_learning_rate)
-        self.min_learning_rate = float(min_learning_rate)
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warmup = self.warmup_learning_rate + (
-            self.peak_learning_rate - self.warmup_learning_rate
-        ) * step / max(self.warmup_steps, 1)
-        progress = ops.clip(
-            (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0
-        )
-        cosine = self.min_learning_rate + 0.5 * (self.peak_learning_rate - self.min_learning_rate) * (
-            1.0 + ops.cos(math.pi * progress)
-        )
-        return ops.where(step < self.warmup_steps, warmup, cosine)
+        arguments = {
+            "peak_learning_rate": peak_learning_rate,
+            "total_steps": total_steps,
+            "warmup_steps": warmup_steps,
+            "warmup_learning_rate": warmup_learning_rate,
+            "min_learning_rate": min_learning_rate,
+        }
+        super().__init__(**_cosine_decay_arguments(**arguments), name="WarmupCosineDecay")
+        self._arguments = arguments
 
     def get_config(self):
-        return {
-            "peak_learning_rate": self.peak_learning_rate,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "warmup_learning_rate": self.warmup_learning_rate,
-            "min_learning_rate": self.min_learning_rate,
-        }
+        return dict(self._arguments)
 
 
 def recipe_schedule(
@@ -92,14 +104,17 @@ def recipe_schedule(
     warmup_learning_rate=WARMUP_LEARNING_RATE,
     min_learning_rate=MIN_LEARNING_RATE,
 ):
-    """The original's schedule in steps. The recipe's absolute warm-up start and floor are
-    capped at the peak, which a small batch can bring below them."""
-    return WarmupCosineDecay(
-        peak_learning_rate,
-        total_steps=epochs * steps_per_epoch,
-        warmup_steps=min(warmup_epochs, epochs) * steps_per_epoch,
-        warmup_learning_rate=min(warmup_learning_rate, peak_learning_rate),
-        min_learning_rate=min(min_learning_rate, peak_learning_rate),
+    """The original's schedule in steps, as a `keras.optimizers.schedules.CosineDecay` with
+    warm-up. The recipe's absolute warm-up start and floor are capped at the peak, which a
+    small batch can bring below them."""
+    return keras.optimizers.schedules.CosineDecay(
+        **_cosine_decay_arguments(
+            peak_learning_rate,
+            total_steps=epochs * steps_per_epoch,
+            warmup_steps=min(warmup_epochs, epochs) * steps_per_epoch,
+            warmup_learning_rate=min(warmup_learning_rate, peak_learning_rate),
+            min_learning_rate=min(min_learning_rate, peak_learning_rate),
+        )
     )
 
 
