@@ -41,6 +41,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.flops import forward_macs  # noqa: E402
+from benchmarks.perturbation import perturb  # noqa: E402
 from keras_cvt import MODEL_CONFIGS, CvT, freeze_for_inference, optimize_for_inference  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -126,18 +127,6 @@ def keras_model(config, size, classes=1000):
     )
     perturb(model.weights, lambda w: w.numpy(), lambda w, v: w.assign(v), lambda w: w.path)
     return model
-
-
-def perturb(weights, read, write, name, seed=0):
-    """Adds small noise to every weight, positive to BatchNorm variances. Fresh initialisers
-    give zero biases and unit scales, which a graph optimiser deletes from a graph whose weights
-    are constants (`freeze_for_inference`); trained weights have none, so neither may the
-    benchmark's. Both sides are perturbed alike."""
-    rng = np.random.default_rng(seed)
-    for w in weights:
-        value = read(w)
-        noise = rng.normal(0.0, 0.02, value.shape).astype(value.dtype)
-        write(w, value + (np.abs(noise) if "var" in name(w) else noise))
 
 
 def repeated(fn, calls):

@@ -1,0 +1,392 @@
+"""keras_cvt's deployment paths against HuggingFace's CvT on the runtimes users deploy to.
+
+    python benchmarks/runtimes.py [--model cvt13] [--size 224] [--rounds 9] [--latency-calls 10]
+
+Measures, in one run, batch-1 latency and batch-32 throughput of
+
+- ours: TensorFlow, `freeze_for_inference(optimize_for_inference(m))` in float32 (the common
+  reference) and in bfloat16; the `keras_cvt.export` files on ONNX Runtime, OpenVINO (float32
+  and bfloat16 inference precision) and LiteRT (XNNPACK);
+- HuggingFace's `CvtForImageClassification` with the same weights: PyTorch eager,
+  `torch.compile`, PyTorch bfloat16 autocast, and its ONNX file (`torch.onnx.export`) on ONNX
+  Runtime and OpenVINO (float32 and bfloat16).
+
+Both sides have every weight moved off its initial value (as trained weights are: see
+`bench.perturb`); ours are converted from HF's by `weights_conversion.convert`, and the run
+first checks that the two give the same logits. Ours take pixels in [0, 255] with the
+normalisation (and, for the export files, the softmax) inside; HF's take normalised pixels.
+The export files have a fixed height and width (`--size`) and a free batch, as HF's ONNX file.
+
+Each system runs in a process of its own, started when its turn comes, beside the process of
+the reference; every sample of a system is taken between two samples of the reference and
+divided by their mean, which cancels the drifts of a shared machine's speed (tens of percent
+within a minute). A batch-1 sample is the median of `--latency-calls` calls; a batch-32 sample
+is one call. The table gives each system's median sample and the median of its bracketed
+ratios; "time / ours" and "images/s / ours" are against the reference. Written as JSON to
+benchmarks/results/runtimes_<model>_<size>.json.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.perturbation import perturb  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+REFERENCE = "ours_tf_frozen_f32"
+# (name, side, precision, what it is)
+SYSTEMS = (
+    (REFERENCE, "ours", "f32", "TensorFlow, freeze_for_inference(optimize_for_inference(m))"),
+    ("ours_tf_frozen_bf16", "ours", "bf16", "the same, optimize_for_inference(m, dtype='bfloat16')"),
+    ("ours_onnxruntime", "ours", "f32", "export(format='onnx') on ONNX Runtime"),
+    ("ours_openvino_f32", "ours", "f32", "export(format='openvino'), OpenVINO float32"),
+    ("ours_openvino_bf16", "ours", "bf16", "the same, OpenVINO bfloat16"),
+    ("ours_litert", "ours", "f32", "export(format='tflite') on LiteRT (XNNPACK)"),
+    ("hf_torch_eager", "hf", "f32", "PyTorch eager"),
+    ("hf_torch_compile", "hf", "f32", "torch.compile"),
+    ("hf_torch_bf16", "hf", "bf16", "PyTorch bfloat16 autocast"),
+    ("hf_onnxruntime", "hf", "f32", "torch.onnx.export on ONNX Runtime"),
+    ("hf_openvino_f32", "hf", "f32", "the same ONNX file, OpenVINO float32"),
+    ("hf_openvino_bf16", "hf", "bf16", "the same, OpenVINO bfloat16"),
+)
+BATCHES = (1, 32)
+PAUSE = 0.2  # seconds between two processes' samples: their spinning thread pools go idle
+
+
+def prepare(directory, variant, size):
+    """Writes HF's perturbed checkpoint, our converted weights, our export files and HF's ONNX
+    file into `directory`; returns the largest logit difference between the two models."""
+    import torch
+    from transformers import CvtConfig, CvtForImageClassification
+
+    from keras_cvt import architectures, builder
+    from keras_cvt.export import export
+    from keras_cvt.preprocessing import imagenet_normalize
+    from weights_conversion import convert
+
+    def normalised_nchw(pixels):
+        return np.ascontiguousarray(imagenet_normalize(pixels).transpose(0, 3, 1, 2))
+
+    config = architectures.VARIANTS[variant].config
+    hf = CvtForImageClassification(
+        CvtConfig(
+            embed_dim=list(config["embed_dims"]),
+            depth=list(config["depths"]),
+            num_heads=list(config["num_heads"]),
+            num_labels=1000,
+        )
+    ).eval()
+    with torch.no_grad():
+        floating = [(n, t) for n, t in hf.state_dict().items() if t.is_floating_point()]
+        perturb(floating, lambda w: w[1].numpy(), lambda w, v: w[1].copy_(torch.from_numpy(v)), lambda w: w[0])
+    hf.save_pretrained(directory / "hf")
+    weights = directory / "ours.weights.h5"
+    convert(directory / "hf" / "model.safetensors", weights, model=variant)
+    ours = builder.CvT(**config, weights=str(weights), input_shape=(size, size, 3), classifier_activation=None)
+    rng = np.random.default_rng(0)
+    # The inputs of the workers, which then need neither Keras nor keras_cvt.
+    for b in BATCHES:
+        pixels = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
+        np.save(directory / f"pixels_{b}.npy", pixels)
+        np.save(directory / f"normalised_{b}.npy", normalised_nchw(pixels))
+    with torch.inference_mode():
+        theirs = hf(torch.from_numpy(normalised_nchw(pixels))).logits.numpy()
+    difference = float(np.abs(ours.predict(pixels, verbose=0) - theirs).max())
+    for name, suffix in (("onnx", ".onnx"), ("openvino", ".xml"), ("tflite", ".tflite")):
+        export(ours, directory / f"ours{suffix}", format=name, input_size=size)
+    torch.onnx.export(
+        hf,
+        (torch.from_numpy(normalised_nchw(pixels[:1])),),
+        str(directory / "hf.onnx"),
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return difference
+
+
+def load(system, directory, variant, size):
+    """A function `batch -> output` of `system`, its inputs made once per batch."""
+    threads = os.cpu_count()
+    pixels = {b: np.load(directory / f"pixels_{b}.npy") for b in BATCHES}
+    normalised = {b: np.load(directory / f"normalised_{b}.npy") for b in BATCHES}
+    if system.startswith("ours_tf"):
+        import tensorflow as tf
+
+        from keras_cvt import architectures, builder, freeze_for_inference, optimize_for_inference
+
+        model = builder.CvT(
+            **architectures.VARIANTS[variant].config,
+            weights=str(directory / "ours.weights.h5"),
+            input_shape=(size, size, 3),
+            classifier_activation=None,
+        )
+        frozen = freeze_for_inference(optimize_for_inference(model, dtype="bfloat16" if "bf16" in system else None))
+        inputs = {b: tf.constant(x) for b, x in pixels.items()}
+        return lambda b: frozen(inputs[b]).numpy()
+    if system.startswith("hf_torch"):
+        import torch
+        from transformers import CvtForImageClassification
+
+        torch.set_num_threads(threads)
+        model = CvtForImageClassification.from_pretrained(directory / "hf").eval()
+        inputs = {b: torch.from_numpy(x) for b, x in normalised.items()}
+        forward = torch.compile(model) if system == "hf_torch_compile" else model
+
+        def run(b):
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=system == "hf_torch_bf16"):
+                return forward(pixel_values=inputs[b]).logits.float().numpy()
+
+        return run
+    ours = system.startswith("ours_")
+    feeds = {b: {"pixels": pixels[b]} if ours else {"pixel_values": normalised[b]} for b in BATCHES}
+    if system.endswith("onnxruntime"):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(
+            str(directory / ("ours.onnx" if ours else "hf.onnx")), options, providers=["CPUExecutionProvider"]
+        )
+        return lambda b: session.run(None, feeds[b])[0]
+    if "openvino" in system:
+        import openvino
+
+        precision = "bf16" if system.endswith("bf16") else "f32"
+        compiled = openvino.Core().compile_model(
+            str(directory / ("ours.xml" if ours else "hf.onnx")),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"},
+        )
+        request = compiled.create_infer_request()
+        return lambda b: request.infer(feeds[b])[0]
+    if system == "ours_litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(directory / "ours.tflite"), num_threads=threads).get_signature_runner()
+        return lambda b: runner(**feeds[b])["probabilities"]
+    raise ValueError(f"unknown system {system!r}")
+
+
+def worker(system, directory, variant, size):
+    """Serves timing requests on stdin: `batch calls` -> the median seconds of `calls` calls."""
+    run = load(system, pathlib.Path(directory), variant, size)
+    for b in BATCHES:  # warm-up: compilation, memory plans, caches
+        for _ in range(3):
+            run(b)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        batch, calls = map(int, line.split())
+        seconds = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            run(batch)
+            seconds.append(time.perf_counter() - start)
+        print(statistics.median(seconds), flush=True)
+
+
+class Process:
+    def __init__(self, system, args, directory):
+        self.system = system
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                system,
+                "--directory",
+                str(directory),
+                "--model",
+                args.model,
+                "--size",
+                str(args.size),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{system} did not start (exit status {self.process.wait()})")
+
+    def sample(self, batch, calls):
+        time.sleep(PAUSE)
+        self.process.stdin.write(f"{batch} {calls}\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def measure(args, directory):
+    calls = {1: args.latency_calls, 32: 1}
+    reference = Process(REFERENCE, args, directory)
+    samples = {name: {b: [] for b in BATCHES} for name, *_ in SYSTEMS}
+    ratios = {name: {b: [] for b in BATCHES} for name, *_ in SYSTEMS}
+    started = {}
+    try:
+        for name, *_ in SYSTEMS:
+            begin = time.time()
+            system = reference if name == REFERENCE else Process(name, args, directory)
+            started[name] = time.time() - begin
+            print(f"{name}: started in {started[name]:.0f} s", file=sys.stderr, flush=True)
+            try:
+                for b in BATCHES:
+                    before = reference.sample(b, calls[b])
+                    samples[REFERENCE][b].append(before)
+                    for _ in range(args.rounds):
+                        value = system.sample(b, calls[b])
+                        after = reference.sample(b, calls[b])
+                        samples[name][b].append(value)
+                        samples[REFERENCE][b].append(after)
+                        ratios[name][b].append(value / ((before + after) / 2))
+                        before = after
+            finally:
+                if system is not reference:
+                    system.close()
+    finally:
+        reference.close()
+    return samples, ratios, started
+
+
+def summary(samples, ratios):
+    rows = []
+    for name, side, precision, description in SYSTEMS:
+        time_ratio = statistics.median(ratios[name][1])
+        rate_ratio = statistics.median(1 / r for r in ratios[name][32])
+        rows.append(
+            {
+                "system": name,
+                "side": side,
+                "precision": precision,
+                "description": description,
+                "batch1_ms": 1000 * statistics.median(samples[name][1]),
+                "batch32_images_per_s": 32 / statistics.median(samples[name][32]),
+                "batch1_time_vs_reference": time_ratio,
+                "batch32_rate_vs_reference": rate_ratio,
+            }
+        )
+    targets = {}
+    for precision in ("f32", "bf16"):
+        # bfloat16 paths compete with everything: a float32 path that is faster counts too.
+        allowed = ("f32",) if precision == "f32" else ("f32", "bf16")
+        ours = [r for r in rows if r["side"] == "ours" and r["precision"] in allowed]
+        peers = [r for r in rows if r["side"] == "hf" and r["precision"] in allowed]
+        best_ours_b1 = min(ours, key=lambda r: r["batch1_time_vs_reference"])
+        best_peer_b1 = min(peers, key=lambda r: r["batch1_time_vs_reference"])
+        best_ours_b32 = max(ours, key=lambda r: r["batch32_rate_vs_reference"])
+        best_peer_b32 = max(peers, key=lambda r: r["batch32_rate_vs_reference"])
+        b1 = best_ours_b1["batch1_time_vs_reference"] / best_peer_b1["batch1_time_vs_reference"]
+        b32 = best_ours_b32["batch32_rate_vs_reference"] / best_peer_b32["batch32_rate_vs_reference"]
+        targets[precision] = {
+            "batch1": {
+                "ours": best_ours_b1["system"],
+                "peer": best_peer_b1["system"],
+                "time_ratio": b1,
+                "target": "<= 0.9",
+                "met": b1 <= 0.9,
+            },
+            "batch32": {
+                "ours": best_ours_b32["system"],
+                "peer": best_peer_b32["system"],
+                "rate_ratio": b32,
+                "target": ">= 1.2",
+                "met": b32 >= 1.2,
+            },
+        }
+    return rows, targets
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cvt13")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=9, help="bracketed samples per system and batch")
+    parser.add_argument("--latency-calls", type=int, default=10, help="batch-1 calls per sample")
+    parser.add_argument(
+        "--directory",
+        type=pathlib.Path,
+        default=None,
+        help="where the prepared files are (made there if absent; default: a temporary folder)",
+    )
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        worker(args.worker, args.directory, args.model, args.size)
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = args.directory or pathlib.Path(scratch)
+        directory.mkdir(parents=True, exist_ok=True)
+        marker = directory / "prepared.json"
+        if not marker.is_file():
+            begin = time.time()
+            difference = prepare(directory, args.model, args.size)
+            marker.write_text(json.dumps({"max_logit_difference": difference, "seconds": time.time() - begin}))
+        prepared = json.loads(marker.read_text())
+        print(
+            f"prepared; ours and HF's logits differ by at most {prepared['max_logit_difference']:.2e}",
+            file=sys.stderr,
+            flush=True,
+        )
+        begin = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        samples, ratios, started = measure(args, directory)
+    rows, targets = summary(samples, ratios)
+    print(
+        f"{args.model} at {args.size}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"{args.rounds} rounds, batch 1: median of {args.latency_calls} calls per sample; from {begin}"
+    )
+    print("| system | batch 1: ms | time / ours f32 | batch 32: images/s | images/s / ours f32 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['side']}, {r['description']} | {r['batch1_ms']:.1f} | {r['batch1_time_vs_reference']:.2f} | "
+            f"{r['batch32_images_per_s']:.1f} | {r['batch32_rate_vs_reference']:.2f} |"
+        )
+    for precision, target in targets.items():
+        for batch, t in target.items():
+            value = t.get("time_ratio", t.get("rate_ratio"))
+            print(
+                f"target {precision} {batch}: {t['ours']} / {t['peer']} = {value:.2f} (target {t['target']}): "
+                f"{'met' if t['met'] else 'NOT met'}"
+            )
+    report = {
+        "model": args.model,
+        "size": args.size,
+        "rounds": args.rounds,
+        "latency_calls": args.latency_calls,
+        "started_utc": begin,
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "max_logit_difference": prepared["max_logit_difference"],
+        "start_seconds": started,
+        "rows": rows,
+        "targets": targets,
+        "samples_s": samples,
+        "ratios": ratios,
+    }
+    # Here, not at the top: the workers import only their own runtime (keras_cvt imports Keras).
+    from keras_cvt import atomic
+
+    out = atomic.write_bytes(RESULTS / f"runtimes_{args.model}_{args.size}.json", json.dumps(report, indent=2).encode())
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The pixel formats of `keras_cvt.export` (ONNX, OpenVINO, LiteRT), each loaded in its own runtime and
+held to the Keras model; the registry and `export` dispatch; the command line's --format."""
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime
+import openvino
+import pytest
+from ai_edge_litert import interpreter as litert
+
+from keras_cvt import CvT, architectures, atomic
+from keras_cvt.export import FORMATS, TFLiteClassifier, export
+from keras_cvt.export import cli as export_cli
+from keras_cvt.export import openvino as openvino_export
+from tests.conftest import TINY_CONFIG
+
+# Two input sizes for the files with a free height and width; the second is not square.
+SIZES = ((64, 64), (80, 96))
+# float32 on every runtime: the same operations as Keras, in other orders.
+TOLERANCE = 1e-4
+# OpenVINO's bfloat16 keeps 8 bits of mantissa (relative rounding 2**-9 = 2e-3 per operation);
+# measured on these inputs: probabilities within 3e-4 of float32's. 1e-2 leaves room for other
+# CPUs' kernels and still fails a broken graph, whose probabilities (ten classes, about 0.1 each)
+# move by more.
+BFLOAT16_TOLERANCE = 1e-2
+# One of the 2 + 3 images' top two classes may be closer than bfloat16's error.
+BFLOAT16_AGREEMENT = 0.8
+
+
+def _random_pixels(batch, height, width, seed):
+    return np.random.default_rng(seed).uniform(0, 255, (batch, height, width, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_reference):
+    path, _, _ = tiny_reference
+    # Logits out: the exports add the softmax (the SavedModel tests cover a softmax head).
+    return CvT(**TINY_CONFIG, weights=path, input_shape=(None, None, 3), classifier_activation=None)
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_model):
+    """(pixels, Keras probabilities) at each of `SIZES`."""
+    cases = []
+    for seed, (height, width) in enumerate(SIZES):
+        pixels = _random_pixels(2 + seed, height, width, seed)
+        logits = tiny_model.predict(pixels, verbose=0).astype(np.float64)
+        probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+        cases.append((pixels, probabilities / probabilities.sum(-1, keepdims=True)))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def files(tiny_model, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("exports")
+    # input_size=None: any height and width (the default of onnx and openvino, not of tflite).
+    return {
+        name: export(tiny_model, directory / f"tiny{FORMATS[name].suffix}", format=name, input_size=None)
+        for name in ("onnx", "openvino", "tflite")
+    }
+
+
+def test_onnx_in_onnx_runtime(files, expected):
+    model = onnx.load(files["onnx"])
+    onnx.checker.check_model(model)
+    # One input, as the issue asked: Keras' own ONNX export had the normalisation's constants as two more.
+    assert [i.name for i in model.graph.input] == ["pixels"]
+    assert [o.name for o in model.graph.output] == ["probabilities"]
+    session = onnxruntime.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
+    (pixels_input,) = session.get_inputs()
+    assert pixels_input.type == "tensor(float)"
+    assert len(pixels_input.shape) == 4 and pixels_input.shape[3] == 3
+    assert not any(isinstance(d, int) for d in pixels_input.shape[:3])  # batch, height, width free
+    for pixels, probabilities in expected:
+        (result,) = session.run(["probabilities"], {"pixels": pixels})
+        assert result.shape == probabilities.shape and result.dtype == np.float32
+        np.testing.assert_allclose(result, probabilities, rtol=0, atol=TOLERANCE)
+
+
+def _openvino(path, precision):
+    return openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+
+
+def test_openvino_float32(files, expected):
+    assert os.path.isfile(files["openvino"][: -len(".xml")] + ".bin")
+    compiled = _openvino(files["openvino"], "f32")
+    assert [i.get_any_name() for i in compiled.inputs] == ["pixels"]
+    assert [o.get_any_name() for o in compiled.outputs] == ["probabilities"]
+    shape = compiled.inputs[0].get_partial_shape()
+    assert [d.is_dynamic for d in shape] == [True, True, True, False] and shape[3].get_length() == 3
+    for pixels, probabilities in expected:
+        result = compiled(pixels)["probabilities"]
+        assert result.shape == probabilities.shape
+        np.testing.assert_allclose(result, probabilities, rtol=0, atol=TOLERANCE)
+
+
+def test_openvino_bfloat16(files, expected):
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bfloat16 (AVX-512 BF16 or AMX) for OpenVINO")
+    compiled = _openvino(files["openvino"], "bf16")
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+    agreements = []
+    for pixels, probabilities in expected:
+        result = compiled(pixels)["probabilities"]
+        difference = np.abs(result - probabilities).max()
+        print(f"OpenVINO bfloat16 at {pixels.shape[1:3]}: largest probability difference {difference:.2e}")
+        assert difference < BFLOAT16_TOLERANCE
+        # Not the float32 numbers: the hint reached the CPU plugin.
+        assert difference > 1e-6
+        agreements.extend(result.argmax(-1) == probabilities.argmax(-1))
+    assert np.mean(agreements) >= BFLOAT16_AGREEMENT
+
+
+def test_openvino_head_projection_split_is_needed(tiny_model, tmp_path, monkeypatch):
+    """The rewrite of `_split_head_projections` is what lets the CPU plugin compile the file."""
+    unsplit = tmp_path / "unsplit.xml"
+    monkeypatch.setattr(openvino_export, "_split_head_projections", lambda model: None)
+    export(tiny_model, unsplit, format="openvino")
+    model = openvino.Core().read_model(unsplit)
+    ranks = [
+        [op.input(i).get_partial_shape().rank.get_length() for i in range(2)]
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "MatMul"
+    ]
+    # A key and a value projection per block, tokens (n, d) by kernel (heads, d, head_dim).
+    assert sum(r == [2, 3] for r in ranks) == 2 * sum(TINY_CONFIG["depths"])
+    with pytest.raises(RuntimeError, match="ranks are not equal|incompatible"):
+        _openvino(str(unsplit), "f32")(_random_pixels(1, 64, 64, 0))
+
+
+def test_tflite_free_batch_and_size(files, expected):
+    interpreter = litert.Interpreter(
+        model_path=files["tflite"],
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
+    runner = interpreter.get_signature_runner("serving_default")
+    assert list(runner.get_input_details()["pixels"]["shape_signature"]) == [-1, -1, -1, 3]
+    classifier = TFLiteClassifier(files["tflite"])  # XNNPack, the default delegate
+    assert classifier.input_shape == (None, None, 3)
+    for pixels, probabilities in expected:
+        np.testing.assert_allclose(runner(pixels=pixels)["probabilities"], probabilities, rtol=0, atol=TOLERANCE)
+        np.testing.assert_allclose(classifier(pixels), probabilities, rtol=0, atol=TOLERANCE)
+    assert classifier(expected[0][0][:0]).shape == (0, TINY_CONFIG["classes"])
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\) \(RGB\), got shape \(1, 64, 64, 4\)"):
+        classifier(np.zeros((1, 64, 64, 4), np.float32))
+
+
+def test_fixed_size_exports(tiny_model, expected, tmp_path):
+    pixels, probabilities = expected[1]  # 80 x 96: not square, so a fixed size cannot take it
+    square = pixels[:, :80, :80]
+    wanted = tiny_model.predict(square, verbose=0)
+    wanted = np.exp(wanted - wanted.max(-1, keepdims=True))
+    wanted /= wanted.sum(-1, keepdims=True)
+    path = export(tiny_model, tmp_path / "fixed.onnx", format="onnx", input_size=80)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [80, 80, 3]
+    np.testing.assert_allclose(session.run(None, {"pixels": square})[0], wanted, rtol=0, atol=TOLERANCE)
+    path = export(tiny_model, tmp_path / "fixed.xml", format="openvino", input_size=80)
+    compiled = _openvino(path, "f32")
+    assert [d.is_dynamic for d in compiled.inputs[0].get_partial_shape()] == [True, False, False, False]
+    np.testing.assert_allclose(compiled(square)["probabilities"], wanted, rtol=0, atol=TOLERANCE)
+
+
+def test_export_refuses_before_tracing(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match=r"`format` must be one of \['onnx', 'openvino', 'saved_model', 'tflite'\]"):
+        export(tiny_model, tmp_path / "m.pt", format="torchscript")
+    with pytest.raises(ValueError, match=r"format='onnx' takes the options \['input_size', 'opset'\], got \['top_k'\]"):
+        export(tiny_model, tmp_path / "m.onnx", format="onnx", top_k=5)
+    with pytest.raises(ValueError, match=r"must end with \.xml"):
+        export(tiny_model, tmp_path / "m.onnx", format="openvino")
+    with pytest.raises(ValueError, match="`input_size` must be None or an integer of at least"):
+        export(tiny_model, tmp_path / "m.onnx", format="onnx", input_size=2)
+    with pytest.raises(ValueError, match="`opset` must be an integer of at least 13"):
+        export(tiny_model, tmp_path / "m.onnx", format="onnx", opset=9)
+    fixed = CvT(**TINY_CONFIG, input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match=r"takes only 64 x 64 images: pass that input_size"):
+        export(fixed, tmp_path / "m.tflite", format="tflite", input_size=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_conversion_leaves_nothing(tiny_model, tmp_path, monkeypatch):
+    """A conversion that fails halfway (after writing part of its output) leaves neither the
+    file nor a staging entry, and an existing file keeps its content."""
+    target = tmp_path / "m.xml"
+    atomic.write_bytes(target, b"old")
+
+    def failing(model, path, compress_to_fp16):
+        with open(path, "wb") as f:
+            f.write(b"<half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(openvino_export.openvino, "save_model", failing)
+    with pytest.raises(OSError, match="No space"):
+        export(tiny_model, target, format="openvino")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xml"] and target.read_bytes() == b"old"
+
+
+@pytest.fixture
+def tiny_variant(monkeypatch):
+    # --model takes the variants of keras_cvt.architectures; a tiny one stands in for CvT-13.
+    tiny = architectures.Variant(
+        "tiny",
+        "Tiny",
+        **{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")},
+        drop_path_rate=0.0,
+        weight_decay=0.05,
+        title="tiny",
+    )
+    monkeypatch.setitem(architectures.VARIANTS, "tiny", tiny)
+
+
+@pytest.mark.slow
+def test_cli_formats(tiny_variant, tiny_reference, expected, tmp_path, capsys):
+    weights, _, _ = tiny_reference
+    base = ["--model", "tiny", "--weights", str(weights)]
+    output = tmp_path / "tiny.onnx"
+    assert export_cli.main(base + ["--format", "onnx", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "[batch, height, width, 3]" in out and "evaluation_transform(224, crop_ratio=0.875)" in out
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    for pixels, probabilities in expected:
+        np.testing.assert_allclose(session.run(None, {"pixels": pixels})[0], probabilities, rtol=0, atol=TOLERANCE)
+    output = tmp_path / "tiny.tflite"
+    argv = base + ["--format", "tflite", "--output", str(output), "--size", "64", "--quantization", "float16"]
+    assert export_cli.main(argv) == 0
+    assert "[batch, 64, 64, 3]" in capsys.readouterr().out
+    classifier = TFLiteClassifier(output)
+    assert classifier.input_shape == (64, 64, 3)
+    pixels, probabilities = expected[0]
+    # float16 weights: measured within 3e-4 of float32 in test_serving.
+    np.testing.assert_allclose(classifier(pixels), probabilities, rtol=0, atol=1e-2)
+    with pytest.raises(SystemExit) as exit_info:
+        export_cli.main(argv)
+    assert exit_info.value.code == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    assert export_cli.main(argv + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--format", "onnx", "--output", "m.onnx", "--top-k", "3"],
+            "--top-k applies to --format saved_model, not onnx",
+        ),
+        (
+            ["--format", "openvino", "--output", "m.xml", "--crop-ratio", "none"],
+            "--crop-ratio applies to --format saved_model",
+        ),
+        (
+            ["--output", "models/1", "--quantization", "float16"],
+            "--quantization applies to --format tflite, not saved_model",
+        ),
+        (["--format", "tflite", "--output", "m.onnx"], "--output of --format tflite must end with .tflite"),
+        (["--format", "openvino", "--output", "m.bin"], "must end with .xml"),
+        (["--format", "keras", "--output", "m.keras"], "invalid choice: 'keras'"),
+        (["--format", "onnx", "--output", "m.onnx", "--size", "0"], "expected a positive integer"),
+    ],
+)
+def test_cli_refusals_are_one_line(tiny_variant, tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    # A weights name it would have to download: refusals come before any model is built.
+    with pytest.raises(SystemExit) as exit_info:
+        export_cli.main(["--model", "cvt13", "--weights", "imagenet"] + argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error and error.startswith("python -m keras_cvt.export: error:")
+    assert list(tmp_path.iterdir()) == []
