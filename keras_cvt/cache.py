@@ -6,13 +6,15 @@ from, and the keras_cvt version. The file is used only while it matches its reco
 is downloaded and converted again, or, offline, refused with its path and what to delete.
 """
 
+import contextlib
+import glob
 import json
 import os
-import tempfile
 import warnings
 
 import weights_conversion
 from keras_cvt import _version, atomic, hub, pretrained, weights_file
+from keras_cvt.architectures import VARIANTS
 
 # Bumped when converted files change (layout, conversion): older cache entries are redone.
 CACHE_FORMAT = 1
@@ -24,9 +26,10 @@ def cache_dir():
     return os.path.join(home, "models", "keras_cvt")
 
 
-def cached_path(entry):
-    """The converted file of a pretrained entry; the revision in the name keeps pins apart."""
-    return os.path.join(cache_dir(), f"{entry.variant}_{entry.name}_{entry.revision[:12]}{weights_file.SUFFIX}")
+def cached_path(entry, commit):
+    """The converted file of an entry's file at `commit`: a new commit is a new file, so an
+    upstream change of a branch (`main`) is noticed."""
+    return os.path.join(cache_dir(), f"{entry.variant}_{entry.name}_{commit[:12]}{weights_file.SUFFIX}")
 
 
 def record_path(path):
@@ -66,10 +69,12 @@ def resolve(weights, variant=None):
 
 
 def fetch(entry, progress=True):
-    """The converted weights of a pretrained entry: from the cache, or downloaded into it.
+    """The converted weights of an entry: from the cache, or downloaded and converted into it.
 
-    A cached file is used only if it matches its record (size, SHA-256, source); one that does
-    not is downloaded and converted again, with a warning naming it.
+    `entry` is a `keras_cvt.pretrained.Pretrained` record or a `keras_cvt.hf.HubFile`. Its
+    revision is resolved to a commit first (a pinned one is already); a cached file is used only
+    if it matches its record (size, SHA-256, source, commit); one that does not is downloaded
+    and converted again, with a warning naming it.
 
     Raises:
         keras_cvt.hub.OfflineError: not cached and `HF_HUB_OFFLINE` is set.
@@ -77,11 +82,29 @@ def fetch(entry, progress=True):
         ValueError: the verified download does not convert (a wrong file at that revision), or
             the cached file fails verification and `HF_HUB_OFFLINE` forbids fetching it again.
     """
-    path = cached_path(entry)
+    unreachable = None
+    try:
+        commit = hub.resolve_commit(entry)
+    except hub.NotFoundError:
+        raise
+    except hub.HubError as error:
+        # What the branch was when it was last converted here still serves, with a warning.
+        commit, unreachable = None, error
+    if commit is None:
+        commit = _last_converted_commit(entry)
+        if commit is None and unreachable is not None:
+            raise unreachable
+    path = None if commit is None else cached_path(entry, commit)
     problem = None
-    if os.path.isfile(path):
-        problem = verify_cached(entry, path)
+    if path is not None and os.path.isfile(path):
+        problem = verify_cached(entry, path, commit)
         if problem is None:
+            if unreachable is not None:
+                warnings.warn(
+                    f"could not ask the hub which commit {entry.repo}@{entry.revision} is now "
+                    f"({unreachable}); using {path}, converted from the commit it was when downloaded",
+                    stacklevel=2,
+                )
             return path
         if hub.offline():
             raise ValueError(
@@ -95,14 +118,16 @@ def fetch(entry, progress=True):
             f"({problem}); downloading and converting them again",
             stacklevel=2,
         )
-    elif hub.offline():
+    elif hub.offline() and commit is None:
         raise hub.OfflineError(
             f"HF_HUB_OFFLINE is set and the {entry.variant} weights {entry.name!r} are not cached "
-            f"at {path}, so {hub.describe(entry)} would have to be downloaded. "
+            f"in {cache_dir()}, so {hub.describe(entry)} would have to be downloaded. "
             + hub.manual_instructions(entry)
         )
     try:
-        _download_and_convert(entry, path, progress)
+        if unreachable is not None:
+            raise unreachable
+        raw, source_sha256 = hub.download(entry, progress=progress)
     except hub.HubError as error:
         if problem is None:
             raise
@@ -110,27 +135,57 @@ def fetch(entry, progress=True):
             f"the cached file {path} fails verification ({problem}) and could not be fetched "
             f"again (it stays until a download succeeds, or delete it): {error}"
         ) from error
+    # At the branch, so that huggingface_hub records where it points for later offline runs; the
+    # commit fetched is in the path (the branch may have moved since it was asked).
+    commit = _snapshot_commit(raw)
+    path = cached_path(entry, commit)
+    _convert(entry, raw, path)
+    write_record(entry, path, source_sha256, commit)
+    _remove_superseded(entry, path)
     return path
 
 
-def _download_and_convert(entry, path, progress):
+def _snapshot_commit(path):
+    """The commit of a file in huggingface_hub's cache (`.../snapshots/<commit>/<file>`)."""
+    return os.path.basename(os.path.dirname(path))
+
+
+def _convert(entry, raw, path):
     os.makedirs(cache_dir(), exist_ok=True)
-    # A private directory per call: concurrent processes never share a half-written download,
-    # and whatever happens, removing it leaves only finished files in the cache.
-    work_dir = tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir(), ignore_cleanup_errors=True)
-    with work_dir as work:
-        raw = os.path.join(work, entry.filename)
-        source_sha256 = hub.download(entry, raw, progress=progress)
-        with atomic.publish_file(path) as converted:
-            try:
-                weights_conversion.convert(raw, converted, model=entry.variant)
-            except ValueError as error:
-                raise ValueError(
-                    f"{hub.describe(entry)} was downloaded and verified, but does not convert to "
-                    f"{entry.variant}: {error}"
-                ) from error
-    # After the file: a file without its record (a kill in between) is never trusted.
-    write_record(entry, path, source_sha256)
+    with atomic.publish_file(path) as converted:
+        try:
+            weights_conversion.convert(
+                raw, converted, model=entry.variant if entry.variant in VARIANTS else None
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"{hub.describe(entry)} was downloaded and verified, but does not convert to "
+                f"{entry.variant}: {error}"
+            ) from error
+
+
+def _converted_files(entry):
+    prefix = glob.escape(os.path.join(cache_dir(), f"{entry.variant}_{entry.name}_"))
+    return glob.glob(prefix + "*" + weights_file.SUFFIX)
+
+
+def _last_converted_commit(entry):
+    """The commit (its first 12 digits) of the newest converted file of `entry`, for when
+    neither the hub nor huggingface_hub's cache can say what its branch points to."""
+    files = sorted(_converted_files(entry), key=os.path.getmtime)
+    prefix = f"{entry.variant}_{entry.name}_"
+    return os.path.basename(files[-1])[len(prefix) : -len(weights_file.SUFFIX)] if files else None
+
+
+def _remove_superseded(entry, path):
+    """Removes the converted files of older commits of a branch, once a newer one is in place."""
+    if entry.sha256 is not None:
+        return
+    for other in _converted_files(entry):
+        if other != path:
+            for stale in (other, record_path(other)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(stale)
 
 
 def _identity(entry):
@@ -143,15 +198,16 @@ def _identity(entry):
     }
 
 
-def write_record(entry, path, source_sha256):
-    """Records the file at `path` as the converted weights of `entry`, from the hub file whose
+def write_record(entry, path, source_sha256, commit):
+    """Records the file at `path` as the converted weights of `entry`'s file at `commit`, whose
     SHA-256 is `source_sha256`; the cache trusts the file while it matches this record.
 
     Also the way to install a file converted by hand (from a `tf_model.h5` downloaded
-    elsewhere) at `cached_path(entry)`.
+    elsewhere) at `cached_path(entry, commit)`.
     """
     record = {
         **_identity(entry),
+        "commit": commit,
         "source_sha256": source_sha256,
         "size": os.path.getsize(path),
         "sha256": atomic.sha256_file(path),
@@ -160,7 +216,7 @@ def write_record(entry, path, source_sha256):
     atomic.write_bytes(record_path(path), (json.dumps(record, indent=2) + "\n").encode())
 
 
-def verify_cached(entry, path):
+def verify_cached(entry, path, commit):
     """None if the cached file at `path` matches its record, else what is wrong with it."""
     record_file = record_path(path)
     try:
@@ -173,6 +229,8 @@ def verify_cached(entry, path):
     if not isinstance(record, dict):
         return f"its record {record_file} is not a JSON object"
     different = [key for key, value in _identity(entry).items() if record.get(key) != value]
+    if not str(record.get("commit", "")).startswith(commit):
+        different.append("commit")
     if different:
         return f"its record {record_file} is for another file or format ({', '.join(different)} differ)"
     size = os.path.getsize(path)

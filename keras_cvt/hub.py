@@ -1,39 +1,59 @@
-"""Downloading the original checkpoints from the HuggingFace hub, with the standard library only.
+"""Files of HuggingFace hub repos, downloaded by `huggingface_hub` into its own cache.
 
-A file is fetched from `{endpoint}/{repo}/resolve/{revision}/{filename}` (the hub answers with
-a redirect to its CDN), resumed with HTTP Range requests after a dropped connection, and
-verified by SHA-256 before it gets its final name: against the checksum pinned in
-`keras_cvt.pretrained` when there is one, otherwise against the Git LFS id that the hub reports
-for the file. `HF_ENDPOINT` and `HF_HUB_OFFLINE` mean what they mean to `huggingface_hub`.
+`huggingface_hub.hf_hub_download` does the transfer: its cache (`HF_HOME`, `HF_HUB_CACHE`),
+`HF_TOKEN` (private and gated repos), Xet transfers, resumption and progress bars. `HF_ENDPOINT`
+and `HF_HUB_OFFLINE` are read here at each call (huggingface_hub reads them once, at import).
+What it does not do, done here:
+
+- a download is verified by SHA-256: against the checksum pinned in `keras_cvt.pretrained`
+  when there is one, else against the Git LFS id the hub reported (the name of the blob in
+  huggingface_hub's cache); a file that fails is removed from that cache;
+- a revision that is a branch (`main`) is resolved to the commit the hub serves it at, so what
+  the pretrained cache keeps is keyed by a commit, never by a branch;
+- faults huggingface_hub does not retry (an HTTP 5xx on the body, a body cut short without a
+  Content-Length) are retried `ATTEMPTS` times;
+- an overall deadline per file (`KERAS_CVT_DOWNLOAD_DEADLINE_S`, default `DEADLINE_S`): a
+  server that trickles bytes never trips `HF_HUB_DOWNLOAD_TIMEOUT`, which bounds one read only;
+- the partial download a killed process left in huggingface_hub's cache (it names them
+  `<etag>.<random>.incomplete` and never removes them) is removed by the next download of the
+  repo, once the file lock huggingface_hub holds while writing it shows nobody is.
 """
 
+import contextlib
+import glob
 import hashlib
-import http.client
 import os
 import re
 import sys
+import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
-from keras_cvt import atomic
+import filelock
+import httpx2
+import huggingface_hub
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.utils import tqdm as hf_tqdm
+
+from keras_cvt import _version, atomic
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Attempts per file, and the first wait between them (doubled after each failure).
 ATTEMPTS = 4
 BACKOFF_S = 1.0
-# Per socket operation: long enough for a slow CDN, short enough that a dead one is noticed.
-TIMEOUT_S = 60.0
-_CHUNK = 1 << 20
+# The longest one file's transfer may take (1.1 GB at 0.3 MB/s); KERAS_CVT_DOWNLOAD_DEADLINE_S
+# overrides it.
+DEADLINE_S = 3600.0
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_GIT_SHA1 = _COMMIT
 _BUILDERS = {"cvt13": "CvT13", "cvt21": "CvT21", "cvtw24": "CvTW24"}
 # A server that fails now may not in a second; anything else (404, 401, 403) will not improve.
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 class HubError(OSError):
-    """A pretrained checkpoint could not be fetched (or was refused) from the hub."""
+    """A file could not be fetched (or was refused) from the hub."""
 
 
 class ChecksumError(HubError):
@@ -44,12 +64,12 @@ class OfflineError(HubError):
     """`HF_HUB_OFFLINE` forbids the download that a pretrained name needs."""
 
 
-class _TransientError(Exception):
-    """One attempt failed in a way that another attempt may not."""
+class DeadlineError(HubError):
+    """The transfer of one file took longer than its deadline."""
 
 
-class _RangeRefused(_TransientError):
-    """The server will not resume there (HTTP 416): the next attempt starts from zero."""
+class NotFoundError(HubError):
+    """The repository, revision or file does not exist on the hub (or is not visible)."""
 
 
 def endpoint():
@@ -60,9 +80,22 @@ def offline():
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def url_for(entry):
-    """The hub URL of a `keras_cvt.pretrained.Pretrained` entry's file."""
-    return f"{endpoint()}/{entry.repo}/resolve/{entry.revision}/{entry.filename}"
+def deadline_s():
+    value = os.environ.get("KERAS_CVT_DOWNLOAD_DEADLINE_S")
+    if not value:
+        return DEADLINE_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"KERAS_CVT_DOWNLOAD_DEADLINE_S must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def url_for(entry, revision=None):
+    """The hub URL of an entry's file (`keras_cvt.pretrained.Pretrained` or a `hf://` source)."""
+    return f"{endpoint()}/{entry.repo}/resolve/{revision or entry.revision}/{entry.filename}"
 
 
 def describe(entry):
@@ -71,7 +104,7 @@ def describe(entry):
 
 def manual_instructions(entry):
     """How to do by hand what the download does, for machines that cannot reach the hub."""
-    builder = _BUILDERS.get(entry.variant, entry.variant)
+    builder = _BUILDERS.get(entry.variant, "CvT")
     output = f"{entry.variant}_{entry.name}.weights.h5"
     check = f"; its SHA-256 must be {entry.sha256}" if entry.sha256 else ""
     # A file path does not carry the checkpoint's resolution, which a name makes the default.
@@ -79,234 +112,289 @@ def manual_instructions(entry):
     return (
         f"To install these weights by hand, download {url_for(entry)} (e.g. `curl -L -o "
         f"{entry.filename} {url_for(entry)}`){check}, convert it with `python -m weights_conversion "
-        f"{entry.filename} {output}`, then pass the file: `{builder}(weights=\"{output}\"{shape})`."
+        f'{entry.filename} {output}`, then pass the file: `{builder}(weights="{output}"{shape})`.'
     )
 
 
-def download(entry, path, progress=True):
-    """Downloads `entry`'s file to `path`, which appears only once its SHA-256 is verified.
+def hub_cache_dir():
+    """huggingface_hub's cache (`HF_HUB_CACHE`, by default `~/.cache/huggingface/hub`)."""
+    return hf_constants.HF_HUB_CACHE
 
-    The bytes go to a temporary file beside `path` (`keras_cvt.atomic.publish_file`); a failure
-    of any kind removes it, so a wrong or truncated file never takes the final name.
+
+def resolve_commit(entry):
+    """The commit that `entry.revision` names now: itself if it is one, else what the hub
+    answers, or offline what huggingface_hub's cache last recorded (None if it has nothing).
 
     Raises:
-        OfflineError: `HF_HUB_OFFLINE` is set.
-        ChecksumError: no checksum to verify against, or the bytes do not match it.
-        HubError: the hub refused the file (404...) or the transfer kept failing.
+        NotFoundError: the hub says the repository, revision or file does not exist.
+        HubError: the hub cannot be reached (after huggingface_hub's retries) or refused.
     """
-    if offline():
-        raise OfflineError(
-            f"HF_HUB_OFFLINE is set, so {describe(entry)} cannot be downloaded. "
+    if _COMMIT.fullmatch(entry.revision):
+        return entry.revision
+    try:
+        return _call(entry, dry_run=True).commit_hash
+    except hf_errors.LocalEntryNotFoundError as error:
+        if offline():
+            return None
+        raise _unreachable(entry, error) from error
+
+
+def download(entry, progress=True):
+    """The path, in huggingface_hub's cache, of `entry`'s file, verified.
+
+    Returns:
+        (path, SHA-256 of the file).
+
+    Raises:
+        OfflineError: `HF_HUB_OFFLINE` is set and the file is not in huggingface_hub's cache.
+        ChecksumError: nothing to verify against, or the bytes do not match it.
+        DeadlineError: the transfer took longer than `deadline_s()`.
+        NotFoundError, HubError: the hub refused the file, or the transfer kept failing.
+    """
+    wait = BACKOFF_S
+    for attempt in range(1, ATTEMPTS + 1):
+        remove_abandoned_partials(entry.repo)
+        try:
+            path = _call(entry, progress=progress)
+            break
+        except hf_errors.LocalEntryNotFoundError as error:
+            if offline():
+                raise OfflineError(
+                    f"HF_HUB_OFFLINE is set and huggingface_hub's cache ({hub_cache_dir()}) does not "
+                    f"hold {describe(entry)}, so it would have to be downloaded. "
+                    + manual_instructions(entry)
+                ) from error
+            raise _unreachable(entry, error) from error
+        except _Transient as error:
+            problem = error.__cause__
+        if attempt == ATTEMPTS:
+            raise HubError(
+                f"downloading {describe(entry)} failed {ATTEMPTS} times; last: {_one_line(problem)}. "
+                + manual_instructions(entry)
+            ) from problem
+        print(f"{entry.repo}/{entry.filename}: {_one_line(problem)}; retrying in {wait:g} s", file=sys.stderr)
+        time.sleep(wait)
+        wait *= 2
+    return path, _verify(entry, path)
+
+
+def _unreachable(entry, error):
+    """The HubError for a hub whose answer to the first request (HEAD) huggingface_hub could
+    not use, after its own retries."""
+    cause = error.__cause__ or error
+    if isinstance(cause, hf_errors.FileMetadataError):
+        # The server answered, without what huggingface_hub needs (an ETag, X-Repo-Commit).
+        return ChecksumError(
+            f"{describe(entry)}: the server's answer lacks the X-Linked-Etag or ETag and "
+            f"X-Repo-Commit headers to verify the file against ({_one_line(cause)}); check "
+            "HF_ENDPOINT. " + manual_instructions(entry)
+        )
+    return HubError(
+        f"{describe(entry)}: the hub could not be reached or failed ({_one_line(cause)}); check the "
+        "network, HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only what is cached. "
+        + manual_instructions(entry)
+    )
+
+
+def remove_abandoned_partials(repo):
+    """Removes the partial downloads of `repo` that no process is writing any more.
+
+    huggingface_hub writes a blob as `<etag>.<random>.incomplete` while holding the file lock
+    `.locks/<repo folder>/<etag>.lock`; the operating system releases the lock of a killed
+    process, so a partial whose lock can be taken at once is abandoned.
+    """
+    # The cache's documented layout: models--{owner}--{name}/blobs, .locks/models--{owner}--{name}.
+    folder = "models--" + repo.replace("/", "--")
+    blobs = os.path.join(hub_cache_dir(), folder, "blobs")
+    for partial in glob.glob(os.path.join(glob.escape(blobs), "*.incomplete")):
+        etag = os.path.basename(partial).split(".")[0]
+        lock = filelock.FileLock(os.path.join(hub_cache_dir(), ".locks", folder, f"{etag}.lock"))
+        try:
+            with lock.acquire(timeout=0):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(partial)
+        except filelock.Timeout:
+            continue
+
+
+def _verify(entry, path):
+    """The SHA-256 of the downloaded file, which must be the pinned one or the hub's LFS id."""
+    blob = os.path.realpath(path)
+    reported = os.path.basename(blob)
+    if not entry.sha256 and _GIT_SHA1.fullmatch(reported):
+        # A file kept in Git itself (config.json): the hub's ETag is its Git blob id.
+        if _git_blob_id(path) != reported:
+            _remove(path, blob)
+            raise ChecksumError(
+                f"{describe(entry)}: the downloaded file is not Git blob {reported}, the id the hub "
+                "reported; it was removed from huggingface_hub's cache."
+            )
+        return atomic.sha256_file(path)
+    expected = entry.sha256 or (reported if _SHA256.fullmatch(reported) else None)
+    if expected is None:
+        raise ChecksumError(
+            f"{describe(entry)}: nothing to verify the download against: keras_cvt.pretrained pins "
+            "no SHA-256 for it and the hub reported none (an X-Linked-Etag or ETag header of 64 "
+            f"hex digits from the resolve URL; got {reported!r}), so it is not used. "
             + manual_instructions(entry)
         )
-    with atomic.publish_file(path) as temporary, open(temporary, "wb") as file:
-        digest = _fetch(entry, file, progress)
-    return digest
-
-
-class _Transfer:
-    """What has been received so far, kept across attempts so that a retry resumes it."""
-
-    def __init__(self, file, expected):
-        self.file = file
-        self.expected = expected
-        self.restart()
-
-    def restart(self):
-        self.file.seek(0)
-        self.file.truncate()
-        self.hasher = hashlib.sha256()
-        self.received = 0
-
-    def write(self, chunk):
-        self.file.write(chunk)
-        self.hasher.update(chunk)
-        self.received += len(chunk)
-
-
-def _fetch(entry, file, progress):
-    """Streams the file into `file` over as many attempts as it takes; returns its SHA-256."""
-    transfer = _Transfer(file, entry.sha256)
-    bar = _Progress(f"{entry.repo}/{entry.filename}", enabled=progress)
-    wait = BACKOFF_S
-    try:
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                _attempt(entry, transfer, bar)
-                break
-            except _TransientError as error:
-                bar.stop()
-                if isinstance(error, _RangeRefused):
-                    transfer.restart()
-                if attempt == ATTEMPTS:
-                    raise HubError(
-                        f"downloading {describe(entry)} failed {ATTEMPTS} times; last: {error}. "
-                        + manual_instructions(entry)
-                    ) from error
-                print(f"{entry.repo}/{entry.filename}: {error}; retrying in {wait:g} s", file=sys.stderr)
-                time.sleep(wait)
-                wait *= 2
-    finally:
-        bar.stop()
-    actual = transfer.hasher.hexdigest()
-    if actual != transfer.expected:
+    actual = atomic.sha256_file(path)
+    size = os.path.getsize(path)
+    if actual != expected:
+        _remove(path, blob)
         source = "pinned in keras_cvt.pretrained" if entry.sha256 else "reported by the hub"
         raise ChecksumError(
-            f"{describe(entry)}: the downloaded {transfer.received} bytes have SHA-256 {actual}, "
-            f"expected {transfer.expected} ({source}); the file was discarded. A proxy or mirror "
-            "(HF_ENDPOINT) may serve a different file. " + manual_instructions(entry)
+            f"{describe(entry)}: the downloaded file ({size} bytes) has SHA-256 {actual}, expected {expected} ({source}); it was removed from "
+            f"huggingface_hub's cache. A proxy or mirror (HF_ENDPOINT) may serve a different file. "
+            + manual_instructions(entry)
         )
     return actual
 
 
-def _attempt(entry, transfer, bar):
-    """One request for the bytes from `transfer.received` on."""
-    # Range asks for the rest only; a server that ignores it sends everything again (200
-    # rather than 206), and the file restarts from zero.
-    response, hub_answers = _open(url_for(entry), entry, transfer.received)
-    with response:
-        if transfer.expected is None:
-            transfer.expected = _reported_sha256(entry, hub_answers)
-        if response.status == 206:
-            start, total = _content_range(response.headers)
-            if start != transfer.received:
-                raise _TransientError(f"the server resumed at byte {start}, not {transfer.received}")
-        else:
-            transfer.restart()
-            length = response.headers.get("Content-Length")
-            total = int(length) if length is not None else None
-        bar.start(transfer.received, total)
-        try:
-            while chunk := response.read(_CHUNK):
-                transfer.write(chunk)
-                bar.update(transfer.received)
-        except (OSError, http.client.HTTPException) as error:
-            raise _TransientError(
-                f"the connection broke after {transfer.received} bytes: {error}"
-            ) from error
-    if total is not None and transfer.received != total:
-        # http.client returns a short body without complaint when the server closes early,
-        # so the length is the only sign of a truncated transfer.
-        raise _TransientError(f"the transfer ended after {transfer.received} of {total} bytes")
+def _remove(*paths):
+    # Kept, huggingface_hub would serve the wrong bytes again on every later call.
+    for path in set(paths):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
-class _RecordingRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects like urllib does, remembering each hop's URL and headers."""
-
-    def __init__(self):
-        self.hops = []
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        self.hops.append((req.full_url, headers))
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+def _git_blob_id(path):
+    digest = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as f:
+        digest.update(f.read())
+    return digest.hexdigest()
 
 
-def _open(url, entry, offset):
-    """Opens `url` from byte `offset`: (response, headers of the hub's own answers, in order).
+class _Transient(Exception):
+    """One attempt failed in a way that another attempt may not; `__cause__` says how."""
 
-    The hub's answers are those from the resolve URL's host: the resolve URL itself and any
-    redirect within the hub (huggingface.co sends some files through a relative redirect
-    first), but not the CDN, whose ETag is its own business (often an MD5).
-    """
-    redirects = _RecordingRedirects()
-    opener = urllib.request.build_opener(redirects)
-    # identity: a compressed body would break both Range offsets and Content-Length checks.
-    headers = {"User-Agent": "keras-cvt", "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
+
+class _Silent(hf_tqdm):
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+class _Progress(hf_tqdm):
+    """huggingface_hub's bar on a terminal; off one (logs, CI), where its bar is disabled, a
+    line per tenth of the file and one when done, instead of nothing.
+
+    `HF_HUB_DISABLE_PROGRESS_BARS` still silences both."""
+
+    def __init__(self, *args, **kwargs):
+        self._lines = kwargs.get("disable") is None and not _is_terminal(kwargs.get("file") or sys.stderr)
+        if self._lines:
+            kwargs["disable"] = False
+        self._tenth = -1
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        if not self._lines:
+            return super().display(msg, pos)
+        tenth = int(10 * self.n / self.total) if self.total else 0
+        if tenth > self._tenth:
+            self._tenth = tenth
+            self.fp.write(str(self).strip() + "\n")
+            self.fp.flush()
+        return True
+
+
+def _is_terminal(stream):
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def _call(entry, progress=True, dry_run=False):
+    """`hf_hub_download` of `entry`'s file, its failures told apart: transient ones raised as
+    `_Transient`, refusals as `NotFoundError`/`HubError`."""
+    _watch_session()
+    _deadline.at = time.monotonic() + deadline_s()
     try:
-        request = urllib.request.Request(url, headers=headers)
-    except ValueError as error:
-        raise HubError(f"{describe(entry)}: not a URL ({error}); check HF_ENDPOINT") from error
-    try:
-        response = opener.open(request, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as error:
-        error.close()
-        if error.code in _TRANSIENT_STATUS:
-            raise _TransientError(f"HTTP {error.code} {error.reason}") from error
-        if error.code == 416 and offset:
-            raise _RangeRefused(f"the server cannot resume at byte {offset} (HTTP 416)") from error
-        hint = {
-            404: "the repository, revision or file does not exist there (a wrong HF_ENDPOINT "
-            "or a removed revision)",
-            401: "the hub wants authentication, which these public repositories should not need",
-            403: "the hub refused access",
-        }.get(error.code, "the hub refused the request")
-        raise HubError(
-            f"{describe(entry)}: HTTP {error.code} {error.reason}: {hint}. " + manual_instructions(entry)
+        return huggingface_hub.hf_hub_download(
+            entry.repo,
+            entry.filename,
+            revision=entry.revision,
+            endpoint=endpoint(),
+            local_files_only=offline(),
+            library_name="keras-cvt",
+            library_version=_version.__version__,
+            tqdm_class=_Progress if progress else _Silent,
+            dry_run=dry_run,
+        )
+    except hf_errors.LocalEntryNotFoundError:
+        raise
+    except _DeadlinePassed as error:
+        raise DeadlineError(
+            f"downloading {describe(entry)} took longer than {deadline_s():g} s (a slow server or "
+            "link; KERAS_CVT_DOWNLOAD_DEADLINE_S sets the limit); the partial file was removed. "
+            + manual_instructions(entry)
         ) from error
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        # A URLError whose reason is no OSError (an unknown URL scheme...) will not heal.
-        if isinstance(error, urllib.error.URLError) and not isinstance(error.reason, OSError):
-            raise HubError(f"{describe(entry)}: {error.reason}. " + manual_instructions(entry)) from error
-        raise _TransientError(f"cannot reach {url}: {getattr(error, 'reason', error)}") from error
-    host = urllib.parse.urlsplit(url).netloc
-    answers = redirects.hops + [(response.url, response.headers)]
-    return response, [headers for at, headers in answers if urllib.parse.urlsplit(at).netloc == host]
+    except hf_errors.GatedRepoError as error:
+        raise HubError(
+            f"{describe(entry)}: the repository is gated: accept its conditions on the hub and set "
+            f"HF_TOKEN to a token of that account ({_one_line(error)}). " + manual_instructions(entry)
+        ) from error
+    except (
+        hf_errors.RepositoryNotFoundError,
+        hf_errors.RevisionNotFoundError,
+        hf_errors.RemoteEntryNotFoundError,
+    ) as error:
+        raise NotFoundError(
+            f"{describe(entry)}: the repository, revision or file does not exist there, or is "
+            f"private (set HF_TOKEN to a token that may read it); check HF_ENDPOINT too: "
+            f"{_one_line(error)}. " + manual_instructions(entry)
+        ) from error
+    except hf_errors.HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status in _TRANSIENT_STATUS:
+            raise _Transient() from error
+        hint = "set HF_TOKEN to a token that may read it" if status in (401, 403) else "the hub refused it"
+        raise HubError(f"{describe(entry)}: HTTP {status}: {hint}. " + manual_instructions(entry)) from error
+    except (httpx2.TransportError, OSError) as error:
+        # huggingface_hub raises a bare OSError for a body shorter than the size the hub reported
+        # ("Consistency check failed"), which a second attempt usually mends.
+        raise _Transient() from error
+    finally:
+        _deadline.at = None
 
 
-def _reported_sha256(entry, answers):
-    """The LFS SHA-256 that the hub's answers report for the file, or ChecksumError."""
-    seen = []
-    for headers in answers:
-        for name in ("X-Linked-Etag", "ETag"):
-            value = headers.get(name)
-            if value is None:
-                continue
-            seen.append(f"{name}={value!r}")
-            value = value.strip()
-            value = value[2:] if value.startswith("W/") else value
-            value = value.strip('"').lower()
-            if _SHA256.fullmatch(value):
-                return value
-    raise ChecksumError(
-        f"{describe(entry)}: nothing to verify the download against: keras_cvt.pretrained pins "
-        "no SHA-256 for it and the server reported none (an X-Linked-Etag or ETag header of "
-        f"64 hex digits from the resolve URL; got {', '.join(seen) or 'neither'}), so it was not "
-        "downloaded. " + manual_instructions(entry)
-    )
+# --- the overall deadline: a response hook on huggingface_hub's HTTP client ---
 
 
-def _content_range(headers):
-    """(first byte, total length or None) from a 206 answer's Content-Range."""
-    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", headers.get("Content-Range", ""))
-    if match is None:
-        raise _TransientError(f"unreadable Content-Range {headers.get('Content-Range')!r}")
-    total = match.group(3)
-    return int(match.group(1)), (None if total == "*" else int(total))
+class _DeadlinePassed(Exception):
+    """Raised inside the transfer; not an httpx error, so huggingface_hub does not retry it."""
 
 
-class _Progress:
-    """A one-line progress bar on stderr; silent when stderr is not a terminal (logs, CI)."""
+_deadline = threading.local()
 
-    def __init__(self, label, enabled):
-        self.label = label
-        self.enabled = enabled and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        self.active = False
 
-    def start(self, received, total):
-        self.total, self.t0, self.base, self.shown = total, time.monotonic(), received, 0.0
-        self.active = True
-        self.update(received, force=True)
+class _DeadlineStream(httpx2.SyncByteStream):
+    def __init__(self, stream, at):
+        self.stream, self.at = stream, at
 
-    def update(self, received, force=False):
-        if not (self.enabled and self.active):
-            return
-        now = time.monotonic()
-        if not force and now - self.shown < 0.2:
-            return
-        self.shown = now
-        rate = (received - self.base) / max(now - self.t0, 1e-6) / 1e6
-        done = f"{received / 1e6:.1f}"
-        if self.total:
-            done += f"/{self.total / 1e6:.1f} MB ({100 * received / self.total:.0f}%)"
-        else:
-            done += " MB"
-        sys.stderr.write(f"\rDownloading {self.label}: {done} {rate:.1f} MB/s ")
-        sys.stderr.flush()
+    def __iter__(self):
+        for chunk in self.stream:
+            if time.monotonic() > self.at:
+                raise _DeadlinePassed()
+            yield chunk
 
-    def stop(self):
-        if self.enabled and self.active:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-        self.active = False
+    def close(self):
+        self.stream.close()
+
+
+def _limit_response(response):
+    at = getattr(_deadline, "at", None)
+    if at is not None:
+        response.stream = _DeadlineStream(response.stream, at)
+
+
+def _watch_session():
+    """Hooks the deadline into huggingface_hub's client (made anew after `close_session`);
+    the hook acts only on the thread of a download of ours."""
+    hooks = huggingface_hub.get_session().event_hooks
+    if _limit_response not in hooks["response"]:
+        hooks["response"] = [*hooks["response"], _limit_response]
+        huggingface_hub.get_session().event_hooks = hooks
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__

@@ -4,7 +4,7 @@ Each is made from its record in `keras_cvt.architectures` (and its checkpoints' 
 `keras_cvt.pretrained`), so a new variant is an entry there, not code here.
 """
 
-from keras_cvt import arguments, architectures, cache, pretrained
+from keras_cvt import arguments, architectures, cache, hf, pretrained
 from keras_cvt.architectures import DEFAULT_SIZE
 from keras_cvt.builder import CvT
 
@@ -32,9 +32,12 @@ Args:
         one written by `python -m weights_conversion`, or the name of an original checkpoint
         (see `keras_cvt.available_weights()`):
         {names}.
-        A name downloads the checkpoint from the HuggingFace hub on first use (`HF_ENDPOINT`
-        picks a mirror, `HF_HUB_OFFLINE=1` forbids it), verifies and converts it, and keeps
+        A name downloads the checkpoint from the HuggingFace hub on first use, by
+        huggingface_hub into its cache (`HF_ENDPOINT` picks a mirror, `HF_HUB_OFFLINE=1`
+        forbids it, `HF_TOKEN` reads private repos), verifies and converts it, and keeps
         the converted file in `$KERAS_HOME/models/keras_cvt` (`~/.keras` by default).
+        `"hf://owner/repo[@revision]"` takes a transformers `CvtForImageClassification` repo
+        of this architecture (`keras_cvt.from_hf` takes any).
     input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
     input_shape: optional `(height, width, channels)`, channels last whatever
         `keras.config.image_data_format()` says; height and width may be `None`.
@@ -111,6 +114,8 @@ def _variant(record):
             include_top, include_preprocessing, input_tensor, input_shape, pooling, classes,
             classifier_activation, drop_path_rate, name,
         )
+        if hf.is_hub_source(weights):
+            weights = hf.variant_weights(weights, record.name, include_top, classes)
         entry = cache.pretrained_entry(weights, record.name)
         if entry is not None:
             # Checked before the download, which can take minutes.

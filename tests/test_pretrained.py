@@ -8,22 +8,28 @@ test ends where the parity tests do: the original model's logits.
 """
 
 import dataclasses
+import glob
 import hashlib
 import http.server
 import json
 import os
+import pathlib
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 
 import h5py
+import huggingface_hub
 import numpy as np
 import pytest
 
 import keras_cvt
 from keras_cvt import CvT, CvT13, CvTW24, atomic, hub, pretrained
 from keras_cvt import cache, weights_file
-from tests.conftest import FIXTURES, assert_same_weights_files, reference_file
+from tests.conftest import FIXTURES, ROOT, assert_same_weights_files, reference_file
 from weights_conversion import read_checkpoint
 
 TOLERANCE = 1e-4
@@ -173,48 +179,85 @@ def reference_io():
 @dataclasses.dataclass
 class _File:
     data: bytes
-    etag: str | None  # the SHA-256 the hub reports; None: no X-Linked-Etag / ETag at all
+    commit: str  # what X-Repo-Commit says
+    etag: str | None  # the SHA-256 the hub reports (or a Git blob id); None: no ETag at all
     redirect: bool = True  # 302 to a CDN path, like LFS files on huggingface.co
     linked_etag: bool = True  # X-Linked-Etag on the redirect (else ETag alone)
-    truncate: int = 0  # how many answers stop halfway (Content-Length promises all)
-    unavailable: int = 0  # how many answers are 503 first
+    truncate: int = 0  # how many CDN answers stop halfway (Content-Length promises all)
+    unsized: bool = False  # CDN answers without Content-Length (chunked), so a cut is not seen
+    unavailable: int = 0  # how many CDN answers are 503 first
     ranges: bool = True  # honours Range (206); else answers every request in full (200)
     relay: bool = False  # first a relative 307 within the hub, without etags (as for some hub files)
+    trickle: float = 0.0  # seconds between 2 KB pieces of the body
+    token: str | None = None  # the HF_TOKEN a private repo wants
+
+
+def git_blob_id(data):
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 class FakeHub:
+    """Answers like huggingface.co: HEAD and GET on /{repo}/resolve/{revision}/{file} with
+    X-Repo-Commit, a 302 to a CDN host for LFS files (X-Linked-Etag, X-Linked-Size), a 200
+    with a Git blob id ETag for files kept in Git; 401 RepoNotFound for a private repo without
+    its token; the CDN honours Range."""
+
     def __init__(self):
         self.files = {}
-        self.requests = []  # (path, Range header)
+        self.requests = []  # (method, path, Range header, Authorization header)
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_GET(self):
-                hub.requests.append((self.path, self.headers.get("Range")))
-                hub._answer(self)
+                hub.requests.append(("GET", self.path, self.headers.get("Range"), self.headers.get("Authorization")))
+                hub._answer(self, body=True)
+
+            def do_HEAD(self):
+                hub.requests.append(("HEAD", self.path, self.headers.get("Range"), self.headers.get("Authorization")))
+                hub._answer(self, body=False)
 
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        # A short poll keeps shutdown() quick: it waits for the serving loop to notice.
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
+        # The hub, and its CDN on another host (huggingface_hub follows redirects within a host).
+        self.servers = [http.server.ThreadingHTTPServer((host, 0), Handler) for host in ("127.0.0.1", "127.0.0.2")]
+        self.url, self.cdn_url = (f"http://{host}:{port}" for host, port in (s.server_address for s in self.servers))
+        self.threads = []
+        for server in self.servers:
+            server.daemon_threads = True
+            # A short poll keeps shutdown() quick: it waits for the serving loop to notice.
+            self.threads.append(threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True))
+            self.threads[-1].start()
 
-    def add(self, repo, revision, data, etag="sha256", filename="tf_model.h5", **options):
-        """Serves `data` at the resolve URL; etag="sha256" reports the true checksum of `data`."""
+    def add(self, repo, revision, data, etag="sha256", filename="tf_model.h5", commit=None, **options):
+        """Serves `data` at the resolve URL of `revision` and of its commit (a branch gets one
+        made from its content, so new content is a new commit); etag="sha256" reports the true
+        SHA-256 of `data`, etag="git" its Git blob id (a file kept in Git, not LFS)."""
         if etag == "sha256":
             etag = hashlib.sha256(data).hexdigest()
-        self.files[f"/{repo}/resolve/{revision}/{filename}"] = _File(data, etag, **options)
+        elif etag == "git":
+            etag = git_blob_id(data)
+            options.setdefault("redirect", False)
+        if commit is None:
+            commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else hashlib.sha1(repo.encode() + data).hexdigest()
+        file = _File(data, commit, etag, **options)
+        for at in {revision, commit}:
+            self.files[f"/{repo}/resolve/{at}/{filename}"] = file
+        return file
+
+    def get_requests(self, prefix="/"):
+        return [(path, r) for method, path, r, _ in self.requests if method == "GET" and path.startswith(prefix)]
 
     def stop(self):
-        if self.thread.is_alive():
-            self.server.shutdown()
-            self.server.server_close()
-            self.thread.join()
+        for server, thread in zip(self.servers, self.threads):
+            if thread.is_alive():
+                server.shutdown()
+                server.server_close()
+                thread.join()
 
-    def _answer(self, handler):
+    def _answer(self, handler, body):
         # Three stages of one file: its resolve URL, the hub's relay of it, its CDN copy.
         stage, key = "resolve", handler.path
         for prefix in ("/cdn", "/api/resolve-cache"):
@@ -222,49 +265,66 @@ class FakeHub:
                 stage, key = prefix, handler.path[len(prefix) :]
         file = self.files.get(key)
         if file is None:
-            handler.send_error(404, "Entry not found")
+            self._headers(handler, 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"})
             return
-        if file.unavailable:
-            file.unavailable -= 1
-            handler.send_error(503, "Service Unavailable")
+        if file.token is not None and stage != "/cdn" and handler.headers.get("Authorization") != f"Bearer {file.token}":
+            self._headers(handler, 401, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Invalid credentials"})
             return
         if file.relay and stage == "resolve":
-            handler.send_response(307)
-            handler.send_header("Location", f"/api/resolve-cache{key}")
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
+            self._headers(handler, 307, {"Location": f"/api/resolve-cache{key}", "X-Repo-Commit": file.commit})
             return
         if file.redirect and stage != "/cdn":
-            handler.send_response(302)
-            handler.send_header("Location", f"{self.url}/cdn{key}")
+            headers = {"Location": f"{self.cdn_url}/cdn{key}", "X-Repo-Commit": file.commit}
             if file.etag is not None:
-                handler.send_header("X-Linked-Etag" if file.linked_etag else "ETag", f'"{file.etag}"')
-                handler.send_header("X-Linked-Size", str(len(file.data)))
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
+                headers["X-Linked-Etag" if file.linked_etag else "ETag"] = f'"{file.etag}"'
+                headers["X-Linked-Size"] = str(len(file.data))
+            self._headers(handler, 302, headers)
             return
-        start = 0
+        if stage == "/cdn" and file.unavailable:
+            file.unavailable -= 1
+            self._headers(handler, 503, {})
+            return
+        start, status, headers = 0, 200, {"Accept-Ranges": "bytes"}
         match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")
         if match and file.ranges:
-            start = int(match.group(1))
-            handler.send_response(206)
-            handler.send_header("Content-Range", f"bytes {start}-{len(file.data) - 1}/{len(file.data)}")
+            start, status = int(match.group(1)), 206
+            headers["Content-Range"] = f"bytes {start}-{len(file.data) - 1}/{len(file.data)}"
+        payload = file.data[start:]
+        if not file.redirect:
+            headers["X-Repo-Commit"] = file.commit
+            if file.etag is not None:
+                headers["ETag"] = f'"{file.etag}"'
+        if file.unsized:
+            headers["Connection"] = "close"  # the end of the body is the end of the connection
         else:
-            handler.send_response(200)
-        body = file.data[start:]
-        if file.etag is not None and not file.redirect:
-            handler.send_header("ETag", f'"{file.etag}"')
-        handler.send_header("Accept-Ranges", "bytes")
-        handler.send_header("Content-Length", str(len(body)))
+            headers["Content-Length"] = str(len(payload))
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
         handler.end_headers()
-        if file.truncate:
+        if not body:
+            return
+        if stage == "/cdn" and file.truncate:
             file.truncate -= 1
-            body = body[: len(body) // 2]
+            payload = payload[: len(payload) // 2]
         try:
-            handler.wfile.write(body)
+            if file.trickle:
+                for at in range(0, len(payload), 2048):
+                    handler.wfile.write(payload[at : at + 2048])
+                    handler.wfile.flush()
+                    threading.Event().wait(file.trickle)
+            else:
+                handler.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass
         handler.close_connection = True
+
+    @staticmethod
+    def _headers(handler, status, headers):
+        handler.send_response(status)
+        for name, value in {**headers, "Content-Length": "0"}.items():
+            handler.send_header(name, value)
+        handler.end_headers()
 
 
 @pytest.fixture
@@ -279,16 +339,28 @@ def fake_hub(monkeypatch):
 def isolated(tmp_path, monkeypatch):
     """Cache under tmp_path; no real hub (a closed port) unless a test starts the fake one."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KERAS_CVT_DOWNLOAD_DEADLINE_S"):
+        monkeypatch.delenv(name, raising=False)
     # Retries are part of what is tested; waiting between them is not.
     monkeypatch.setattr(hub, "BACKOFF_S", 0.0)
 
 
 def cache_contents():
-    """Every entry of the cache directory, hidden ones (partial downloads) included."""
+    """Every entry of our cache directory, hidden ones (partial conversions) included."""
     directory = cache.cache_dir()
     return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def hub_partials():
+    """The partial downloads in huggingface_hub's cache."""
+    return glob.glob(os.path.join(hub.hub_cache_dir(), "*", "blobs", "*.incomplete"))
+
+
+def hub_blobs(repo):
+    folder = os.path.join(hub.hub_cache_dir(), "models--" + repo.replace("/", "--"), "blobs")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
 def entry_of(variant, name):
@@ -313,12 +385,16 @@ def repin(monkeypatch, variant, name, sha256):
     return entry_of(variant, name)
 
 
-def install(entry, converted):
+HAND_COMMIT = "c0ffee" + "0" * 34
+
+
+def install(entry, converted, commit=None):
     """Puts a converted file into the cache as a download would: the file, then its record."""
-    target = cache.cached_path(entry)
+    commit = commit or (entry.revision if entry.sha256 else HAND_COMMIT)
+    target = cache.cached_path(entry, commit)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.copyfile(converted, target)
-    cache.write_record(entry, target, atomic.sha256_file(converted))
+    cache.write_record(entry, target, atomic.sha256_file(converted), commit)
     return target
 
 
@@ -329,24 +405,29 @@ def test_download_convert_cache_then_reuse_without_network(fake_hub, served, ref
     data, sha = served
     x, logits = reference_io
     entry = entry_of(*UNPINNED)
-    fake_hub.add(entry.repo, entry.revision, data)
+    served_file = fake_hub.add(entry.repo, entry.revision, data)
 
     model = CvT13(weights="imagenet22k-384", include_preprocessing=False, classifier_activation=None,
                   input_shape=(224, 224, 3))
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
-    # Verified against the hub's LFS id (no pin), followed the redirect, fetched once.
+    # Asked which commit main is, fetched the file (following the redirect) once,
+    # verified against the hub's LFS id (no pin).
     assert entry.sha256 is None
-    assert [path for path, _ in fake_hub.requests] == [
-        f"/{entry.repo}/resolve/main/tf_model.h5", f"/cdn/{entry.repo}/resolve/main/tf_model.h5"
+    commit = served_file.commit
+    assert [(m, p) for m, p, _, _ in fake_hub.requests] == [
+        ("HEAD", f"/{entry.repo}/resolve/main/tf_model.h5"),
+        ("HEAD", f"/{entry.repo}/resolve/main/tf_model.h5"),
+        ("GET", f"/cdn/{entry.repo}/resolve/main/tf_model.h5"),
     ]
-    # Only the converted file and its record remain: the 80 MB download is gone.
-    converted = "cvt13_imagenet22k-384_main.weights.h5"
+    # Ours: the converted file, named by the commit, and its record; huggingface_hub's: the download.
+    converted = f"cvt13_imagenet22k-384_{commit[:12]}.weights.h5"
     assert cache_contents() == [converted, converted + ".json"]
-    path = cache.cached_path(entry)
+    assert hub_blobs(entry.repo) == [sha]
+    path = cache.cached_path(entry, commit)
     with open(cache.record_path(path)) as f:
         record = json.load(f)
     assert record["sha256"] == atomic.sha256_file(path) and record["size"] == os.path.getsize(path)
-    assert record["source_sha256"] == sha
+    assert record["source_sha256"] == sha and record["commit"] == commit
     assert (record["repo"], record["revision"], record["filename"]) == (entry.repo, "main", "tf_model.h5")
     assert record["keras_cvt"] == keras_cvt.__version__
 
@@ -354,22 +435,48 @@ def test_download_convert_cache_then_reuse_without_network(fake_hub, served, ref
     again = CvT13(weights="imagenet22k-384", include_preprocessing=False, classifier_activation=None,
                   input_shape=(224, 224, 3))
     assert np.abs(again.predict(x, verbose=0) - logits).max() <= TOLERANCE
-    assert len(fake_hub.requests) == 2
+    assert len(fake_hub.requests) == 3
+
+
+def test_upstream_change_of_main_is_noticed(fake_hub, served, cvt13_reference):
+    # Converted weights of an older commit of main are in the cache; main has moved since.
+    data, _ = served
+    entry = entry_of(*UNPINNED)
+    old = install(entry, cvt13_reference[0])
+    new_commit = fake_hub.add(entry.repo, entry.revision, data).commit
+    path = cache.fetch(entry, progress=False)
+    assert path == cache.cached_path(entry, new_commit) != old
+    # The new commit was downloaded and converted; the superseded conversion is gone.
+    assert len(fake_hub.get_requests("/cdn/")) == 1
+    assert cache_contents() == sorted([os.path.basename(path), os.path.basename(path) + ".json"])
+    assert_same_weights_files(path, cvt13_reference[0])
 
 
 def test_pinned_entry_verifies_against_the_pin(fake_hub, served, reference_io, monkeypatch):
     data, sha = served
     x, logits = reference_io
     entry = repin(monkeypatch, *PINNED, sha)
-    # No etag at all: only the pin can have verified it.
-    fake_hub.add(entry.repo, entry.revision, data, etag=None)
+    # No etag of 64 hex digits: only the pin can have verified it.
+    fake_hub.add(entry.repo, entry.revision, data, etag="0" * 32)
 
     model = CvT13(weights="imagenet", include_preprocessing=False, classifier_activation=None)
     assert model.input_shape == (None, 224, 224, 3)
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
-    assert fake_hub.requests[0][0] == f"/microsoft/cvt-13/resolve/{entry.revision}/tf_model.h5"
+    assert fake_hub.requests[0][1] == f"/microsoft/cvt-13/resolve/{entry.revision}/tf_model.h5"
     converted = f"cvt13_imagenet_{entry.revision[:12]}.weights.h5"
     assert cache_contents() == [converted, converted + ".json"]
+
+
+def test_file_already_in_huggingface_hub_cache_is_not_downloaded_again(fake_hub, served, monkeypatch):
+    # A user who already has microsoft/cvt-13 from transformers: huggingface_hub's cache has it.
+    data, sha = served
+    entry = repin(monkeypatch, *PINNED, sha)
+    fake_hub.add(entry.repo, entry.revision, data)
+    huggingface_hub.hf_hub_download(entry.repo, "tf_model.h5", revision=entry.revision, endpoint=fake_hub.url)
+    downloads = len(fake_hub.get_requests("/cdn/"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    CvT13(weights="imagenet")
+    assert len(fake_hub.get_requests("/cdn/")) == downloads == 1
 
 
 def test_wrong_pin_is_refused_and_nothing_cached(fake_hub, served, monkeypatch):
@@ -382,10 +489,10 @@ def test_wrong_pin_is_refused_and_nothing_cached(fake_hub, served, monkeypatch):
         CvT13(weights="imagenet")
     assert_names_the_file(error.value, entry)
     assert wrong in str(error.value) and sha in str(error.value)
-    assert cache_contents() == []
+    assert cache_contents() == [] and hub_blobs(entry.repo) == []
 
 
-def test_corrupted_download_is_refused_and_nothing_cached(fake_hub, served):
+def test_corrupted_download_is_refused_and_removed_from_both_caches(fake_hub, served):
     data, sha = served
     entry = entry_of(*UNPINNED)
     corrupted = bytearray(data)
@@ -396,27 +503,12 @@ def test_corrupted_download_is_refused_and_nothing_cached(fake_hub, served):
         CvT13(weights="imagenet22k-384")
     assert_names_the_file(error.value, entry)
     assert sha in str(error.value)
-    assert cache_contents() == []
-
-
-def test_truncated_transfer_is_refused_and_nothing_cached(fake_hub, served):
-    data, _ = served
-    entry = entry_of(*UNPINNED)
-    fake_hub.add(entry.repo, entry.revision, data, truncate=hub.ATTEMPTS)
-    with pytest.raises(hub.HubError) as error:
-        CvT13(weights="imagenet22k-384")
-    assert_names_the_file(error.value, entry)
-    assert f"of {len(data)} bytes" in str(error.value)
-    # Each retry resumed where the last one stopped.
-    ranges = [r for path, r in fake_hub.requests if path.startswith("/cdn/")]
-    assert ranges[0] is None and len(ranges) == hub.ATTEMPTS
-    assert all(r is not None for r in ranges[1:])
-    assert cache_contents() == []
+    assert cache_contents() == [] and hub_blobs(entry.repo) == []
 
 
 def test_missing_file_404_is_refused_and_nothing_cached(fake_hub):
     entry = entry_of(*UNPINNED)
-    with pytest.raises(hub.HubError) as error:
+    with pytest.raises(hub.NotFoundError) as error:
         CvT13(weights="imagenet22k-384")
     assert_names_the_file(error.value, entry)
     assert "404" in str(error.value)
@@ -537,20 +629,23 @@ def test_damaged_cache_is_refused_offline_with_what_to_delete(cvt13_reference, f
 def test_damaged_cache_is_downloaded_and_converted_again(cvt13_reference, fake_hub, served):
     data, _ = served
     entry = entry_of(*UNPINNED)
-    fake_hub.add(entry.repo, entry.revision, data)
-    path = install(entry, cvt13_reference[0])
+    commit = fake_hub.add(entry.repo, entry.revision, data).commit
+    path = install(entry, cvt13_reference[0], commit)
     _flip_classifier_byte(path)
     with pytest.warns(UserWarning, match=f"{re.escape(path)} fail verification .*SHA-256"):
         assert cache.fetch(entry, progress=False) == path
-    assert len([p for p, _ in fake_hub.requests if p.startswith("/cdn/")]) == 1
-    assert cache.verify_cached(entry, path) is None
+    assert len(fake_hub.get_requests("/cdn/")) == 1
+    assert cache.verify_cached(entry, path, commit) is None
     assert_same_weights_files(path, cvt13_reference[0])
     assert cache_contents() == sorted([os.path.basename(path), os.path.basename(path) + ".json"])
 
 
-def test_damaged_cache_with_hub_unreachable_names_the_file_and_keeps_it(cvt13_reference):
+@pytest.mark.slow  # huggingface_hub retries an unreachable hub for about 20 s
+def test_hub_unreachable_uses_the_last_conversion_or_names_the_damaged_file(cvt13_reference):
     entry = entry_of(*UNPINNED)
     path = install(entry, cvt13_reference[0])
+    with pytest.warns(UserWarning, match=f"could not ask the hub .* using {re.escape(path)}"):
+        assert cache.fetch(entry, progress=False) == path
     _drop_record(path)
     with pytest.warns(UserWarning, match=re.escape(path)), pytest.raises(hub.HubError) as error:
         CvT13(weights="imagenet22k-384")
@@ -560,57 +655,154 @@ def test_damaged_cache_with_hub_unreachable_names_the_file_and_keeps_it(cvt13_re
     assert cache_contents() == [os.path.basename(path)]
 
 
-# --- the hub client alone (small files: no model) ---
+# --- the transfer: faults of the hub and the network (small files: no model) ---
 
 
-def _blob_entry():
-    return pretrained.Pretrained("cvt13", "blob", "test/blob", "0" * 40, None, 224, "none", 0.0)
+def _blob_entry(revision="0" * 40, sha256=None):
+    return pretrained.Pretrained("cvt13", "blob", "test/blob", revision, sha256, 224, "none", 0.0)
+
+
+def _download(entry, progress=False):
+    path, digest = hub.download(entry, progress=progress)
+    return pathlib.Path(path).read_bytes(), digest
 
 
 @pytest.mark.parametrize("ranges", [True, False], ids=["resumed", "restarted"])
-def test_download_retries_503_and_truncation(fake_hub, tmp_path, ranges):
-    data = np.random.RandomState(0).bytes(3_000_001)
+def test_download_resumes_a_cut_transfer_and_retries_503(fake_hub, ranges):
+    # huggingface_hub writes (and resumes from) whole chunks: more than two, so that half is one.
+    chunk = huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE
+    data = np.random.RandomState(0).bytes(2 * chunk + 1)
     entry = _blob_entry()
     fake_hub.add(entry.repo, entry.revision, data, truncate=1, unavailable=1, ranges=ranges)
-    target = tmp_path / "blob.h5"
-    assert hub.download(entry, target) == hashlib.sha256(data).hexdigest()
-    assert target.read_bytes() == data
-    cdn = [r for path, r in fake_hub.requests if path.startswith("/cdn/")]
-    assert cdn == [None, f"bytes={len(data) // 2}-"]
-    assert os.listdir(tmp_path) == ["blob.h5"]
+    assert _download(entry) == (data, hashlib.sha256(data).hexdigest())
+    # 503 (retried here), cut halfway (resumed by huggingface_hub after the chunk it had).
+    assert [r for _, r in fake_hub.get_requests("/cdn/")] == [None, None, f"bytes={chunk}-"]
+    assert hub_partials() == []
 
 
-def test_download_finds_the_etag_after_a_relative_redirect(fake_hub, tmp_path):
+def test_download_gives_up_after_attempts_and_leaves_nothing(fake_hub):
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, b"d" * 1000, unavailable=hub.ATTEMPTS)
+    with pytest.raises(hub.HubError, match=f"failed {hub.ATTEMPTS} times; last: .*503") as error:
+        hub.download(entry, progress=False)
+    assert_names_the_file(error.value, entry)
+    assert len(fake_hub.get_requests("/cdn/")) == hub.ATTEMPTS
+    assert hub_partials() == [] and hub_blobs(entry.repo) == []
+
+
+def test_download_retries_a_cut_body_without_content_length(fake_hub):
+    # Nothing in the answer says the body is short, but X-Linked-Size of the HEAD does.
+    data = np.random.RandomState(1).bytes(100_000)
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, data, truncate=1, unsized=True)
+    assert _download(entry)[0] == data
+    assert len(fake_hub.get_requests("/cdn/")) == 2
+    assert hub_partials() == []
+
+
+def test_download_finds_the_etag_after_a_relative_redirect(fake_hub):
     data = b"r" * 1000
     entry = _blob_entry()
     fake_hub.add(entry.repo, entry.revision, data, relay=True)
-    assert hub.download(entry, tmp_path / "a.h5") == hashlib.sha256(data).hexdigest()
-    assert [path.split("/")[1] for path, _ in fake_hub.requests] == ["test", "api", "cdn"]
+    assert _download(entry)[1] == hashlib.sha256(data).hexdigest()
+    assert [(m, p.split("/")[1]) for m, p, _, _ in fake_hub.requests] == [("HEAD", "test"), ("HEAD", "api"), ("GET", "cdn")]
+    entry = _blob_entry("1" * 40)
     fake_hub.add(entry.repo, entry.revision, data, etag=hashlib.sha256(b"other").hexdigest(), relay=True)
     with pytest.raises(hub.ChecksumError):
-        hub.download(entry, tmp_path / "b.h5")
-    assert os.listdir(tmp_path) == ["a.h5"]
+        hub.download(entry, progress=False)
+    assert hub_blobs(entry.repo) == [hashlib.sha256(data).hexdigest()]
 
 
-def test_download_uses_etag_without_redirect(fake_hub, tmp_path):
-    data = b"x" * 1000
-    entry = _blob_entry()
-    fake_hub.add(entry.repo, entry.revision, data, redirect=False)
-    hub.download(entry, tmp_path / "a.h5")
-    fake_hub.add(entry.repo, entry.revision, b"y" * 1000, etag=hashlib.sha256(data).hexdigest(), redirect=False)
-    with pytest.raises(hub.ChecksumError):
-        hub.download(entry, tmp_path / "b.h5")
-    assert os.listdir(tmp_path) == ["a.h5"]
+def test_download_verifies_a_git_file_by_its_blob_id(fake_hub):
+    # Files kept in Git (config.json) come without redirect, their ETag a Git blob id.
+    data = b'{"model_type": "cvt"}'
+    entry = dataclasses.replace(_blob_entry(), filename="config.json")
+    fake_hub.add(entry.repo, entry.revision, data, etag="git", filename="config.json")
+    assert _download(entry)[0] == data
+    entry = dataclasses.replace(_blob_entry("1" * 40), filename="config.json")
+    fake_hub.add(entry.repo, entry.revision, data, etag=git_blob_id(b"{}"), filename="config.json")
+    with pytest.raises(hub.ChecksumError, match="Git blob"):
+        hub.download(entry, progress=False)
+    assert hub_blobs(entry.repo) == [git_blob_id(data)]
 
 
-def test_download_reads_etag_when_no_linked_etag(fake_hub, tmp_path):
+def test_download_reads_etag_when_no_linked_etag(fake_hub):
     data = b"z" * 1000
     entry = _blob_entry()
     fake_hub.add(entry.repo, entry.revision, data, etag=hashlib.sha256(b"other").hexdigest(), linked_etag=False)
     with pytest.raises(hub.ChecksumError) as error:
-        hub.download(entry, tmp_path / "a.h5")
+        hub.download(entry, progress=False)
     assert hashlib.sha256(b"other").hexdigest() in str(error.value)
-    assert os.listdir(tmp_path) == []
+    assert hub_blobs(entry.repo) == [] and hub_partials() == []
+
+
+def test_private_repo_needs_hf_token(fake_hub, monkeypatch):
+    data = b"p" * 1000
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, data, token="hf_secret")
+    with pytest.raises(hub.NotFoundError, match="HF_TOKEN"):
+        hub.download(entry, progress=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    assert _download(entry)[0] == data
+    assert ("HEAD", f"/{entry.repo}/resolve/{entry.revision}/tf_model.h5", None, "Bearer hf_secret") in fake_hub.requests
+
+
+def test_trickling_server_meets_the_overall_deadline(fake_hub, monkeypatch):
+    # 2 KB every 50 ms: never idle long enough for HF_HUB_DOWNLOAD_TIMEOUT, far from done in 1 s.
+    monkeypatch.setenv("KERAS_CVT_DOWNLOAD_DEADLINE_S", "1")
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, b"t" * 400_000, trickle=0.05)
+    with pytest.raises(hub.DeadlineError, match="longer than 1 s") as error:
+        hub.download(entry, progress=False)
+    assert_names_the_file(error.value, entry)
+    # Not retried (it would only take as long again), and the partial is gone.
+    assert len(fake_hub.get_requests("/cdn/")) == 1
+    assert hub_partials() == [] and hub_blobs(entry.repo) == []
+    monkeypatch.setenv("KERAS_CVT_DOWNLOAD_DEADLINE_S", "soon")
+    with pytest.raises(ValueError, match="KERAS_CVT_DOWNLOAD_DEADLINE_S"):
+        hub.download(entry, progress=False)
+
+
+_KILLED_DOWNLOAD = """
+from keras_cvt import hub, pretrained
+hub.download(pretrained.Pretrained("cvt13", "blob", "test/blob", "0" * 40, None, 224, "none", 0.0), progress=False)
+"""
+
+
+def test_partial_left_by_a_killed_download_is_removed_next_time(fake_hub, tmp_path):
+    data = np.random.RandomState(2).bytes(200_000)
+    entry = _blob_entry()
+    served_file = fake_hub.add(entry.repo, entry.revision, data, trickle=0.05)
+    environment = {**os.environ, "HF_HUB_CACHE": hub.hub_cache_dir()}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_DOWNLOAD], env=environment, cwd=ROOT)
+    try:
+        for _ in range(600):
+            # huggingface_hub writes whole chunks (10 MB): this one is still empty, and abandoned.
+            if hub_partials():
+                break
+            assert child.poll() is None, "the download ended before it could be killed"
+            threading.Event().wait(0.05)
+        else:
+            raise AssertionError("no partial download appeared")
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    assert len(hub_partials()) == 1
+    served_file.trickle = 0.0
+    assert _download(entry)[0] == data
+    assert hub_partials() == []
+
+
+def test_progress_off_a_terminal_is_a_few_lines_ending_at_100(fake_hub, capfd):
+    data = np.random.RandomState(3).bytes(1_000_000)
+    entry = _blob_entry()
+    fake_hub.add(entry.repo, entry.revision, data)
+    hub.download(entry, progress=True)
+    err = capfd.readouterr().err
+    lines = [line for line in err.split("\n") if line.strip()]
+    assert lines and "\r" not in err
+    assert "tf_model.h5" in lines[-1] and "100%" in lines[-1]
+    assert len(lines) <= 12
 
 
 def test_endpoint_and_offline_settings(monkeypatch):
@@ -636,8 +828,8 @@ def test_every_name_maps_to_a_file_at_a_revision():
         assert p.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", p.sha256), p
         assert p.resolution == (384 if p.name.endswith("-384") else 224)
         assert pretrained.lookup(p.variant, p.name) is p
-        assert cache.cached_path(p).endswith(f"{p.variant}_{p.name}_{p.revision[:12]}.weights.h5")
-    assert len({cache.cached_path(p) for p in pretrained.PRETRAINED}) == 7
+        assert cache.cached_path(p, "f" * 40).endswith(f"{p.variant}_{p.name}_ffffffffffff.weights.h5")
+    assert len({cache.cached_path(p, "f" * 40) for p in pretrained.PRETRAINED}) == 7
     assert pretrained.lookup("cvtw24", "imagenet").name == "imagenet22k-384"
 
 
