@@ -4,17 +4,20 @@ import keras
 import numpy as np
 import pytest
 
-from keras_cvt import CvT, CvT13, CvT21, CvTW24, MODEL_CONFIGS
+import keras_cvt
+from keras_cvt import MODEL_CONFIGS, CvT, CvT13
+from keras_cvt.architectures import VARIANTS
+from keras_cvt.layers import CvTBlock
 from tests.conftest import TINY_CONFIG
 
 TINY_BACKBONE = {k: v for k, v in TINY_CONFIG.items() if k != "classes"}
 CVT13_PARAMS = 20_023_208
-CVT21_PARAMS = 31_664_552
-CVTW24_PARAMS = 277_330_792
+PARAMS = {"cvt13": CVT13_PARAMS, "cvt21": 31_664_552, "cvtw24": 277_330_792}
 
 
-def expected_params(depths, embed_dims, classes=1000, channels=3, patch_sizes=(7, 3, 3), mlp_ratio=4.0,
-                    include_top=True):
+def expected_params(
+    depths, embed_dims, classes=1000, channels=3, patch_sizes=(7, 3, 3), mlp_ratio=4.0, include_top=True
+):
     """Parameter count of a CvT from its architecture, independently of the builder."""
     total, in_channels = 0, channels
     for depth, dim, kernel in zip(depths, embed_dims, patch_sizes):
@@ -148,7 +151,9 @@ def test_variable_input_channels_without_weights(channels):
 def test_other_channel_counts_skip_the_builtin_normalisation(channels):
     """As keras' models do: include_preprocessing=True (the default) cannot normalise other
     than RGB input, so the model takes it as it is, and says so."""
-    with pytest.warns(UserWarning, match=f"`include_preprocessing=True` normalises RGB images .* has {channels} channels"):
+    with pytest.warns(
+        UserWarning, match=f"`include_preprocessing=True` normalises RGB images .* has {channels} channels"
+    ):
         model = CvT(**TINY_CONFIG, input_shape=(32, 32, channels))
     assert "preprocessing" not in [layer.name for layer in model.layers]
     plain = CvT(**TINY_CONFIG, input_shape=(32, 32, channels), include_preprocessing=False)
@@ -264,26 +269,28 @@ def test_cvt13_drop_path_rates(cvt13):
     assert rates["stage1_block1"] == 0.0
 
 
-def test_cvt21_parameter_count():
-    model = CvT21()
-    assert model.count_params() == CVT21_PARAMS == expected_params((1, 4, 16), (64, 192, 384))
-    assert len(_drop_path_rates(model)) == 21
-    assert _drop_path_rates(model)["stage2_block15"] == pytest.approx(0.1)
-
-
-def test_cvtw24_parameter_count_and_drop_path():
-    model = CvTW24()  # 277M parameters: built once, only counted
-    assert model.count_params() == CVTW24_PARAMS == expected_params((2, 2, 20), (192, 768, 1024))
+@pytest.mark.parametrize(
+    "variant",
+    [pytest.param(v, marks=[pytest.mark.slow] if v.name == "cvtw24" else []) for v in VARIANTS.values()],
+    ids=list(VARIANTS),
+)
+def test_each_builder_builds_its_record(variant):
+    """The builder of each `architectures.Variant` builds that architecture, at a small input."""
+    model = getattr(keras_cvt, variant.builder)(weights=None, input_shape=(32, 32, 3))
+    blocks = {layer.name: layer for layer in model.layers if isinstance(layer, CvTBlock)}
+    last = len(variant.depths) - 1
+    assert sorted(blocks) == sorted(_expected_rates(variant.depths, 0.0))
+    for i, (depth, dim, heads) in enumerate(zip(variant.depths, variant.embed_dims, variant.num_heads)):
+        assert model.get_layer(f"stage{i}_embedding").embed_dim == dim
+        stage = [blocks[f"stage{i}_block{j}"] for j in range(depth)]
+        assert {(b.dim, b.num_heads, b.mlp_ratio, b.with_cls_token) for b in stage} == {(dim, heads, 4.0, i == last)}
+    assert _drop_path_rates(model) == pytest.approx(_expected_rates(variant.depths, variant.drop_path_rate))
     assert model.output_shape == (None, 1000)
-    assert _drop_path_rates(model) == pytest.approx(_expected_rates((2, 2, 20), 0.3))
-
-
-def test_variant_configs_match_the_builders():
-    assert {k: v["drop_path_rate"] for k, v in MODEL_CONFIGS.items()} == {
-        "cvt13": 0.1,
-        "cvt21": 0.1,
-        "cvtw24": 0.3,
-    }
+    count = model.count_params()
+    assert count == PARAMS[variant.name] == expected_params(variant.depths, variant.embed_dims)
+    # The model zoos' count, truncated to 0.1M (BatchNorm statistics included).
+    assert int(count / 1e5) / 10 == variant.published_params
+    assert MODEL_CONFIGS[variant.name] == {**variant.config, "drop_path_rate": variant.drop_path_rate}
 
 
 def test_drop_path_rate_argument():
@@ -384,7 +391,10 @@ def test_classes_contradicting_the_weights_file(tiny_reference):
         CvT(**{**TINY_CONFIG, "classes": 1000}, weights=path)
     # include_top=False ignores the classifier, so `classes` does not matter there.
     assert CvT(**{**TINY_CONFIG, "classes": 1000}, weights=path, include_top=False).output_shape == (
-        None, None, None, 48,
+        None,
+        None,
+        None,
+        48,
     )
 
 
@@ -413,6 +423,5 @@ def test_weights_without_top_give_the_same_features(tiny_reference):
     assert out.shape == (2, 4, 5, 48)
     np.testing.assert_allclose(out, _np(last_map(x)), atol=1e-6)
     # The loaded weights are the file's, not a random initialisation.
-    random_backbone = CvT(**TINY_BACKBONE, include_top=False, input_shape=(None, None, 3),
-                          include_preprocessing=False)
+    random_backbone = CvT(**TINY_BACKBONE, include_top=False, input_shape=(None, None, 3), include_preprocessing=False)
     assert np.abs(_np(random_backbone(x)) - out).max() > 0.1
