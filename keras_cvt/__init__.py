@@ -35,6 +35,7 @@ _EXPORTS = {
     "imagenet_normalize": "keras_cvt.preprocessing",
     "preprocess_input": "keras_cvt.preprocessing",
     "available_weights": "keras_cvt.pretrained",
+    "from_hf": "keras_cvt.hf",
     "TFLiteClassifier": "keras_cvt.export.tflite",
     "export_for_serving": "keras_cvt.export.saved_model",
     "export_tflite": "keras_cvt.export.tflite",
