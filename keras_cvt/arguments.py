@@ -80,6 +80,34 @@ def check_stages(*values):
     return checked
 
 
+def check_attention(attention_kernel_size, q_stride, kv_stride, attention_padding, qkv_bias):
+    """The attention options (the original's KERNEL_QKV, STRIDE_Q, STRIDE_KV, PADDING_Q/KV and
+    QKV_BIAS) as Python ints and a bool.
+
+    Every block adds its attention's output to its input, token for token, so the query
+    projection must keep the map's size: `q_stride` 1 and an odd `attention_kernel_size` with
+    `attention_padding` (kernel - 1) / 2. Keys and values take the same kernel and padding, at
+    any `kv_stride`.
+    """
+    kernel_size = check_integer("attention_kernel_size", attention_kernel_size, 1)
+    q_stride = check_integer("q_stride", q_stride, 1)
+    kv_stride = check_integer("kv_stride", kv_stride, 1)
+    padding = check_integer("attention_padding", attention_padding, 0)
+    check_bool("qkv_bias", qkv_bias)
+    if q_stride != 1:
+        raise ValueError(
+            "`q_stride` must be 1: each block adds the attention's output to its input token for "
+            f"token, so the query projection must keep the map's size, got q_stride={q_stride!r}"
+        )
+    if 2 * padding != kernel_size - 1:
+        raise ValueError(
+            "`attention_padding` must be (attention_kernel_size - 1) / 2, with an odd "
+            "`attention_kernel_size`: the query projection must keep the map's size, got "
+            f"attention_kernel_size={kernel_size}, attention_padding={padding}"
+        )
+    return kernel_size, q_stride, kv_stride, padding, bool(qkv_bias)
+
+
 def check_mlp_ratio(mlp_ratio, embed_dims):
     if not is_real(mlp_ratio):
         raise TypeError(f"`mlp_ratio` must be a number, got mlp_ratio={mlp_ratio!r} ({type(mlp_ratio).__name__})")

@@ -13,7 +13,18 @@ from keras import layers
 
 from keras_cvt import arguments, weights_file
 from keras_cvt.architectures import DEFAULT_SIZE, PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
-from keras_cvt.layers import ClassToken, ConvEmbedding, CvTBlock, LayerNorm, conv_output_size
+from keras_cvt.layers import (
+    ATTENTION_KERNEL_SIZE,
+    ATTENTION_PADDING,
+    KV_STRIDE,
+    Q_STRIDE,
+    QKV_BIAS,
+    ClassToken,
+    ConvEmbedding,
+    CvTBlock,
+    LayerNorm,
+    conv_output_size,
+)
 from keras_cvt.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -25,6 +36,11 @@ def CvT(
     patch_sizes=PATCH_SIZES,
     patch_strides=PATCH_STRIDES,
     patch_paddings=PATCH_PADDINGS,
+    attention_kernel_size=ATTENTION_KERNEL_SIZE,
+    q_stride=Q_STRIDE,
+    kv_stride=KV_STRIDE,
+    attention_padding=ATTENTION_PADDING,
+    qkv_bias=QKV_BIAS,
     drop_path_rate=0.0,
     include_top=True,
     weights=None,
@@ -51,6 +67,14 @@ def CvT(
         mlp_ratio: MLP hidden width relative to the token width.
         patch_sizes, patch_strides, patch_paddings: kernel, stride and symmetric padding of
             each stage's convolutional token embedding.
+        attention_kernel_size, q_stride, kv_stride, attention_padding, qkv_bias: the
+            convolutional projections of every attention (the original's KERNEL_QKV,
+            STRIDE_Q, STRIDE_KV, PADDING_Q and PADDING_KV, QKV_BIAS): the depthwise kernel size,
+            the query and key/value strides, the symmetric zero padding, and whether the q/k/v
+            Linear layers have a bias. The queries keep the map's size (each block adds the
+            attention's output to its input), so `q_stride` must be 1 and `attention_padding`
+            `(attention_kernel_size - 1) / 2`; a larger `kv_stride` shrinks the attention matrix.
+            The published variants use the defaults.
         drop_path_rate: stochastic depth rate of the last block, rising linearly from 0 over
             the last stage's blocks (the other stages use none, as in the original).
         default_size: input height and width when `include_top=True` and no `input_shape`.
@@ -65,6 +89,9 @@ def CvT(
         depths, embed_dims, num_heads, patch_sizes, patch_strides, patch_paddings
     )
     mlp_ratio = arguments.check_mlp_ratio(mlp_ratio, embed_dims)
+    attention_kernel_size, q_stride, kv_stride, attention_padding, qkv_bias = arguments.check_attention(
+        attention_kernel_size, q_stride, kv_stride, attention_padding, qkv_bias
+    )
     default_size = arguments.check_integer("default_size", default_size, 1)
     arguments.check_arguments(
         include_top, include_preprocessing, input_tensor, input_shape, pooling, classes,
@@ -102,6 +129,11 @@ def CvT(
                 mlp_ratio=mlp_ratio,
                 drop_path_rate=rate,
                 with_cls_token=i == last,
+                attention_kernel_size=attention_kernel_size,
+                q_stride=q_stride,
+                kv_stride=kv_stride,
+                attention_padding=attention_padding,
+                qkv_bias=qkv_bias,
                 name=f"stage{i}_block{j}",
             )(x)
         if i == last:

@@ -19,6 +19,14 @@ def dense_initializer():
     return keras.initializers.TruncatedNormal(stddev=0.02)
 
 
+# The original's attention options (KERNEL_QKV, STRIDE_Q, STRIDE_KV, PADDING_Q/KV, QKV_BIAS)
+# in every published configuration: the defaults of the attention layers and of `keras_cvt.CvT`.
+ATTENTION_KERNEL_SIZE = 3
+Q_STRIDE = 1
+KV_STRIDE = 2
+ATTENTION_PADDING = 1
+QKV_BIAS = True
+
 # QuickGELU(x) = x * sigmoid(1.702 x) = silu(1.702 x) / 1.702.
 QUICK_GELU_FACTOR = 1.702
 
@@ -262,11 +270,11 @@ class ConvAttentionBase(layers.Layer):
         dim,
         num_heads,
         with_cls_token=False,
-        kernel_size=3,
-        q_stride=1,
-        kv_stride=2,
-        padding=1,
-        qkv_bias=True,
+        kernel_size=ATTENTION_KERNEL_SIZE,
+        q_stride=Q_STRIDE,
+        kv_stride=KV_STRIDE,
+        padding=ATTENTION_PADDING,
+        qkv_bias=QKV_BIAS,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -375,11 +383,11 @@ class ConvAttention(ConvAttentionBase):
         dim,
         num_heads,
         with_cls_token=False,
-        kernel_size=3,
-        q_stride=1,
-        kv_stride=2,
-        padding=1,
-        qkv_bias=True,
+        kernel_size=ATTENTION_KERNEL_SIZE,
+        q_stride=Q_STRIDE,
+        kv_stride=KV_STRIDE,
+        padding=ATTENTION_PADDING,
+        qkv_bias=QKV_BIAS,
         **kwargs,
     ):
         super().__init__(
@@ -461,11 +469,11 @@ class CvTBlock(layers.Layer):
         mlp_ratio=4.0,
         drop_path_rate=0.0,
         with_cls_token=False,
-        attention_kernel_size=3,
-        q_stride=1,
-        kv_stride=2,
-        attention_padding=1,
-        qkv_bias=True,
+        attention_kernel_size=ATTENTION_KERNEL_SIZE,
+        q_stride=Q_STRIDE,
+        kv_stride=KV_STRIDE,
+        attention_padding=ATTENTION_PADDING,
+        qkv_bias=QKV_BIAS,
         **kwargs,
     ):
         super().__init__(**kwargs)

@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_cvt import architectures
 from keras_cvt.architectures import PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
+from keras_cvt.layers import ATTENTION_KERNEL_SIZE, QKV_BIAS
 
 # Keras array = np.transpose(PyTorch array, permutation).
 LINEAR = (1, 0)  # (out, in) -> (in, out)
@@ -17,7 +18,10 @@ IGNORED = re.compile(r"\.num_batches_tracked$")
 
 
 def _dense(prefix, layer):
-    return {f"{prefix}.weight": (layer.kernel, LINEAR), f"{prefix}.bias": (layer.bias, None)}
+    mapping = {f"{prefix}.weight": (layer.kernel, LINEAR)}
+    if layer.bias is not None:  # the q/k/v projections with qkv_bias=False have none
+        mapping[f"{prefix}.bias"] = (layer.bias, None)
+    return mapping
 
 
 def _norm(prefix, layer):
@@ -50,15 +54,17 @@ def variable_map(model):
             mapping.update(_norm(f"{b}.norm1", block.norm1))
             mapping.update(_norm(f"{b}.norm2", block.norm2))
             attn = block.attn
-            for part in "qkv":
-                conv = getattr(attn, f"conv_proj_{part}")
-                bn = getattr(attn, f"conv_proj_{part}_bn")
+            for part, conv, bn, projection in (
+                ("q", attn.conv_proj_q, attn.conv_proj_q_bn, attn.proj_q),
+                ("k", attn.conv_proj_k, attn.conv_proj_k_bn, attn.proj_k),
+                ("v", attn.conv_proj_v, attn.conv_proj_v_bn, attn.proj_v),
+            ):
                 mapping[f"{b}.attn.conv_proj_{part}.conv.weight"] = (conv.kernel, DEPTHWISE)
                 mapping[f"{b}.attn.conv_proj_{part}.bn.weight"] = (bn.gamma, None)
                 mapping[f"{b}.attn.conv_proj_{part}.bn.bias"] = (bn.beta, None)
                 mapping[f"{b}.attn.conv_proj_{part}.bn.running_mean"] = (bn.moving_mean, None)
                 mapping[f"{b}.attn.conv_proj_{part}.bn.running_var"] = (bn.moving_variance, None)
-                mapping.update(_dense(f"{b}.attn.proj_{part}", getattr(attn, f"proj_{part}")))
+                mapping.update(_dense(f"{b}.attn.proj_{part}", projection))
             mapping.update(_dense(f"{b}.attn.proj", attn.proj))
             mapping.update(_dense(f"{b}.mlp.fc1", block.fc1))
             mapping.update(_dense(f"{b}.mlp.fc2", block.fc2))
@@ -144,7 +150,8 @@ def infer_config(state):
         mlp_ratio = hidden / width
     else:
         mlp_ratio = 4.0
-    variant = architectures.recognise(depths, embed_dims, mlp_ratio)
+    attention = _attention_options(state)
+    variant = None if attention else architectures.recognise(depths, embed_dims, mlp_ratio)
     num_heads = variant.num_heads if variant else (1,) * len(stages)
     config = {
         "depths": depths,
@@ -156,8 +163,24 @@ def infer_config(state):
         "patch_strides": tuple(PATCH_STRIDES[min(i, 1)] for i in stages),
         "patch_paddings": tuple(PATCH_PADDINGS[min(i, 1)] for i in stages),
         "classes": classes,
+        **attention,
     }
     return (variant.name if variant else None), config
+
+
+def _attention_options(state):
+    """The attention options that the tensors show to differ from the defaults (which every
+    published checkpoint has): the depthwise kernel size, and whether q/k/v have biases."""
+    options = {}
+    key = "stage0.blocks.0.attn.conv_proj_q.conv.weight"
+    if key in state:
+        kernel_size = _check_rank(state, key, ("channels", "one", "kh", "kw"))[-1]
+        if kernel_size != ATTENTION_KERNEL_SIZE:
+            # The padding that keeps the map's size, as `keras_cvt.CvT` requires.
+            options.update(attention_kernel_size=kernel_size, attention_padding=(kernel_size - 1) // 2)
+    if "stage0.blocks.0.attn.proj_q.weight" in state and "stage0.blocks.0.attn.proj_q.bias" not in state:
+        options["qkv_bias"] = False
+    return options
 
 
 def expected_shapes(config, in_channels=3):
@@ -170,6 +193,8 @@ def expected_shapes(config, in_channels=3):
     depths, embed_dims = config["depths"], config["embed_dims"]
     patch_sizes = config.get("patch_sizes", PATCH_SIZES)
     mlp_ratio = config.get("mlp_ratio", 4.0)
+    kernel_size = config.get("attention_kernel_size", ATTENTION_KERNEL_SIZE)
+    qkv_bias = config.get("qkv_bias", QKV_BIAS)
     shapes = {}
     width = in_channels
     for i, (depth, dim) in enumerate(zip(depths, embed_dims)):
@@ -184,11 +209,12 @@ def expected_shapes(config, in_channels=3):
                 shapes[f"{b}.{name}"] = (dim,)
             shapes[f"{b}.attn.proj.weight"] = (dim, dim)
             for part in "qkv":
-                shapes[f"{b}.attn.conv_proj_{part}.conv.weight"] = (dim, 1, 3, 3)
+                shapes[f"{b}.attn.conv_proj_{part}.conv.weight"] = (dim, 1, kernel_size, kernel_size)
                 for name in ("weight", "bias", "running_mean", "running_var"):
                     shapes[f"{b}.attn.conv_proj_{part}.bn.{name}"] = (dim,)
                 shapes[f"{b}.attn.proj_{part}.weight"] = (dim, dim)
-                shapes[f"{b}.attn.proj_{part}.bias"] = (dim,)
+                if qkv_bias:
+                    shapes[f"{b}.attn.proj_{part}.bias"] = (dim,)
             shapes[f"{b}.mlp.fc1.weight"] = (hidden, dim)
             shapes[f"{b}.mlp.fc1.bias"] = (hidden,)
             shapes[f"{b}.mlp.fc2.weight"] = (dim, hidden)

@@ -21,7 +21,19 @@ loading `.keras` files), so it imports no TensorFlow.
 import keras
 from keras import layers, ops
 
-from keras_cvt.layers import ConvAttentionBase, CvTBlock, convolve, dense, dense_initializer, projection_conv
+from keras_cvt.layers import (
+    ATTENTION_KERNEL_SIZE,
+    ATTENTION_PADDING,
+    KV_STRIDE,
+    Q_STRIDE,
+    QKV_BIAS,
+    ConvAttentionBase,
+    CvTBlock,
+    convolve,
+    dense,
+    dense_initializer,
+    projection_conv,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
@@ -98,11 +110,11 @@ class FoldedConvAttention(ConvAttentionBase):
         dim,
         num_heads,
         with_cls_token=False,
-        kernel_size=3,
-        q_stride=1,
-        kv_stride=2,
-        padding=1,
-        qkv_bias=True,
+        kernel_size=ATTENTION_KERNEL_SIZE,
+        q_stride=Q_STRIDE,
+        kv_stride=KV_STRIDE,
+        padding=ATTENTION_PADDING,
+        qkv_bias=QKV_BIAS,
         **kwargs
     ):
         super().__init__(
