@@ -5,8 +5,8 @@ Three rules, each a test:
 - no cycle among the modules (what a module runs when it is imported, its parent packages'
   `__init__` included);
 - no import of a project module inside a function or method (the way a cycle is hidden rather
-  than removed); the only lazy imports allowed are a package's `__getattr__` reading a
-  module-level table (a dict of public name -> module), and the optional third-party packages
+  than removed); the only lazy imports allowed are those of LAZY_IMPORTERS, which import a
+  module named in a table (data: a module-level dict), and the optional third-party packages
   of OPTIONAL_IMPORTS;
 - imports go one way, down LAYERS: a module may import its own layer and the layers above it in
   the list, never one below. A new module goes into LAYERS (the test fails until it does).
@@ -39,6 +39,15 @@ LAYERS = [
     ("applications", ["keras_cvt.export.*", "keras_cvt.serving", "keras_cvt.training.*"]),
     ("facade", ["keras_cvt"]),
 ]
+
+# Modules that import project modules on first use, by a name read from a table, and where
+# that table is: a module-level dict whose strings name the modules. Their entries are checked
+# like imports (they must exist and lie in the importer's layer or below).
+LAZY_IMPORTERS = {
+    "keras_cvt": "keras_cvt",  # __getattr__ reads _EXPORTS (public name -> module)
+    "keras_cvt.inference": "keras_cvt.inference",  # __getattr__ reads _LAZY
+    "keras_cvt.export": "keras_cvt.export.formats",  # export() and __getattr__ read the FORMATS records
+}
 
 # Third-party packages that only some features need, imported inside the function that needs
 # them so that everything else works without them installed.
@@ -86,12 +95,12 @@ def layer_of(module):
 class Import:
     """One import statement's project modules: `targets` (what it names), with where it is."""
 
-    def __init__(self, module, node, targets, in_function, lazy_table=False):
+    def __init__(self, module, node, targets, in_function, lazy_table=None):
         self.module, self.line, self.targets = module, node.lineno, targets
         self.in_function, self.lazy_table = in_function, lazy_table
 
     def where(self):
-        return f"{MODULES[self.module].relative_to(ROOT)}:{self.line}"
+        return f"{MODULES[self.lazy_table or self.module].relative_to(ROOT)}:{self.line}"
 
 
 def internal(name):
@@ -136,9 +145,6 @@ def imports_of(module):
     def visit(node, in_function):
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            if is_package(module) and node is tree and getattr(child, "name", None) == "__getattr__":
-                # The package's lazy table: its imports are the table's entries, read below.
-                inside = "__getattr__"
             if isinstance(child, ast.Import):
                 targets = sorted({alias.name for alias in child.names if internal(alias.name)})
                 others = [alias.name for alias in child.names if not internal(alias.name)]
@@ -147,8 +153,10 @@ def imports_of(module):
                 others = [] if targets or child.level else [child.module]
             else:
                 targets, others = [], []
-                if isinstance(child, ast.Call) and in_function and in_function != "__getattr__":
+                if isinstance(child, ast.Call) and in_function:
                     targets = dynamic_import_target(child)
+                    if targets == ["<computed name>"] and module in LAZY_IMPORTERS:
+                        targets = []  # its table's entries, read below
             if targets:
                 found.append(Import(module, child, targets, in_function))
             if in_function:
@@ -156,8 +164,11 @@ def imports_of(module):
             visit(child, inside)
 
     visit(tree, False)
-    for target, node in sorted(lazy_table_targets(tree), key=lambda item: item[0]):
-        found.append(Import(module, node, [target], in_function=False, lazy_table=True))
+    if module in LAZY_IMPORTERS:
+        table = LAZY_IMPORTERS[module]
+        table_tree = ast.parse(MODULES[table].read_text(), filename=str(MODULES[table]))
+        for target, node in sorted(lazy_table_targets(table_tree), key=lambda item: item[0]):
+            found.append(Import(module, node, [target], in_function=False, lazy_table=table))
     return found, third_party_in_functions
 
 
@@ -318,6 +329,7 @@ def test_the_cycle_finder_reports_a_cycle():
         ("def f():\n    from keras_cvt import cache", True, ["keras_cvt.cache"]),
         ("class A:\n    def m(self):\n        import keras_cvt.hub", True, ["keras_cvt.hub"]),
         ("def f():\n    importlib.import_module('keras_cvt.variants')", True, ["keras_cvt.variants"]),
+        ("def f(name):\n    importlib.import_module(name)", True, ["<computed name>"]),
     ],
 )
 def test_the_reader_resolves_imports(tmp_path, monkeypatch, source, in_function, targets):
@@ -332,6 +344,16 @@ def test_relative_imports_resolve(tmp_path, monkeypatch):
     (tmp_path / "probe.py").write_text("from . import fold\nfrom ..layers import CvTBlock\n")
     imports, _ = imports_of("keras_cvt.inference.probe")
     assert [imp.targets for imp in imports] == [["keras_cvt.inference.fold"], ["keras_cvt.layers"]]
+
+
+def test_the_lazy_tables_are_read():
+    tables = {
+        module: {t for imp in IMPORTS[module][0] if imp.lazy_table for t in imp.targets}
+        for module in LAZY_IMPORTERS
+    }
+    assert {"keras_cvt.builder", "keras_cvt.variants", "keras_cvt.inference.fold"} <= tables["keras_cvt"]
+    assert "keras_cvt.inference.frozen" in tables["keras_cvt.inference"]
+    assert "keras_cvt.export.onnx" in tables["keras_cvt.export"]
 
 
 def test_layers_order_modules():
