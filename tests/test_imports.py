@@ -129,7 +129,7 @@ def lazy_table_targets(tree):
     targets = set()
     for node in tree.body:
         value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
-        if not isinstance(value, ast.Dict):
+        if not isinstance(value, (ast.Dict, ast.DictComp)):
             continue
         for item in ast.walk(value):
             if isinstance(item, ast.Constant) and isinstance(item.value, str) and internal(item.value):
