@@ -18,6 +18,7 @@ def _tiny(weights, **kwargs):
     return CvT(**TINY_CONFIG, weights=weights, include_preprocessing=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_folded_cvt13_reproduces_the_original_code(cvt13_reference):
     path, x, logits = cvt13_reference
     model = CvT13(weights=path, include_preprocessing=False, classifier_activation=None)
@@ -84,6 +85,7 @@ def test_folded_model_saves_and_loads(tiny_reference, tmp_path):
     np.testing.assert_allclose(restored.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_copy(cvt13_reference):
     path, x, logits = cvt13_reference
     model = CvT13(weights=path, include_preprocessing=False, classifier_activation=None)

@@ -33,10 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
-# TensorFlow 2 has no public freezing function; its TFLite converter freezes with this one.
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-from tensorflow.python.framework.op_def_registry import get as registered_op
-from tensorflow.python.util import _pywrap_util_port
+from keras_cvt.inference import _tf_internals
 
 # Reads a constant as a non-constant: the function cannot feed it, and TensorFlow's constant
 # folding leaves it in place.
@@ -62,7 +59,8 @@ class FrozenFunction:
     Attributes:
         input_signature: the `tf.TensorSpec` it takes (batch size None: any batch).
         graph_def: the frozen `GraphDef`.
-        fused_layer_norms: how many LayerNorms run as oneDNN's kernel.
+        layer_norms: how many LayerNorms the rewrite recognised in the graph (on every machine).
+        fused_layer_norms: how many of them run as oneDNN's kernel (all where it exists, else 0).
         plain_layout_matmuls: how many matmuls read their weight as a non-constant.
     """
 
@@ -86,12 +84,17 @@ class FrozenFunction:
         traced = tf.function(lambda x: model(x, training=False))
         concrete = traced.get_concrete_function(self.input_signature)
         self._outputs = concrete.structured_outputs
-        function = convert_variables_to_constants_v2(concrete)
+        function = _tf_internals.convert_variables_to_constants_v2(concrete)
+        # Matched on every machine, so that a LayerNorm the match misses shows everywhere
+        # (tests/test_frozen.py holds the count to the model's LayerNorm layers); replaced only
+        # where the kernel exists.
+        matches = find_layer_norms(function.graph)
+        self.layer_norms = len(matches)
         self.fused_layer_norms = self.plain_layout_matmuls = 0
         if onednn_enabled():
             graph_def = function.graph.as_graph_def()
             if fused_layer_norm_available():
-                self.fused_layer_norms = _fuse_layer_norms(function.graph, graph_def)
+                self.fused_layer_norms = fuse_layer_norms(graph_def, matches)
             self.plain_layout_matmuls = _plain_layout_matmul_weights(graph_def)
             if self.fused_layer_norms or self.plain_layout_matmuls:
                 function = _function_from_graph_def(graph_def, function.inputs, function.outputs)
@@ -126,12 +129,12 @@ def freeze_for_inference(model, batch_size=None):
 
 def onednn_enabled():
     """Whether this TensorFlow runs its oneDNN kernels (x86 builds, unless turned off)."""
-    return _pywrap_util_port.IsMklEnabled()
+    return _tf_internals.onednn_enabled()
 
 
 def fused_layer_norm_available():
     """Whether this TensorFlow runs oneDNN and has its LayerNorm kernel."""
-    return onednn_enabled() and registered_op(FUSED_LAYER_NORM) is not None
+    return onednn_enabled() and _tf_internals.op_registered(FUSED_LAYER_NORM)
 
 
 def _tensor_name(tensor):
@@ -208,8 +211,28 @@ def _bfloat16_layer_norm(output, x):
     return readers[0], x.op.inputs[0]
 
 
-def _fuse_layer_norms(graph, graph_def):
-    """Replaces, in `graph_def` (`graph`'s), each LayerNorm with oneDNN's kernel on its tokens
+class LayerNormMatch:
+    """A `keras_cvt.LayerNorm` found in a graph: its last op (`output`), its input `x`,
+    `gamma`, `beta` (tensors) and `epsilon` (a float)."""
+
+    def __init__(self, output, x, gamma, beta, epsilon):
+        self.output, self.x, self.gamma, self.beta, self.epsilon = output, x, gamma, beta, epsilon
+
+
+def find_layer_norms(graph):
+    """Every `keras_cvt.LayerNorm` of `graph` (a frozen float32 or bfloat16-in-float32 form
+    whose intermediate results nothing else reads), as `LayerNormMatch`es."""
+    matches = []
+    for op in graph.get_operations():
+        match = _match_layer_norm(op)
+        if match is not None:
+            matches.append(LayerNormMatch(op, *match))
+    return matches
+
+
+def fuse_layer_norms(graph_def, matches):
+    """Replaces, in `graph_def`, each LayerNorm of `matches` (`find_layer_norms` of the graph
+    of `graph_def`) with oneDNN's kernel on its tokens
     flattened to `(-1, channels)` (the kernel takes rank 2 or 3), reshaped back. The output keeps
     the LayerNorm's name, so readers are unchanged; what it replaced is left unread, and pruned.
 
@@ -221,11 +244,8 @@ def _fuse_layer_norms(graph, graph_def):
     int32 = tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum)
     float32 = tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum)
     added, replaced = [], {}
-    for op in graph.get_operations():
-        match = _match_layer_norm(op)
-        if match is None:
-            continue
-        x, gamma, beta, epsilon = match
+    for match in matches:
+        op, x, gamma, beta, epsilon = match.output, match.x, match.gamma, match.beta, match.epsilon
         name, dtype = op.name, float32
         params = [_tensor_name(gamma), _tensor_name(beta)]
         narrowed = _bfloat16_layer_norm(op, x)
