@@ -193,7 +193,6 @@ def _identity(entry):
         "format": CACHE_FORMAT,
         "variant": entry.variant,
         "repo": entry.repo,
-        "revision": entry.revision,
         "filename": entry.filename,
     }
 
@@ -207,6 +206,8 @@ def write_record(entry, path, source_sha256, commit):
     """
     record = {
         **_identity(entry),
+        # The revision asked for (a branch, a tag...) is for people; the commit is what counts.
+        "revision": entry.revision,
         "commit": commit,
         "source_sha256": source_sha256,
         "size": os.path.getsize(path),

@@ -45,9 +45,9 @@ def is_hub_source(weights):
 def parse(source):
     """(repo, revision) of `hf://owner/repo[@revision]`, or ValueError naming the form."""
     if not is_hub_source(source):
-        raise ValueError(f"`weights` must start with {PREFIX!r} to name a hub repo, got {source!r}")
-    repo, _, revision = source[len(PREFIX) :].partition("@")
-    if not _REPO.fullmatch(repo) or (revision and not _REVISION.fullmatch(revision)) or ".." in source:
+        raise ValueError(f"a hub repo is named hf://owner/name or hf://owner/name@revision, got {source!r}")
+    repo, at, revision = source[len(PREFIX) :].partition("@")
+    if not _REPO.fullmatch(repo) or (at and not _REVISION.fullmatch(revision)) or ".." in source:
         raise ValueError(
             f"`weights`={source!r} is not a hub repo: expected hf://owner/name or "
             "hf://owner/name@revision (a branch, tag or commit)"
@@ -58,7 +58,7 @@ def parse(source):
 def read_config(source, progress=True):
     """The `keras_cvt.hf_config.HubModel` that the repo's `config.json` describes."""
     entry = HubFile(*parse(source), "config.json")
-    path, _ = hub.download(entry, hub.resolve_commit(entry), progress=progress)
+    path, _ = hub.download(entry, progress=progress)
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)

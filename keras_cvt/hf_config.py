@@ -69,11 +69,9 @@ def read(config, source="config.json"):
             raise ValueError(f"{source}: the field {field!r} is missing")
         stages[argument] = _integers(config[field], field, source)
     count = len(stages["depths"])
-    for argument, values in stages.items():
-        if len(values) != count:
-            raise ValueError(
-                f"{source}: {count} stages in 'depth' but {len(values)} in the field for {argument}"
-            )
+    for field, argument in _STAGES.items():
+        if len(stages[argument]) != count:
+            raise ValueError(f"{source}: {count} stages in 'depth' but {len(stages[argument])} in {field!r}")
     _check_channels(config, source)
     _check_fixed(config, count, source)
     cls_token = config.get("cls_token", [False] * (count - 1) + [True])

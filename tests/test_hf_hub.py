@@ -1,0 +1,192 @@
+"""`hf://owner/repo[@revision]`: a transformers CvtForImageClassification repo on the stand-in hub
+(tests/test_pretrained.py's `FakeHub`, answering like huggingface.co), in each of its three
+weight formats, built from config.json and checked against the original code's logits."""
+
+import json
+
+import numpy as np
+import pytest
+
+import keras_cvt
+from keras_cvt import CvT13, hf, hf_config, hub
+from tests.conftest import FIXTURES, TINY_CONFIG
+from tests.test_pretrained import FakeHub, isolated, reference_io, served, write_hf_tf_h5  # noqa: F401 (fixtures)
+from weights_conversion import hf_to_original_key, read_checkpoint
+
+TOLERANCE = 1e-4
+REPO = "someone/tiny-cvt"
+LABELS = [f"class {i}" for i in range(TINY_CONFIG["classes"])]
+
+
+def tiny_config(**changes):
+    """The config.json that transformers writes for the tiny model of tests/fixtures."""
+    import transformers
+
+    config = transformers.CvtConfig(
+        depth=list(TINY_CONFIG["depths"]),
+        embed_dim=list(TINY_CONFIG["embed_dims"]),
+        num_heads=list(TINY_CONFIG["num_heads"]),
+        id2label=dict(enumerate(LABELS)),
+        architectures=["CvtForImageClassification"],
+    ).to_dict()
+    return {**config, **changes}
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """{file name: bytes} of the tiny original-code model as a hub repo's weight files."""
+    import safetensors.torch
+    import torch
+    import transformers
+
+    original = read_checkpoint(FIXTURES / "cvt_tiny_official_perturbed.pth")
+    # transformers' own names for every tensor, with the original's values. (Its CvtStage
+    # indexes a stage's drop path rates by the stage number, so a last stage of fewer blocks
+    # than its number fails to build: names come from a deeper one, those of its extra block
+    # left out.)
+    deeper = tiny_config(depth=[1, 2, 3])
+    names = transformers.CvtForImageClassification(transformers.CvtConfig(**deeper)).state_dict()
+    state = {
+        name: torch.from_numpy(np.ascontiguousarray(original[hf_to_original_key(name)]))
+        for name in names
+        if hf_to_original_key(name) in original
+    }
+    assert sorted(hf_to_original_key(name) for name in state) == sorted(original)
+    folder = tmp_path_factory.mktemp("repo")
+    safetensors.torch.save_file(state, folder / "model.safetensors")
+    torch.save(state, folder / "pytorch_model.bin")
+    write_hf_tf_h5(original, folder / "tf_model.h5")
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    server = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_io():
+    io = np.load(FIXTURES / "cvt_tiny_official_perturbed_io.npz")
+    return io["x"].transpose(0, 2, 3, 1), io["logits"]
+
+
+def publish(fake_hub, files, revision="main", config=None):
+    commit = None
+    for filename, data in files.items():
+        commit = fake_hub.add(REPO, revision, data, filename=filename, commit=commit).commit
+    config = json.dumps(config or tiny_config(), indent=2).encode()
+    fake_hub.add(REPO, revision, config, etag="git", filename="config.json", commit=commit)
+    return commit
+
+
+@pytest.mark.parametrize("filename", hf.WEIGHT_FILES)
+def test_each_weight_format_gives_the_original_logits(fake_hub, tiny_files, tiny_io, filename):
+    x, logits = tiny_io
+    publish(fake_hub, {filename: tiny_files[filename]})
+    model = keras_cvt.from_hf(f"hf://{REPO}", include_preprocessing=False, classifier_activation=None, input_shape=(None, None, 3))
+    assert model.output_shape == (None, TINY_CONFIG["classes"])
+    assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    assert hf.labels(f"hf://{REPO}") == LABELS
+    # The files it looked for before finding this one were absent (404), not an error.
+    fetched = [path.rsplit("/", 1)[-1] for path, _ in fake_hub.get_requests("/cdn/")]
+    assert fetched == [filename]
+
+
+def test_safetensors_is_preferred_and_offline_reuses_the_caches(fake_hub, tiny_files, tiny_io, monkeypatch):
+    x, logits = tiny_io
+    publish(fake_hub, tiny_files)
+    keras_cvt.from_hf(f"hf://{REPO}")
+    assert [path.rsplit("/", 1)[-1] for path, _ in fake_hub.get_requests("/cdn/")] == ["model.safetensors"]
+    fake_hub.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = keras_cvt.from_hf(f"hf://{REPO}", include_preprocessing=False, classifier_activation=None, input_shape=(None, None, 3))
+    assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
+
+
+def test_revision_after_the_at_sign(fake_hub, tiny_files, tiny_io):
+    x, logits = tiny_io
+    commit = publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]}, revision="v1")
+    model = keras_cvt.from_hf(f"hf://{REPO}@v1", include_top=False, pooling="token")
+    assert model.output_shape == (None, TINY_CONFIG["embed_dims"][-1])
+    model = keras_cvt.from_hf(f"hf://{REPO}@{commit}", include_preprocessing=False, classifier_activation=None, input_shape=(None, None, 3))
+    assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    with pytest.raises(hub.NotFoundError, match="404"):
+        keras_cvt.from_hf(f"hf://{REPO}@v2")
+
+
+def test_variant_builder_refuses_another_architecture(fake_hub, tiny_files):
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]})
+    with pytest.raises(ValueError, match=r"not cvt13: build it with keras_cvt.from_hf\('hf://someone/tiny-cvt'\)"):
+        CvT13(weights=f"hf://{REPO}")
+    # Refused from config.json alone: no weights were fetched.
+    assert fake_hub.get_requests("/cdn/") == []
+
+
+def test_repo_without_weights_names_what_it_looked_for(fake_hub):
+    publish(fake_hub, {})
+    with pytest.raises(hub.NotFoundError, match="model.safetensors, pytorch_model.bin, tf_model.h5"):
+        keras_cvt.from_hf(f"hf://{REPO}")
+
+
+@pytest.mark.parametrize(
+    "source", ["someone/tiny-cvt", "hf://", "hf://no-slash", "hf://a/b@", "hf://a/../b", "hf://a/b c"]
+)
+def test_bad_sources_are_refused(source):
+    with pytest.raises(ValueError, match="hf://owner/name"):
+        hf.parse(source)
+
+
+# config.json field -> a value keras_cvt's CvT cannot express, and the words of the refusal
+REFUSED = {
+    "qkv_projection_method": (["dw_bn", "dw_bn", "avg"], "qkv_projection_method"),
+    "kernel_qkv": ([3, 3, 5], "kernel_qkv"),
+    "stride_kv": ([2, 2, 1], "stride_kv"),
+    "qkv_bias": ([True, False, True], "qkv_bias"),
+    "cls_token": ([False, True, True], "class token in the last stage"),
+    "mlp_ratio": ([4.0, 4.0, 2.0], "one MLP ratio"),
+    "num_channels": (1, "3-channel"),
+    "model_type": ("vit", "model_type is 'vit'"),
+    "depth": ([1, 2], "2 stages in 'depth' but 3 in 'embed_dim'"),
+    "id2label": ({"0": "a", "2": "b"}, "without gaps"),
+}
+
+
+@pytest.mark.parametrize("field", REFUSED)
+def test_config_refuses_what_cvt_cannot_express(field):
+    value, words = REFUSED[field]
+    config = tiny_config(**{field: value})
+    with pytest.raises(ValueError, match=words):
+        hf_config.read(config, source="config.json of hf://x/y")
+
+
+def test_config_reads_the_architecture_and_labels():
+    model = hf_config.read(tiny_config())
+    assert model.config == {
+        "depths": (1, 2, 2), "embed_dims": (16, 32, 48), "num_heads": (1, 2, 3),
+        "patch_sizes": (7, 3, 3), "patch_strides": (4, 2, 2), "patch_paddings": (2, 1, 1),
+        "mlp_ratio": 4.0, "drop_path_rate": 0.1,
+    }
+    assert model.labels == tuple(LABELS) and model.variant is None
+    cvt13 = hf_config.read(tiny_config(depth=[1, 2, 10], embed_dim=[64, 192, 384], num_heads=[1, 3, 6]))
+    assert cvt13.variant == "cvt13"
+    # A CvtModel (no classifier) has no labels.
+    assert hf_config.read(tiny_config(architectures=["CvtModel"])).labels is None
+
+
+@pytest.mark.slow  # the CvT-13 reference: 80 MB served, converted and run
+def test_cvt13_from_its_hub_repo(fake_hub, served, reference_io):
+    data, _ = served
+    x, logits = reference_io
+    commit = fake_hub.add("microsoft/cvt-13", "main", data).commit
+    config = tiny_config(
+        depth=[1, 2, 10], embed_dim=[64, 192, 384], num_heads=[1, 3, 6], id2label={i: f"c{i}" for i in range(1000)}
+    )
+    fake_hub.add("microsoft/cvt-13", "main", json.dumps(config).encode(), etag="git", filename="config.json",
+                 commit=commit)
+    model = CvT13(weights="hf://microsoft/cvt-13", include_preprocessing=False, classifier_activation=None)
+    assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    with pytest.raises(ValueError, match="1000-class classifier, got classes=10"):
+        CvT13(weights="hf://microsoft/cvt-13", classes=10)
