@@ -5,6 +5,8 @@ used, not the tiny one. Observed max |logit - float32 logit| on the reference in
 (logit std 0.39): ~2e-3 under mixed_float16, ~1.5e-2 under mixed_bfloat16 (8-bit mantissa).
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -21,16 +23,23 @@ POLICIES = {
 INFERENCE_SOFTMAX = {"float16": "float32", "bfloat16": "bfloat16"}
 
 
-@pytest.fixture(params=sorted(POLICIES))
-def policy(request):
-    """Sets a global mixed policy for one test and always restores float32."""
+@contextlib.contextmanager
+def global_policy(name):
+    """Sets the global dtype policy `name` inside, and restores the one before, however the
+    body ends."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(request.param)
+    keras.config.set_dtype_policy(name)
     try:
-        yield request.param
+        yield
     finally:
         keras.config.set_dtype_policy(previous)
-    assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.fixture(params=sorted(POLICIES))
+def policy(request):
+    """Sets a global mixed policy for one test."""
+    with global_policy(request.param):
+        yield request.param
 
 
 @pytest.fixture
@@ -86,6 +95,16 @@ def test_attention_layer_softmax_dtype(policy, softmax_spy):
 
 
 def test_policy_is_restored():
-    """Runs after the parametrized tests above: nothing leaked out of them."""
+    """What the `policy` fixture relies on: the policy before it comes back, also after an
+    error, and layers made outside see it."""
+    with global_policy("mixed_float16"):
+        with global_policy("mixed_bfloat16"):
+            assert ConvAttention(4, 2).compute_dtype == "bfloat16"
+        assert keras.config.dtype_policy().name == "mixed_float16"
+        with pytest.raises(RuntimeError, match="inside"):
+            with global_policy("float32"):
+                raise RuntimeError("inside")
+        assert keras.config.dtype_policy().name == "mixed_float16"
+        assert ConvAttention(4, 2).compute_dtype == "float16"
     assert keras.config.dtype_policy().name == "float32"
     assert ConvAttention(4, 2).compute_dtype == "float32"
