@@ -23,12 +23,12 @@ def load_quickstart():
     return module
 
 
-def keras_probabilities(model, images, image_size, crop_ratio):
+def keras_probabilities(model, inputs, image_size, crop_ratio):
     """The model's output for decoded images, or image files, transformed as served."""
     from keras_cvt import images, transforms
 
     transform = transforms.evaluation_transform(image_size, crop_ratio)
-    decoded = [images.load_image(str(i)) if isinstance(i, (str, os.PathLike)) else i for i in images]
+    decoded = [images.load_image(str(i)) if isinstance(i, (str, os.PathLike)) else i for i in inputs]
     return model.predict(np.stack([transform(image).numpy() for image in decoded]), verbose=0)
 
 
@@ -40,6 +40,7 @@ def assert_served_like_keras(rows, probabilities):
         np.testing.assert_allclose(row["scores"], p[top], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_quickstart_converts_fine_tunes_and_serves(tmp_path):
     import keras_cvt
 
@@ -118,10 +119,12 @@ def test_the_sample_photos_are_small_free_imagenet_photos():
     assert all(p.name in notes for p in photos) and "CC0" in notes and "public domain" in notes
 
 
+@pytest.mark.slow
 def test_pretrained_path_serves_cvt13_on_the_sample_photos(cvt13_reference, tmp_path, capsys, monkeypatch):
     # `--weights` with a CvT-13 file (here the original code's reference converted; with
     # network, `imagenet`): the photos go through serving_default, labelled with ImageNet names.
     import keras_cvt
+    from keras_cvt import pretrained
 
     weights, _, _ = cvt13_reference
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")  # what main() would set for good
@@ -137,4 +140,7 @@ def test_pretrained_path_serves_cvt13_on_the_sample_photos(cvt13_reference, tmp_
     assert all(len(row["labels"]) == 5 and set(row["labels"]) <= names for row in rows)
     assert all(f"{row['scores'][0]:7.2%}  {row['labels'][0]}" in printed for row in rows)
     model = keras_cvt.CvT13(weights=str(weights), input_shape=(None, None, 3))
-    assert_served_like_keras(rows, keras_probabilities(model, [row["file"] for row in rows], 224, 0.875))
+    # A CvT-13 file's transform: the default one (keras_cvt.pretrained.transform_for).
+    transform = pretrained.transform_for("cvt13", str(weights))
+    files = [row["file"] for row in rows]
+    assert_served_like_keras(rows, keras_probabilities(model, files, transform.size, transform.crop_ratio))

@@ -216,6 +216,7 @@ def test_random_resized_crop_follows_torchvision():
 # Distribution.
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_keeps_replicas_identical(tmp_path):
     data = write_image_folder(tmp_path / "images", per_class=12)
     result = tmp_path / "result.json"
@@ -243,6 +244,7 @@ def test_mirrored_strategy_keeps_replicas_identical(tmp_path):
     assert set(r["decayed"]) == set(r["trainable"]) - expected_no_decay(model)
 
 
+@pytest.mark.slow
 def test_multi_worker_training_fine_tunes_on_two_workers(tmp_path, tiny_reference):
     weights, _, _ = tiny_reference
     data = write_image_folder(tmp_path / "images", per_class=11)
@@ -317,6 +319,7 @@ def _backup_state(path):
         return None
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_the_same_epoch_and_step(tmp_path):
     data = write_image_folder(tmp_path / "images", per_class=18)
     out = tmp_path / "run"
@@ -368,6 +371,7 @@ def test_killed_run_resumes_at_the_same_epoch_and_step(tmp_path):
 # Learning, TFDS, fine-tuning, evaluation.
 
 
+@pytest.mark.slow
 def test_small_cvt_learns_digits(tmp_path):
     from sklearn.datasets import load_digits
 
@@ -405,6 +409,7 @@ def test_small_cvt_learns_digits(tmp_path):
     assert history["val_top1"][-1] == pytest.approx(top1)
 
 
+@pytest.mark.slow
 def test_tfds_training_then_evaluation_from_the_command_line(tmp_path, capsys):
     import tensorflow_datasets as tfds
 
@@ -468,6 +473,7 @@ def test_tfds_training_then_evaluation_from_the_command_line(tmp_path, capsys):
     assert (out / "checkpoints" / "best.weights.h5").is_file()
 
 
+@pytest.mark.slow
 def test_fine_tuning_replaces_the_classifier(tmp_path, tiny_reference):
     weights, _, _ = tiny_reference
     original = keras_cvt.CvT(**TINY_CONFIG, input_shape=(64, 64, 3), weights=weights)

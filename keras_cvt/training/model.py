@@ -13,7 +13,7 @@ def build_model(architecture, num_classes, image_size, weights=None, drop_path_r
     """A CvT classifier returning logits, from scratch or fine-tuned from `weights`.
 
     Args:
-        architecture: `"cvt13"`, `"cvt21"`, `"cvtw24"`, or a dict of `keras_cvt.CvT` arguments
+        architecture: a variant name (`keras_cvt.architectures.VARIANTS`), or a dict of `keras_cvt.CvT` arguments
             (`depths`, `embed_dims`, `num_heads`, ...) for a custom architecture.
         num_classes: classes of the classifier.
         image_size: input height and width.
