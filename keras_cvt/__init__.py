@@ -36,6 +36,9 @@ _EXPORTS = {
     "preprocess_input": "keras_cvt.preprocessing",
     "available_weights": "keras_cvt.pretrained",
     "from_hf": "keras_cvt.hf",
+    # keras-hub's (the `hub` extra): importing them imports keras-hub.
+    "CvTBackbone": "keras_cvt.keras_hub",
+    "CvTImageClassifier": "keras_cvt.keras_hub",
     "TFLiteClassifier": "keras_cvt.export.tflite",
     "export_for_serving": "keras_cvt.export.saved_model",
     "export_tflite": "keras_cvt.export.tflite",

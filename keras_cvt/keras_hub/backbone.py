@@ -1,0 +1,146 @@
+"""`CvTBackbone`: CvT as a keras-hub `FeaturePyramidBackbone`, and the loading of the original
+checkpoints and of `hf://` repos into it."""
+
+import dataclasses
+
+import keras
+from keras_hub.models import FeaturePyramidBackbone
+from keras_hub.src.utils.preset_utils import register_presets
+
+from keras_cvt import architectures, cache, hf, pretrained
+from keras_cvt.architectures import PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
+from keras_cvt.builder import CvT
+from keras_cvt.keras_hub import presets
+
+
+@keras.saving.register_keras_serializable(package="keras_cvt")
+class CvTBackbone(FeaturePyramidBackbone):
+    """The CvT backbone: images normalised with the checkpoint's mean and std in (the image
+    converter of `CvTImageClassifierPreprocessor` does it), the class token after the final
+    LayerNorm out (what the classifier reads), and `pyramid_outputs` `P2`, `P3`, `P4`: the
+    three stages' maps at strides 4, 8 and 16 (NHWC).
+
+    Args:
+        depths, embed_dims, num_heads, mlp_ratio, patch_sizes, patch_strides, patch_paddings,
+        drop_path_rate: the architecture, as in `keras_cvt.CvT` (three stages).
+        image_shape: `(height, width, 3)`; height and width may be None (CvT has no position
+            embedding).
+        dtype: the backbone's dtype policy (its layers follow `keras.config.dtype_policy()`).
+    """
+
+    def __init__(
+        self,
+        depths,
+        embed_dims,
+        num_heads,
+        mlp_ratio=4.0,
+        patch_sizes=PATCH_SIZES,
+        patch_strides=PATCH_STRIDES,
+        patch_paddings=PATCH_PADDINGS,
+        drop_path_rate=0.0,
+        image_shape=(None, None, 3),
+        dtype=None,
+        **kwargs,
+    ):
+        if len(depths) != 3:
+            raise ValueError(f"`depths` must have 3 stages for the pyramid P2, P3, P4, got depths={depths!r}")
+        architecture = {
+            "depths": tuple(depths),
+            "embed_dims": tuple(embed_dims),
+            "num_heads": tuple(num_heads),
+            "mlp_ratio": mlp_ratio,
+            "patch_sizes": tuple(patch_sizes),
+            "patch_strides": tuple(patch_strides),
+            "patch_paddings": tuple(patch_paddings),
+            "drop_path_rate": drop_path_rate,
+        }
+        # keras_cvt's own model, read for its layers: its output is the class token; the maps
+        # are its stages' outputs (the last stage's that of its last block, where a token model ends).
+        model = CvT(
+            **architecture,
+            include_top=False,
+            pooling="token",
+            include_preprocessing=False,
+            input_shape=tuple(image_shape),
+            name="cvt_features",
+        )
+        pyramid = {
+            "P2": model.get_layer("stage0_output").output,
+            "P3": model.get_layer("stage1_output").output,
+            "P4": model.get_layer(f"stage2_block{depths[2] - 1}").output[0],
+        }
+        super().__init__(inputs=model.input, outputs=model.output, dtype=dtype, **kwargs)
+        self.pyramid_outputs = pyramid
+        self.architecture = architecture
+        self.image_shape = tuple(image_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({**self.architecture, "image_shape": self.image_shape})
+        return config
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Also takes the presets of the original checkpoints (`CvTBackbone.presets`) and any
+        `hf://owner/repo[@revision]` transformers CvT repo, converted on the way in."""
+        if not is_checkpoint(preset):
+            return super().from_preset(preset, load_weights=load_weights, **kwargs)
+        return load_checkpoint(preset, load_weights, **kwargs).backbone
+
+
+register_presets(presets.PRESETS, CvTBackbone)
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A checkpoint loaded for keras-hub: the backbone, the classifier's weights (None without
+    one), its labels and its evaluation transform."""
+
+    backbone: CvTBackbone
+    head: list | None
+    labels: list | None
+    transform: pretrained.EvaluationTransform
+
+
+def is_checkpoint(preset):
+    """Whether `preset` names an original checkpoint's preset or a `hf://` repo (read as a
+    transformers CvT; anything else there is refused by `keras_cvt.hf_config`)."""
+    return isinstance(preset, str) and (preset in presets.CHECKPOINTS or hf.is_hub_source(preset))
+
+
+def load_checkpoint(preset, load_weights=True, **kwargs):
+    """The `Checkpoint` of a preset name or `hf://` repo; the weights are converted by
+    `keras_cvt.cache` (downloads in huggingface_hub's cache, conversions in keras_cvt's)."""
+    entry = presets.CHECKPOINTS.get(preset)
+    if entry is not None:
+        config, classes, labels, transform = (
+            architectures.get(entry.variant).config,
+            entry.classes,
+            None,
+            entry.transform,
+        )
+    else:
+        model = hf.read_config(preset)
+        config, classes, labels, transform = (
+            model.config,
+            model.classes,
+            model.labels,
+            pretrained.DEFAULT_TRANSFORM,
+        )
+    backbone = CvTBackbone(**config, **kwargs)
+    if not load_weights:
+        return Checkpoint(backbone, None, None if labels is None else list(labels), transform)
+    source = CvT(
+        **config,
+        weights=cache.fetch(entry) if entry is not None else hf.fetch_weights(preset, model),
+        include_top=classes is not None,
+        classes=classes or 1000,
+        classifier_activation=None,
+        include_preprocessing=False,
+        input_shape=(None, None, 3),
+    )
+    for layer in backbone.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+    head = source.get_layer("predictions").get_weights() if classes is not None else None
+    return Checkpoint(backbone, head, None if labels is None else list(labels), transform)
