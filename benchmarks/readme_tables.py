@@ -53,7 +53,9 @@ def weights_table():
     """The lines of README's table of pretrained weights (under "Pretrained weights")."""
     rows = [WEIGHTS_HEADER, "|---|---|---|---|---|---|"]
     for p in pretrained.PRETRAINED:
-        aliases = [alias for (variant, alias), target in pretrained.ALIASES.items() if (variant, target) == (p.variant, p.name)]
+        aliases = [
+            alias for (variant, alias), target in pretrained.ALIASES.items() if (variant, target) == (p.variant, p.name)
+        ]
         name = f'`"{p.name}"`' + "".join(f' (also `"{alias}"`)' for alias in aliases)
         builder = architectures.VARIANTS[p.variant].builder
         rows.append(_row((f"`{builder}`", name, p.resolution, p.pretraining, p.top1, p.repo)))

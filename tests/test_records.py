@@ -26,9 +26,7 @@ HEAVY = {"cvtw24"}
 
 
 def _variant_params():
-    return [
-        pytest.param(v, id=v.name, marks=[pytest.mark.slow] if v.name in HEAVY else []) for v in VARIANTS
-    ]
+    return [pytest.param(v, id=v.name, marks=[pytest.mark.slow] if v.name in HEAVY else []) for v in VARIANTS]
 
 
 def _stages(model):
@@ -78,9 +76,7 @@ def test_variant_names_and_builders_are_unique_and_recognised():
     assert all(architectures.get(v.name) is v for v in VARIANTS)
     with pytest.raises(ValueError, match=r"unknown CvT variant 'cvt99': expected one of \['cvt13'"):
         architectures.get("cvt99")
-    assert architectures.MODEL_CONFIGS == {
-        v.name: {**v.config, "drop_path_rate": v.drop_path_rate} for v in VARIANTS
-    }
+    assert architectures.MODEL_CONFIGS == {v.name: {**v.config, "drop_path_rate": v.drop_path_rate} for v in VARIANTS}
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
@@ -199,9 +195,7 @@ def test_an_edited_or_missing_readme_row_is_found():
         f"not in the records: {edited}",
     ]
     header = readme_tables.WEIGHTS_HEADER
-    assert _readme_differences(text.replace(header, header.replace("top-1", "top1"))) == [
-        f"no table headed {header}"
-    ]
+    assert _readme_differences(text.replace(header, header.replace("top-1", "top1"))) == [f"no table headed {header}"]
 
 
 # No module besides the records holds a copy of their facts.
