@@ -10,7 +10,13 @@ import pytest
 import keras_cvt
 from keras_cvt import CvT13, hf, hf_config, hub
 from tests.conftest import FIXTURES, TINY_CONFIG
-from tests.test_pretrained import FakeHub, isolated, reference_io, served, write_hf_tf_h5  # noqa: F401 (fixtures)
+from tests.test_pretrained import (
+    FakeHub,
+    isolated,
+    reference_io,
+    served,
+    write_hf_tf_h5,
+)  # noqa: F401 (fixtures)
 from weights_conversion import hf_to_original_key, read_checkpoint
 
 TOLERANCE = 1e-4
@@ -86,7 +92,9 @@ def publish(fake_hub, files, revision="main", config=None):
 def test_each_weight_format_gives_the_original_logits(fake_hub, tiny_files, tiny_io, filename):
     x, logits = tiny_io
     publish(fake_hub, {filename: tiny_files[filename]})
-    model = keras_cvt.from_hf(f"hf://{REPO}", include_preprocessing=False, classifier_activation=None, input_shape=(None, None, 3))
+    model = keras_cvt.from_hf(
+        f"hf://{REPO}", include_preprocessing=False, classifier_activation=None, input_shape=(None, None, 3)
+    )
     assert model.output_shape == (None, TINY_CONFIG["classes"])
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
     assert hf.labels(f"hf://{REPO}") == LABELS
@@ -102,7 +110,9 @@ def test_safetensors_is_preferred_and_offline_reuses_the_caches(fake_hub, tiny_f
     assert [path.rsplit("/", 1)[-1] for path, _ in fake_hub.get_requests("/cdn/")] == ["model.safetensors"]
     fake_hub.stop()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = keras_cvt.from_hf(f"hf://{REPO}", include_preprocessing=False, classifier_activation=None, input_shape=(None, None, 3))
+    model = keras_cvt.from_hf(
+        f"hf://{REPO}", include_preprocessing=False, classifier_activation=None, input_shape=(None, None, 3)
+    )
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
 
 
@@ -111,7 +121,12 @@ def test_revision_after_the_at_sign(fake_hub, tiny_files, tiny_io):
     commit = publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]}, revision="v1")
     model = keras_cvt.from_hf(f"hf://{REPO}@v1", include_top=False, pooling="token")
     assert model.output_shape == (None, TINY_CONFIG["embed_dims"][-1])
-    model = keras_cvt.from_hf(f"hf://{REPO}@{commit}", include_preprocessing=False, classifier_activation=None, input_shape=(None, None, 3))
+    model = keras_cvt.from_hf(
+        f"hf://{REPO}@{commit}",
+        include_preprocessing=False,
+        classifier_activation=None,
+        input_shape=(None, None, 3),
+    )
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
     with pytest.raises(hub.NotFoundError, match="404"):
         keras_cvt.from_hf(f"hf://{REPO}@v2")
@@ -119,7 +134,9 @@ def test_revision_after_the_at_sign(fake_hub, tiny_files, tiny_io):
 
 def test_variant_builder_refuses_another_architecture(fake_hub, tiny_files):
     publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]})
-    with pytest.raises(ValueError, match=r"not cvt13: build it with keras_cvt.from_hf\('hf://someone/tiny-cvt'\)"):
+    with pytest.raises(
+        ValueError, match=r"not cvt13: build it with keras_cvt.from_hf\('hf://someone/tiny-cvt'\)"
+    ):
         CvT13(weights=f"hf://{REPO}")
     # Refused from config.json alone: no weights were fetched.
     assert fake_hub.get_requests("/cdn/") == []
@@ -165,9 +182,14 @@ def test_config_refuses_what_cvt_cannot_express(field):
 def test_config_reads_the_architecture_and_labels():
     model = hf_config.read(tiny_config())
     assert model.config == {
-        "depths": (1, 2, 2), "embed_dims": (16, 32, 48), "num_heads": (1, 2, 3),
-        "patch_sizes": (7, 3, 3), "patch_strides": (4, 2, 2), "patch_paddings": (2, 1, 1),
-        "mlp_ratio": 4.0, "drop_path_rate": 0.1,
+        "depths": (1, 2, 2),
+        "embed_dims": (16, 32, 48),
+        "num_heads": (1, 2, 3),
+        "patch_sizes": (7, 3, 3),
+        "patch_strides": (4, 2, 2),
+        "patch_paddings": (2, 1, 1),
+        "mlp_ratio": 4.0,
+        "drop_path_rate": 0.1,
     }
     assert model.labels == tuple(LABELS) and model.variant is None
     cvt13 = hf_config.read(tiny_config(depth=[1, 2, 10], embed_dim=[64, 192, 384], num_heads=[1, 3, 6]))
@@ -182,10 +204,19 @@ def test_cvt13_from_its_hub_repo(fake_hub, served, reference_io):
     x, logits = reference_io
     commit = fake_hub.add("microsoft/cvt-13", "main", data).commit
     config = tiny_config(
-        depth=[1, 2, 10], embed_dim=[64, 192, 384], num_heads=[1, 3, 6], id2label={i: f"c{i}" for i in range(1000)}
+        depth=[1, 2, 10],
+        embed_dim=[64, 192, 384],
+        num_heads=[1, 3, 6],
+        id2label={i: f"c{i}" for i in range(1000)},
     )
-    fake_hub.add("microsoft/cvt-13", "main", json.dumps(config).encode(), etag="git", filename="config.json",
-                 commit=commit)
+    fake_hub.add(
+        "microsoft/cvt-13",
+        "main",
+        json.dumps(config).encode(),
+        etag="git",
+        filename="config.json",
+        commit=commit,
+    )
     model = CvT13(weights="hf://microsoft/cvt-13", include_preprocessing=False, classifier_activation=None)
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
     with pytest.raises(ValueError, match="1000-class classifier, got classes=10"):

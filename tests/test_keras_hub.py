@@ -1,0 +1,142 @@
+"""keras-hub integration: CvTBackbone / CvTImageClassifier from hf:// repos and preset names on the
+stand-in hub, checked against the original code's logits; save_to_preset read back by keras-hub's
+own generic loader; the image converter's evaluation transform."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub", reason="needs the hub extra (keras-hub)")
+
+import keras_cvt  # noqa: E402
+from keras_cvt import hf, pretrained, transforms  # noqa: E402
+from keras_cvt.keras_hub import CvTBackbone, CvTImageClassifier, presets  # noqa: E402
+from keras_cvt.keras_hub.preprocessor.image_converter import CvTImageConverter  # noqa: E402
+from tests.conftest import ROOT, TINY_CONFIG  # noqa: E402
+from tests.test_hf_hub import (
+    LABELS,
+    REPO,
+    fake_hub,
+    publish,
+    tiny_files,
+    tiny_io,
+)  # noqa: E402, F401 (fixtures)
+from tests.test_pretrained import isolated, reference_io, served  # noqa: E402, F401 (fixtures)
+
+TOLERANCE = 1e-4
+SOURCE = f"hf://{REPO}"
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow and keras-hub
+def test_names_are_lazy_and_import_keras_hub_only_when_used():
+    code = (
+        "import sys, keras_cvt\n"
+        "assert 'keras_hub' not in sys.modules\n"
+        "assert keras_cvt.CvTImageClassifier.backbone_cls is keras_cvt.CvTBackbone\n"
+        "assert 'keras_hub' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+
+
+def test_classifier_from_hf_repo_gives_the_original_logits(fake_hub, tiny_files, tiny_io):
+    x, logits = tiny_io
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]})
+    classifier = CvTImageClassifier.from_preset(SOURCE, preprocessor=None)
+    assert np.abs(classifier.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    assert classifier.labels == LABELS and classifier.num_classes == TINY_CONFIG["classes"]
+    # keras-hub's preprocessor with the checkpoint's evaluation transform (none recorded: the 224 one).
+    converter = CvTImageClassifier.from_preset(SOURCE).preprocessor.image_converter
+    assert (converter.image_size, converter.crop_ratio) == ((224, 224), 0.875)
+
+
+@pytest.mark.slow  # four models built and run
+def test_backbone_from_hf_repo_is_a_feature_pyramid(fake_hub, tiny_files, tiny_io):
+    x, _ = tiny_io
+    publish(fake_hub, {"tf_model.h5": tiny_files["tf_model.h5"]})
+    backbone = CvTBackbone.from_preset(SOURCE)
+    assert isinstance(backbone, keras_hub.models.FeaturePyramidBackbone)
+    pyramid = keras_cvt.CvT(
+        **hf.read_config(SOURCE).config, weights=None, include_top=False, include_preprocessing=False
+    )
+    features = keras_hub.models.Backbone(inputs=backbone.inputs, outputs=backbone.pyramid_outputs)
+    maps = features.predict(x, verbose=0)
+    height, width = x.shape[1:3]
+    for level, stride, dim in zip(("P2", "P3", "P4"), (4, 8, 16), TINY_CONFIG["embed_dims"]):
+        assert maps[level].shape == (len(x), height // stride, width // stride, dim)
+    # The class token and the last map are those of keras_cvt's own model with these weights.
+    token = keras_cvt.from_hf(SOURCE, include_top=False, pooling="token", include_preprocessing=False)
+    assert np.abs(backbone.predict(x, verbose=0) - token.predict(x, verbose=0)).max() <= 1e-5
+    last = keras_cvt.from_hf(SOURCE, include_top=False, include_preprocessing=False)
+    assert np.abs(maps["P4"] - last.predict(x, verbose=0)).max() <= 1e-5
+    assert pyramid.output_shape == (None, None, None, TINY_CONFIG["embed_dims"][-1])
+
+
+@pytest.mark.slow  # a preset saved and loaded three ways
+def test_save_to_preset_loads_back_through_keras_hubs_generic_classifier(
+    fake_hub, tiny_files, tiny_io, tmp_path
+):
+    x, logits = tiny_io
+    publish(fake_hub, {"pytorch_model.bin": tiny_files["pytorch_model.bin"]})
+    classifier = CvTImageClassifier.from_preset(SOURCE)
+    classifier.save_to_preset(str(tmp_path / "preset"))
+    fake_hub.stop()
+    loaded = keras_hub.models.ImageClassifier.from_preset(str(tmp_path / "preset"))
+    assert type(loaded) is CvTImageClassifier and loaded.labels == LABELS
+    assert (
+        np.abs(loaded.backbone.predict(x, verbose=0) - classifier.backbone.predict(x, verbose=0)).max() == 0
+    )
+    # Without its preprocessor it takes normalised images: the original's logits again.
+    bare = keras_hub.models.ImageClassifier.from_preset(str(tmp_path / "preset"), preprocessor=None)
+    assert np.abs(bare.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    # With it, pixels in: the same outputs as the saved classifier's.
+    pixels = np.random.RandomState(0).randint(0, 256, (2, 250, 300, 3)).astype("float32")
+    assert np.abs(loaded.predict(pixels, verbose=0) - classifier.predict(pixels, verbose=0)).max() == 0
+    backbone = keras_hub.models.Backbone.from_preset(str(tmp_path / "preset"))
+    assert type(backbone) is CvTBackbone
+    assert (
+        json.loads((tmp_path / "preset" / "config.json").read_text())["registered_name"]
+        == "keras_cvt>CvTBackbone"
+    )
+
+
+@pytest.mark.parametrize("name", ["imagenet", "imagenet-384"])
+def test_converter_applies_the_checkpoints_evaluation_transform(name):
+    transform = pretrained.transform_for("cvt13", name)
+    converter = CvTImageConverter.from_transform(transform)
+    image = np.random.RandomState(1).randint(0, 256, (300, 260, 3)).astype("uint8")
+    expected = transforms.from_record(transform)(image).numpy() / 255.0
+    expected = (expected - np.array(transform.mean)) / np.array(transform.std)
+    single = np.asarray(converter(image))
+    assert single.shape == (transform.size, transform.size, 3)
+    assert np.abs(single - expected).max() <= 1e-5
+    batch = np.asarray(converter(np.stack([image, image[::-1]])))
+    assert np.abs(batch[0] - single).max() == 0
+    again = CvTImageConverter.from_config(converter.get_config())
+    assert np.abs(np.asarray(again(image)) - single).max() == 0
+
+
+def test_presets_are_the_seven_checkpoints():
+    assert sorted(CvTBackbone.presets) == sorted(presets.CHECKPOINTS) == sorted(CvTImageClassifier.presets)
+    assert len(presets.CHECKPOINTS) == len(pretrained.PRETRAINED) == 7
+    assert presets.CHECKPOINTS["cvtw24_imagenet22k_384"].repo == "microsoft/cvt-w24-384-22k"
+
+
+def test_classifier_refuses_labels_of_another_width():
+    backbone = CvTBackbone(**{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")})
+    with pytest.raises(ValueError, match="`labels` must name the 10 classes, got 2"):
+        CvTImageClassifier(backbone, 10, labels=["a", "b"])
+
+
+@pytest.mark.slow  # the CvT-13 reference: 80 MB served, converted and run
+def test_classifier_from_a_preset_name_gives_the_original_logits(fake_hub, served, reference_io):
+    data, _ = served
+    x, logits = reference_io
+    entry = presets.CHECKPOINTS["cvt13_imagenet22k_384"]
+    fake_hub.add(entry.repo, entry.revision, data)
+    classifier = CvTImageClassifier.from_preset("cvt13_imagenet22k_384", preprocessor=None)
+    assert np.abs(classifier.predict(x, verbose=0) - logits).max() <= TOLERANCE
+    converter = CvTImageClassifier.from_preset("cvt13_imagenet22k_384").preprocessor.image_converter
+    assert (converter.image_size, converter.crop_ratio) == ((384, 384), None)
