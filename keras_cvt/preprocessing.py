@@ -81,8 +81,12 @@ def imagenet_classes():
     return tuple(tuple(line.split("\t")) for line in text.splitlines())
 
 
-def decode_predictions(preds, top=5):
+def decode_predictions(preds, top=5, labels=None):
     """Decodes ImageNet-1k predictions into `(class_id, class_name, score)` tuples.
+
+    With `labels` (the class names in class order, e.g. `keras_cvt.hf.labels("hf://owner/repo")`,
+    a hub repo's `id2label`), decodes any classifier's predictions: `class_id` is then the
+    class number as a string and `class_name` the label as it is.
 
     Same contract as `keras.applications.imagenet_utils.decode_predictions` (class names are
     the first WordNet lemma, spaces as underscores, e.g. `"great_white_shark"`), but the
@@ -91,23 +95,25 @@ def decode_predictions(preds, top=5):
     Args:
         preds: array of shape `(samples, 1000)`: probabilities or logits.
         top: how many classes to return per sample.
+        labels: None for ImageNet-1k, or one string per class.
 
     Returns:
         A list with, per sample, a list of `top` tuples, best first.
     """
     preds = np.asarray(preds)
-    classes = imagenet_classes()
+    if labels is None:
+        classes = tuple((wnid, names.split(",")[0].replace(" ", "_")) for wnid, names in imagenet_classes())
+    else:
+        classes = tuple((str(i), str(label)) for i, label in enumerate(labels))
     if preds.ndim != 2 or preds.shape[1] != len(classes):
-        raise ValueError(
-            f"`preds` must have shape (samples, {len(classes)}) (ImageNet-1k predictions), "
-            f"got shape {preds.shape}"
-        )
+        kind = "ImageNet-1k predictions" if labels is None else "one column per label"
+        raise ValueError(f"`preds` must have shape (samples, {len(classes)}) ({kind}), got shape {preds.shape}")
     if not isinstance(top, int) or top < 1:
         raise ValueError(f"`top` must be a positive integer, got top={top!r}")
     results = []
     for row in preds:
         best = np.argsort(row)[::-1][:top]
         results.append(
-            [(classes[i][0], classes[i][1].split(",")[0].replace(" ", "_"), float(row[i])) for i in best]
+            [(classes[i][0], classes[i][1], float(row[i])) for i in best]
         )
     return results

@@ -221,3 +221,18 @@ def test_cvt13_from_its_hub_repo(fake_hub, served, reference_io):
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
     with pytest.raises(ValueError, match="1000-class classifier, got classes=10"):
         CvT13(weights="hf://microsoft/cvt-13", classes=10)
+
+
+def test_labels_feed_decode_predictions(fake_hub, tiny_files, tiny_io):
+    x, logits = tiny_io
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]})
+    model = keras_cvt.from_hf(f"hf://{REPO}", include_preprocessing=False, input_shape=(None, None, 3))
+    decoded = keras_cvt.decode_predictions(
+        model.predict(x, verbose=0), top=2, labels=hf.labels(f"hf://{REPO}")
+    )
+    best = np.argsort(logits, axis=1)[:, ::-1][:, :2]
+    assert [[(i, name) for i, name, _ in row] for row in decoded] == [
+        [(str(c), LABELS[c]) for c in row] for row in best
+    ]
+    with pytest.raises(ValueError, match=r"\(samples, 2\) \(one column per label\)"):
+        keras_cvt.decode_predictions(logits, labels=["a", "b"])
