@@ -401,6 +401,7 @@ def install(entry, converted, commit=None):
 # --- downloads through the builders ---
 
 
+@pytest.mark.slow  # CvT-13 downloaded, converted, built and run (twice)
 def test_download_convert_cache_then_reuse_without_network(fake_hub, served, reference_io):
     data, sha = served
     x, logits = reference_io
@@ -452,6 +453,7 @@ def test_upstream_change_of_main_is_noticed(fake_hub, served, cvt13_reference):
     assert_same_weights_files(path, cvt13_reference[0])
 
 
+@pytest.mark.slow  # CvT-13 downloaded, converted, built and run
 def test_pinned_entry_verifies_against_the_pin(fake_hub, served, reference_io, monkeypatch):
     data, sha = served
     x, logits = reference_io
