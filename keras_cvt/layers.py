@@ -290,6 +290,13 @@ class ConvAttentionBase(layers.Layer):
         self.qkv_bias = qkv_bias
         # The original scales by the full width, not the head width.
         self.scale = dim**-0.5
+        self._make_layers()
+        self.proj = dense(dim, True, "proj", self.dtype_policy)
+
+    def _make_layers(self):
+        """Makes the q/k/v projection layers, each its own attribute with its own name (the
+        paths of the weights in `.weights.h5` files)."""
+        raise NotImplementedError(f"{type(self).__name__} must define `_make_layers`")
 
     def _tokens(self, x_map, cls_token, batch):
         """A projected map as tokens `(batch, tokens, dim)`, the class token first if any."""
@@ -378,32 +385,17 @@ class ConvAttention(ConvAttentionBase):
         qkv_bias: whether the q/k/v Linear layers have a bias.
     """
 
-    def __init__(
-        self,
-        dim,
-        num_heads,
-        with_cls_token=False,
-        kernel_size=ATTENTION_KERNEL_SIZE,
-        q_stride=Q_STRIDE,
-        kv_stride=KV_STRIDE,
-        padding=ATTENTION_PADDING,
-        qkv_bias=QKV_BIAS,
-        **kwargs,
-    ):
-        super().__init__(
-            dim, num_heads, with_cls_token, kernel_size, q_stride, kv_stride, padding, qkv_bias, **kwargs
-        )
-        policy = self.dtype_policy
-        self.conv_proj_q = projection_conv(kernel_size, q_stride, padding, False, "conv_proj_q", policy)
+    def _make_layers(self):
+        policy, size, padding, bias = self.dtype_policy, self.kernel_size, self.padding, self.qkv_bias
+        self.conv_proj_q = projection_conv(size, self.q_stride, padding, False, "conv_proj_q", policy)
         self.conv_proj_q_bn = _batch_norm("conv_proj_q_bn", policy)
-        self.proj_q = dense(dim, qkv_bias, "proj_q", policy)
-        self.conv_proj_k = projection_conv(kernel_size, kv_stride, padding, False, "conv_proj_k", policy)
+        self.proj_q = dense(self.dim, bias, "proj_q", policy)
+        self.conv_proj_k = projection_conv(size, self.kv_stride, padding, False, "conv_proj_k", policy)
         self.conv_proj_k_bn = _batch_norm("conv_proj_k_bn", policy)
-        self.proj_k = dense(dim, qkv_bias, "proj_k", policy)
-        self.conv_proj_v = projection_conv(kernel_size, kv_stride, padding, False, "conv_proj_v", policy)
+        self.proj_k = dense(self.dim, bias, "proj_k", policy)
+        self.conv_proj_v = projection_conv(size, self.kv_stride, padding, False, "conv_proj_v", policy)
         self.conv_proj_v_bn = _batch_norm("conv_proj_v_bn", policy)
-        self.proj_v = dense(dim, qkv_bias, "proj_v", policy)
-        self.proj = dense(dim, True, "proj", policy)
+        self.proj_v = dense(self.dim, bias, "proj_v", policy)
 
     def _projections(self):
         return (

@@ -20,7 +20,7 @@ from tests.conftest import TINY_CONFIG
 
 # What this machine's TensorFlow does (the x86 builds run oneDNN by default): each count below
 # is what the rewrite gives here, worked out from the model; the other branches are tested with
-# availability mocked (test_without_the_kernel_*, test_without_onednn_*) and, for the rewrite
+# availability mocked (test_without_onednn_or_its_kernel) and, for the rewrite
 # itself, on the GraphDef (test_fuse_layer_norms_rewrites_every_match).
 FUSED = frozen_module.fused_layer_norm_available()
 ONEDNN = frozen_module.onednn_enabled()
@@ -174,18 +174,6 @@ def test_fuse_layer_norms_rewrites_every_match():
         assert nodes[name].op == op or name in {m.output.name for m in matches}
 
 
-def test_without_the_kernel_layer_norms_stay(tiny_reference, monkeypatch):
-    path, x, logits = tiny_reference
-    model = CvT(**TINY_CONFIG, weights=path, include_preprocessing=False,
-                classifier_activation=None, input_shape=x.shape[1:])
-    monkeypatch.setattr(frozen_module, "fused_layer_norm_available", lambda: False)
-    frozen = freeze_for_inference(model)
-    assert frozen.layer_norms == _layer_norms(model) and frozen.fused_layer_norms == 0
-    ops = _ops(frozen.graph_def)
-    assert frozen_module.FUSED_LAYER_NORM not in ops and {"Rsqrt", "Square"} <= ops
-    np.testing.assert_allclose(frozen(x).numpy(), logits, rtol=0, atol=1e-4)
-
-
 @pytest.mark.parametrize("shape", [(6,), (5, 6), (3, 4, 6)])
 def test_layer_norms_fused_at_any_rank_and_only_ours(shape):
     inputs = keras.Input(shape)
@@ -262,17 +250,23 @@ def test_layer_norm_read_inside_is_not_fused():
         np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
 
 
-def test_without_onednn_the_graph_is_left_as_frozen(tiny_reference, monkeypatch):
+@pytest.mark.parametrize("missing", ["onednn_enabled", "fused_layer_norm_available"])
+def test_without_onednn_or_its_kernel(tiny_reference, monkeypatch, missing):
     path, x, logits = tiny_reference
     model = CvT(**TINY_CONFIG, weights=path, include_preprocessing=False,
                 classifier_activation=None, input_shape=x.shape[1:])
-    monkeypatch.setattr(frozen_module, "onednn_enabled", lambda: False)
+    monkeypatch.setattr(frozen_module, missing, lambda: False)
     frozen = freeze_for_inference(model)
-    assert frozen.fused_layer_norms == frozen.plain_layout_matmuls == 0
-    assert frozen.layer_norms == _layer_norms(model)  # still recognised: matching needs no oneDNN
-    assert _matmul_weight_ops(frozen.graph_def) == {"Identity": len(_matmul_layers(model))}
+    # Still recognised (matching needs neither), left as they are.
+    assert frozen.layer_norms == _layer_norms(model) and frozen.fused_layer_norms == 0
     ops = _ops(frozen.graph_def)
-    assert frozen_module.FUSED_LAYER_NORM not in ops and frozen_module.PLAIN_WEIGHT not in ops
+    assert frozen_module.FUSED_LAYER_NORM not in ops and {"Rsqrt", "Square"} <= ops
+    matmuls = len(_matmul_layers(model))
+    if missing == "onednn_enabled":  # the graph is left as frozen
+        assert frozen.plain_layout_matmuls == 0 and frozen_module.PLAIN_WEIGHT not in ops
+        assert _matmul_weight_ops(frozen.graph_def) == {"Identity": matmuls}
+    else:  # oneDNN without its LayerNorm kernel: the matmul weights are still rewritten
+        assert frozen.plain_layout_matmuls == (matmuls if ONEDNN else 0)
     np.testing.assert_allclose(frozen(x).numpy(), logits, rtol=0, atol=1e-4)
 
 

@@ -63,6 +63,7 @@ def test_folded_structure_keeps_the_layer_names(tiny_reference):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", [None, "avg", "token"])
 def test_folded_features_at_any_size(tiny_reference, pooling):
     path, _, _ = tiny_reference
@@ -75,6 +76,7 @@ def test_folded_features_at_any_size(tiny_reference, pooling):
     assert np.max(np.abs(out - expected)) <= 1e-5 * max(1.0, np.max(np.abs(expected)))
 
 
+@pytest.mark.slow
 def test_folded_model_saves_and_loads(tiny_reference, tmp_path):
     path, x, _ = tiny_reference
     folded = optimize_for_inference(_tiny(path))

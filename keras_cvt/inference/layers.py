@@ -22,11 +22,6 @@ import keras
 from keras import layers, ops
 
 from keras_cvt.layers import (
-    ATTENTION_KERNEL_SIZE,
-    ATTENTION_PADDING,
-    KV_STRIDE,
-    Q_STRIDE,
-    QKV_BIAS,
     ConvAttentionBase,
     CvTBlock,
     convolve,
@@ -105,29 +100,19 @@ class FoldedConvAttention(ConvAttentionBase):
     # Heads first: the layout `HeadProjection` gives k and v.
     heads_axis = 0
 
-    def __init__(
-        self,
-        dim,
-        num_heads,
-        with_cls_token=False,
-        kernel_size=ATTENTION_KERNEL_SIZE,
-        q_stride=Q_STRIDE,
-        kv_stride=KV_STRIDE,
-        padding=ATTENTION_PADDING,
-        qkv_bias=QKV_BIAS,
-        **kwargs
-    ):
-        super().__init__(
-            dim, num_heads, with_cls_token, kernel_size, q_stride, kv_stride, padding, qkv_bias, **kwargs
+    def _make_layers(self):
+        policy, size, padding, head_dim = (
+            self.dtype_policy,
+            self.kernel_size,
+            self.padding,
+            self.dim // self.num_heads,
         )
-        policy, head_dim = self.dtype_policy, dim // num_heads
-        self.conv_proj_q = projection_conv(kernel_size, q_stride, padding, True, "conv_proj_q", policy, True)
-        self.proj_q = dense(dim, qkv_bias, "proj_q", policy)
-        self.conv_proj_k = projection_conv(kernel_size, kv_stride, padding, True, "conv_proj_k", policy, True)
-        self.proj_k = HeadProjection(num_heads, head_dim, use_bias=False, name="proj_k", dtype=policy)
-        self.conv_proj_v = projection_conv(kernel_size, kv_stride, padding, True, "conv_proj_v", policy, True)
-        self.proj_v = HeadProjection(num_heads, head_dim, use_bias=False, name="proj_v", dtype=policy)
-        self.proj = dense(dim, True, "proj", policy)
+        self.conv_proj_q = projection_conv(size, self.q_stride, padding, True, "conv_proj_q", policy, True)
+        self.proj_q = dense(self.dim, self.qkv_bias, "proj_q", policy)
+        self.conv_proj_k = projection_conv(size, self.kv_stride, padding, True, "conv_proj_k", policy, True)
+        self.proj_k = HeadProjection(self.num_heads, head_dim, use_bias=False, name="proj_k", dtype=policy)
+        self.conv_proj_v = projection_conv(size, self.kv_stride, padding, True, "conv_proj_v", policy, True)
+        self.proj_v = HeadProjection(self.num_heads, head_dim, use_bias=False, name="proj_v", dtype=policy)
 
     def build(self, input_shape):
         map_shape = (None, None, None, self.dim)
