@@ -7,7 +7,7 @@ import pytest
 
 import keras_cvt
 from keras_cvt.inference.layers import FoldedConvAttention, FoldedCvTBlock, HeadProjection
-from tests.test_layers import _check_config_roundtrip, _np, _randomize
+from tests.test_layers import ATTENTION_CONFIG, _check_config_roundtrip, _np, _randomize
 
 
 def test_head_projection_is_the_public_name():
@@ -51,16 +51,7 @@ def test_folded_attention_weights(qkv_bias):
 
 
 def test_folded_attention_config_roundtrip():
-    kwargs = {
-        "dim": 8,
-        "num_heads": 2,
-        "with_cls_token": True,
-        "kernel_size": 5,
-        "q_stride": 1,
-        "kv_stride": 3,
-        "padding": 2,
-        "qkv_bias": False,
-    }
+    kwargs = ATTENTION_CONFIG
     layer = FoldedConvAttention(**kwargs)
     x = np.random.RandomState(1).normal(size=(2, 1 + 7 * 5, 8)).astype("float32")
     layer(x, height=7, width=5)

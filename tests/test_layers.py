@@ -310,17 +310,21 @@ def test_conv_attention_uses_batch_statistics_only_when_training():
     assert np.abs(training - inference).max() > 1e-3
 
 
+# Every argument away from its default (also used for the folded form's test).
+ATTENTION_CONFIG = {
+    "dim": 8,
+    "num_heads": 2,
+    "with_cls_token": True,
+    "kernel_size": 5,
+    "q_stride": 1,
+    "kv_stride": 3,
+    "padding": 2,
+    "qkv_bias": False,
+}
+
+
 def test_conv_attention_config_roundtrip():
-    kwargs = {
-        "dim": 8,
-        "num_heads": 2,
-        "with_cls_token": True,
-        "kernel_size": 5,
-        "q_stride": 1,
-        "kv_stride": 3,
-        "padding": 2,
-        "qkv_bias": False,
-    }
+    kwargs = ATTENTION_CONFIG
     layer = ConvAttention(**kwargs)
     x = _attention_input(2, 7, 5, 8, True)
     layer(x, height=7, width=5)
