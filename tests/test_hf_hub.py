@@ -10,13 +10,8 @@ import pytest
 import keras_cvt
 from keras_cvt import CvT13, hf, hf_config, hub
 from tests.conftest import FIXTURES, TINY_CONFIG
-from tests.test_pretrained import (
-    FakeHub,
-    isolated,
-    reference_io,
-    served,
-    write_hf_tf_h5,
-)  # noqa: F401 (fixtures)
+from tests.test_pretrained import fake_hub, isolated, reference_io, served  # noqa: F401 (fixtures)
+from tests.test_pretrained import write_hf_tf_h5
 from weights_conversion import hf_to_original_key, read_checkpoint
 
 TOLERANCE = 1e-4
@@ -63,14 +58,6 @@ def tiny_files(tmp_path_factory):
     torch.save(state, folder / "pytorch_model.bin")
     write_hf_tf_h5(original, folder / "tf_model.h5")
     return {path.name: path.read_bytes() for path in folder.iterdir()}
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    server = FakeHub()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
