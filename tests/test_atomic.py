@@ -57,6 +57,7 @@ def test_a_directory_is_swapped_in_whole_or_not_at_all(tmp_path):
     assert sorted(os.listdir(target)) == ["b"] and sorted(os.listdir(tmp_path)) == ["1"]
 
 
+@pytest.mark.slow
 def test_a_kill_while_publishing_leaves_only_what_remove_leftovers_removes(tmp_path):
     path = tmp_path / "out.bin"
     atomic.write_bytes(path, b"old")

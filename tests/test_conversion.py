@@ -337,6 +337,7 @@ def test_a_pickle_with_code_is_refused_not_run(tiny_state, tmp_path, out_dir):
 # --- Command line ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_converts_and_the_file_loads(tiny_reference, tmp_path):
     out = tmp_path / "cli.weights.h5"
     result = _run_python("-m", "weights_conversion", str(TINY), str(out))
@@ -346,6 +347,7 @@ def test_cli_converts_and_the_file_loads(tiny_reference, tmp_path):
     assert np.abs(_tiny_logits(out, x) - logits).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_cli_reports_every_problem_and_writes_nothing(tiny_state, tmp_path, out_dir):
     state = dict(tiny_state)
     del state["stage1.blocks.1.mlp.fc2.bias"]
@@ -397,6 +399,7 @@ def test_hf_keys_map_one_to_one_onto_the_original_keys(variant):
     assert misshapen == []
 
 
+@pytest.mark.slow
 def test_hf_safetensors_converts_without_torch(tmp_path):
     """HF's model.safetensors needs no PyTorch; a .pth says clearly that it does."""
     torch.manual_seed(0)

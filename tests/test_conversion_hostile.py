@@ -106,6 +106,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_claims_larger_than_the_file_are_refused_in_bounded_memory(tiny_state, tmp_path, out_dir):
     paths = []
     for name, (make, _) in HOSTILE.items():
@@ -229,6 +230,7 @@ def test_half_precision_checkpoints_convert_as_their_float32_rounding(
         assert_same_weights_files(tmp_path / "half.weights.h5", tiny_reference[0])
 
 
+@pytest.mark.slow
 def test_bfloat16_logits_are_those_of_the_rounded_weights(tiny_state, tiny_reference, tmp_path):
     _, x, full_logits = tiny_reference
     torch.save(_in_dtype(tiny_state, torch.bfloat16), tmp_path / "bf16.pth")
@@ -510,6 +512,7 @@ def test_cli_reports_a_failed_write_in_one_line(tmp_path, out_dir, capsys, monke
     assert os.listdir(out_dir) == []
 
 
+@pytest.mark.slow
 def test_cli_process_exits_1_with_one_line(tmp_path):
     """The same through `python -m weights_conversion`: exit status 1, no traceback."""
     output, watched = _bad_output("existing_directory", tmp_path)

@@ -227,12 +227,23 @@ def hf_models(tmp_path_factory):
     return get
 
 
+# Building and converting the full-size models (CvT-13, CvT-21) takes half a minute each.
+SLOW_CASES = ("cvt13", "cvt21")
+
+
+def _marks(name):
+    return [pytest.mark.slow] if name in SLOW_CASES else []
+
+
+CASE_NAMES = [pytest.param(name, marks=_marks(name), id=name) for name in sorted(CASES)]
 CASE_SIZES = [
-    pytest.param(name, size, id=f"{name}-{size[0]}x{size[1]}") for name in sorted(CASES) for size in CASES[name].sizes
+    pytest.param(name, size, marks=_marks(name), id=f"{name}-{size[0]}x{size[1]}")
+    for name in sorted(CASES)
+    for size in CASES[name].sizes
 ]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_bin_and_safetensors_convert_to_identical_weights(hf_models, name):
     converted = hf_models(name)
     assert_same_weights_files(converted.bin, converted.safetensors)
@@ -240,7 +251,7 @@ def test_bin_and_safetensors_convert_to_identical_weights(hf_models, name):
     assert converted.info_bin["tensors"] == converted.info_safetensors["tensors"] == n_tensors
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_no_parameter_is_left_at_its_default(hf_models, name):
     state = hf_models(name).hf.state_dict()
     zero_by_default = [k for k in state if k.endswith((".bias", ".running_mean"))]
@@ -252,7 +263,7 @@ def test_no_parameter_is_left_at_its_default(hf_models, name):
     assert [k for k in one_by_default if (state[k] == 1).any()] == []
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_inferred_architecture(hf_models, name):
     converted = hf_models(name)
     case = converted.case

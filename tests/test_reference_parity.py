@@ -1,6 +1,7 @@
 """The proof that the port is the original model: logits of the original PyTorch code."""
 
 import numpy as np
+import pytest
 
 from keras_cvt import CvT, CvT13, imagenet_normalize, preprocess_input
 from keras_cvt.preprocessing import IMAGENET_MEAN, IMAGENET_STD
@@ -31,6 +32,7 @@ def test_tiny_reproduces_original_logits_non_square(tiny_reference):
     assert np.abs(out - logits).max() <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_builtin_preprocessing_equals_original_normalisation(cvt13_reference):
     """include_preprocessing=True on [0, 255] pixels == original model on normalised input."""
     path, x, _ = cvt13_reference

@@ -61,6 +61,7 @@ def test_keras_file_roundtrip_cvt13(cvt13_converted, tmp_path):
     np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_keras_file_loads_in_a_fresh_process_after_import(tiny_reference, tmp_path):
     """A new interpreter needs only `import keras_cvt` to load a `.keras` file."""
     weights, x, logits = tiny_reference

@@ -149,6 +149,7 @@ np.savez({str(out)!r}, **state)
     assert [k for k in state if not np.array_equal(blocked[k], state[k])] == []
 
 
+@pytest.mark.slow
 def test_cli_converts_tf_model_h5(tmp_path, converted):
     out = tmp_path / "out.weights.h5"
     result = subprocess.run(

@@ -53,6 +53,7 @@ PHASES = [
 ]
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_steps(tmp_path):
     data = write_image_folder(tmp_path / "images", per_class=9, classes=2, size=(16, 16))
     out = tmp_path / "run"
@@ -129,6 +130,7 @@ def train_data(batch_size=4):
     )
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_arguments_or_another_model_is_refused_before_anything_is_loaded(tmp_path):
     out = str(tmp_path / "run")
     common = {"epochs": 2, "output_dir": out, "backup_every": 2, "verbose": 0}
@@ -176,6 +178,7 @@ def test_a_rerun_with_other_arguments_or_another_model_is_refused_before_anythin
     assert not backup.exists()
 
 
+@pytest.mark.slow
 def test_a_completed_run_is_kept_and_best_is_never_replaced_by_a_worse_model(tmp_path):
     out = tmp_path / "run"
     images, _ = arrays(4)
@@ -229,6 +232,7 @@ def test_a_completed_run_is_kept_and_best_is_never_replaced_by_a_worse_model(tmp
         assert float(f.attrs["best"]) == 0.75 and f.attrs["monitor"] == "val_top1"
 
 
+@pytest.mark.slow
 def test_checkpoints_of_another_model_are_refused_even_on_restart(tmp_path):
     out = str(tmp_path / "run")
     training.fit(compiled(TINY), train_data(), epochs=1, steps_per_epoch=1, output_dir=out, verbose=0)
