@@ -17,9 +17,10 @@ first checks that the two give the same logits. Ours take pixels in [0, 255] wit
 normalisation (and, for the export files, the softmax) inside; HF's take normalised pixels.
 The export files have a fixed height and width (`--size`) and a free batch, as HF's ONNX file.
 
-Each system runs in a process of its own, started when its turn comes, beside the process of
-the reference; every sample of a system is taken between two samples of the reference and
-divided by their mean, which cancels the drifts of a shared machine's speed (tens of percent
+Each system runs in a process of its own, started (and warmed up) when its turn comes and
+stopped after it (all at once would not fit this machine's memory), beside the process of the
+reference; every sample of a system is taken between two samples of the reference and divided
+by their mean, which cancels the drifts of a shared machine's speed (tens of percent
 within a minute). A batch-1 sample is the median of `--latency-calls` calls; a batch-32 sample
 is one call. The table gives each system's median sample and the median of its bracketed
 ratios; "time / ours" and "images/s / ours" are against the reference. Written as JSON to
@@ -60,6 +61,22 @@ SYSTEMS = (
     ("hf_onnxruntime", "hf", "f32", "torch.onnx.export on ONNX Runtime"),
     ("hf_openvino_f32", "hf", "f32", "the same ONNX file, OpenVINO float32"),
     ("hf_openvino_bf16", "hf", "bf16", "the same, OpenVINO bfloat16"),
+)
+# The order of measurement: the slowest to start (torch.compile: minutes) last, so that a run cut
+# short still has the rest; a report is written after each system.
+MEASUREMENT_ORDER = (
+    REFERENCE,
+    "ours_tf_frozen_bf16",
+    "hf_openvino_bf16",
+    "ours_openvino_bf16",
+    "hf_openvino_f32",
+    "ours_openvino_f32",
+    "hf_onnxruntime",
+    "ours_onnxruntime",
+    "hf_torch_bf16",
+    "ours_litert",
+    "hf_torch_eager",
+    "hf_torch_compile",
 )
 BATCHES = (1, 32)
 PAUSE = 0.2  # seconds between two processes' samples: their spinning thread pools go idle
@@ -186,7 +203,7 @@ def worker(system, directory, variant, size):
     """Serves timing requests on stdin: `batch calls` -> the median seconds of `calls` calls."""
     run = load(system, pathlib.Path(directory), variant, size)
     for b in BATCHES:  # warm-up: compilation, memory plans, caches
-        for _ in range(3):
+        for _ in range(2):
             run(b)
     print("ready", flush=True)
     for line in sys.stdin:
@@ -234,14 +251,19 @@ class Process:
         self.process.wait()
 
 
-def measure(args, directory):
+def measure(args, directory, done):
+    """Per system, in turn (`MEASUREMENT_ORDER`): starts its process, takes `--rounds` samples at
+    each batch, each between two samples of the reference's process, stops it and calls
+    `done(samples, ratios, start_seconds, began)` with what has been measured so far."""
     calls = {1: args.latency_calls, 32: 1}
+    # The load average says how busy the shared machine was (2 would be these cores, full).
+    began = f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}"
     reference = Process(REFERENCE, args, directory)
     samples = {name: {b: [] for b in BATCHES} for name, *_ in SYSTEMS}
     ratios = {name: {b: [] for b in BATCHES} for name, *_ in SYSTEMS}
     started = {}
     try:
-        for name, *_ in SYSTEMS:
+        for name in MEASUREMENT_ORDER:
             begin = time.time()
             system = reference if name == REFERENCE else Process(name, args, directory)
             started[name] = time.time() - begin
@@ -260,14 +282,16 @@ def measure(args, directory):
             finally:
                 if system is not reference:
                     system.close()
+            done(samples, ratios, started, began)
     finally:
         reference.close()
-    return samples, ratios, started
 
 
 def summary(samples, ratios):
     rows = []
     for name, side, precision, description in SYSTEMS:
+        if not ratios[name][32]:
+            continue  # not measured (a run cut short)
         time_ratio = statistics.median(ratios[name][1])
         rate_ratio = statistics.median(1 / r for r in ratios[name][32])
         rows.append(
@@ -288,6 +312,8 @@ def summary(samples, ratios):
         allowed = ("f32",) if precision == "f32" else ("f32", "bf16")
         ours = [r for r in rows if r["side"] == "ours" and r["precision"] in allowed]
         peers = [r for r in rows if r["side"] == "hf" and r["precision"] in allowed]
+        if not ours or not peers:
+            continue
         best_ours_b1 = min(ours, key=lambda r: r["batch1_time_vs_reference"])
         best_peer_b1 = min(peers, key=lambda r: r["batch1_time_vs_reference"])
         best_ours_b32 = max(ours, key=lambda r: r["batch32_rate_vs_reference"])
@@ -339,17 +365,25 @@ def main(argv=None):
             difference = prepare(directory, args.model, args.size)
             marker.write_text(json.dumps({"max_logit_difference": difference, "seconds": time.time() - begin}))
         prepared = json.loads(marker.read_text())
+        # HF's MLP uses exact GELU, the original's (and ours) QuickGELU: tests/test_hf_parity.py
+        # holds the rest to 1e-4 with QuickGELU swapped into HF's model.
         print(
-            f"prepared; ours and HF's logits differ by at most {prepared['max_logit_difference']:.2e}",
+            f"prepared; ours and HF's logits differ by at most {prepared['max_logit_difference']:.2e} "
+            "(HF's exact GELU against QuickGELU)",
             file=sys.stderr,
             flush=True,
         )
-        begin = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        samples, ratios, started = measure(args, directory)
+        measure(args, directory, lambda *measured: report(args, prepared, *measured))
+    return 0
+
+
+def report(args, prepared, samples, ratios, started, began):
+    """Prints the table of what has been measured and writes it as JSON."""
     rows, targets = summary(samples, ratios)
     print(
         f"{args.model} at {args.size}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"{args.rounds} rounds, batch 1: median of {args.latency_calls} calls per sample; from {begin}"
+        f"{args.rounds} rounds, batch 1: median of {args.latency_calls} calls per sample; from {began}, to "
+        f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}"
     )
     print("| system | batch 1: ms | time / ours f32 | batch 32: images/s | images/s / ours f32 |")
     print("|---|---|---|---|---|")
@@ -365,12 +399,14 @@ def main(argv=None):
                 f"target {precision} {batch}: {t['ours']} / {t['peer']} = {value:.2f} (target {t['target']}): "
                 f"{'met' if t['met'] else 'NOT met'}"
             )
-    report = {
+    result = {
         "model": args.model,
         "size": args.size,
         "rounds": args.rounds,
         "latency_calls": args.latency_calls,
-        "started_utc": begin,
+        "started_utc": began,
+        "ended_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "load_average_at_end": os.getloadavg()[0],
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "max_logit_difference": prepared["max_logit_difference"],
@@ -383,9 +419,8 @@ def main(argv=None):
     # Here, not at the top: the workers import only their own runtime (keras_cvt imports Keras).
     from keras_cvt import atomic
 
-    out = atomic.write_bytes(RESULTS / f"runtimes_{args.model}_{args.size}.json", json.dumps(report, indent=2).encode())
-    print(f"wrote {out}")
-    return 0
+    out = atomic.write_bytes(RESULTS / f"runtimes_{args.model}_{args.size}.json", json.dumps(result, indent=2).encode())
+    print(f"wrote {out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def files(tiny_model, tmp_path_factory):
     }
 
 
+@pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_onnx_in_onnx_runtime(files, expected):
     model = onnx.load(files["onnx"])
     onnx.checker.check_model(model)
@@ -83,6 +84,7 @@ def _openvino(path, precision):
     return openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision})
 
 
+@pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_openvino_float32(files, expected):
     assert os.path.isfile(files["openvino"][: -len(".xml")] + ".bin")
     compiled = _openvino(files["openvino"], "f32")
@@ -96,6 +98,7 @@ def test_openvino_float32(files, expected):
         np.testing.assert_allclose(result, probabilities, rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_openvino_bfloat16(files, expected):
     if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         pytest.skip("this CPU has no bfloat16 (AVX-512 BF16 or AMX) for OpenVINO")
@@ -113,6 +116,7 @@ def test_openvino_bfloat16(files, expected):
     assert np.mean(agreements) >= BFLOAT16_AGREEMENT
 
 
+@pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_openvino_head_projection_split_is_needed(tiny_model, tmp_path, monkeypatch):
     """The rewrite of `_split_head_projections` is what lets the CPU plugin compile the file."""
     unsplit = tmp_path / "unsplit.xml"
@@ -130,6 +134,7 @@ def test_openvino_head_projection_split_is_needed(tiny_model, tmp_path, monkeypa
         _openvino(str(unsplit), "f32")(_random_pixels(1, 64, 64, 0))
 
 
+@pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_tflite_free_batch_and_size(files, expected):
     interpreter = litert.Interpreter(
         model_path=files["tflite"],
@@ -149,6 +154,7 @@ def test_tflite_free_batch_and_size(files, expected):
         classifier(np.zeros((1, 64, 64, 4), np.float32))
 
 
+@pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_fixed_size_exports(tiny_model, expected, tmp_path):
     pixels, probabilities = expected[1]  # 80 x 96: not square, so a fixed size cannot take it
     square = pixels[:, :80, :80]
@@ -182,6 +188,7 @@ def test_export_refuses_before_tracing(tiny_model, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_failed_conversion_leaves_nothing(tiny_model, tmp_path, monkeypatch):
     """A conversion that fails halfway (after writing part of its output) leaves neither the
     file nor a staging entry, and an existing file keeps its content."""

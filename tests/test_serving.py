@@ -18,6 +18,7 @@ from PIL import Image
 
 from keras_cvt import CvT, architectures, atomic, decode_predictions, export_for_serving, export_tflite, serving
 from keras_cvt.export import cli as export_cli
+from keras_cvt.export import tflite as tflite_export
 from keras_cvt.preprocessing import imagenet_classes
 from keras_cvt.images import load_image
 from keras_cvt.transforms import evaluation_transform
@@ -101,6 +102,7 @@ def _tensor_info(block, kind, key, dtype, shape):
     )
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_signatures(exported):
     result = subprocess.run(
         ["saved_model_cli", "show", "--all", "--dir", str(exported)],
@@ -121,6 +123,7 @@ def test_saved_model_cli_lists_the_signatures(exported):
         assert _tensor_info(blocks[name], "outputs", "probabilities", "DT_FLOAT", "(-1, 10)")
 
 
+@pytest.mark.slow
 def test_saved_model_cli_run_on_a_jpeg(exported, image_files, tiny_model, tmp_path):
     jpeg = image_files[0]
     inputs = tmp_path / "images.npy"
@@ -208,6 +211,7 @@ def run_script(source, request, directory):
     )
 
 
+@pytest.mark.slow
 def test_fresh_process_without_keras_gets_the_keras_scores(exported, image_files, tiny_model, tmp_path):
     batches = {"jpeg": [image_files[0]], "png": [image_files[1]], "mixed": image_files}
     # Pixels of a size no image transform produces: predict_pixels takes any height and width.
@@ -295,6 +299,7 @@ def test_empty_batch_and_too_small_pixels(served):
         served.signatures["predict_pixels"](pixels=tf.zeros([1, 2, 30, 3]))
 
 
+@pytest.mark.slow
 def test_model_without_preprocessing_or_softmax_serves_the_same(
     tiny_reference, served, image_files, tmp_path
 ):
@@ -329,6 +334,7 @@ def test_model_without_preprocessing_or_softmax_serves_the_same(
     )
 
 
+@pytest.mark.slow
 def test_imagenet_labels_for_a_1000_class_head(image_files, tmp_path):
     keras.utils.set_random_seed(0)
     model = CvT(
@@ -367,6 +373,7 @@ def test_argument_errors_come_before_any_work(tiny_model, exported, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_directory_is_published_whole(tiny_model, tmp_path, monkeypatch):
     target = tmp_path / "models" / "m" / "1"
     save = tf.saved_model.save
@@ -400,6 +407,7 @@ def test_directory_is_published_whole(tiny_model, tmp_path, monkeypatch):
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o755 & ~umask
 
 
+@pytest.mark.slow
 def test_cli_exports_a_weights_file(tiny_reference, tiny_model, image_files, tmp_path, monkeypatch, capsys):
     path, _, _ = tiny_reference
     # --model takes the variants of keras_cvt.architectures; a tiny one stands in for CvT-13.
@@ -483,6 +491,7 @@ def _check_tflite_classifier(path, inputs, probabilities):
     np.testing.assert_allclose(classifier(inputs[:2]), probabilities[:2], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tflite_builtin_ops_only_and_close_to_keras(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="quantization"):
         export_tflite(tiny_model, tmp_path / "unused.tflite", quantization="int8")
@@ -493,7 +502,7 @@ def test_tflite_builtin_ops_only_and_close_to_keras(tiny_model, tmp_path):
         path = tmp_path / f"tiny-{quantization}.tflite"
         if quantization == "dynamic_range":
             # export_tflite's own converter, to see its settings: builtins only, no select TF ops.
-            with serving._tflite_converter(tiny_model, quantization, SIZE) as converter:
+            with tflite_export._tflite_converter(tiny_model, quantization, SIZE) as converter:
                 assert set(converter.target_spec.supported_ops) == {tf.lite.OpsSet.TFLITE_BUILTINS}
                 assert converter.optimizations == [tf.lite.Optimize.DEFAULT]
                 atomic.write_bytes(path, converter.convert())
