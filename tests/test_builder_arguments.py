@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_cvt import CvT, CvT13, CvT21, CvTW24, builder
-from keras_cvt import cache
+from keras_cvt import cache, hf
 from tests.conftest import TINY_CONFIG
 
 VARIANTS = [CvT13, CvT21, CvTW24]
@@ -25,6 +25,7 @@ def nothing_built(monkeypatch):
 
     monkeypatch.setattr(builder, "_image_input", refuse)
     monkeypatch.setattr(cache, "fetch", refuse)
+    monkeypatch.setattr(hf, "variant_weights", refuse)  # hf:// sources: reads the hub
 
 
 # (arguments over TINY_CONFIG, error, what the message must say)
@@ -103,11 +104,12 @@ def test_variant_builders_refuse_invalid_arguments(builder, kwargs, error, messa
     ({"include_preprocessing": "no", "include_top": False}, TypeError, "`include_preprocessing`"),
     ({"input_shape": 384}, TypeError, "`input_shape` must be a tuple"),
 ])
+@pytest.mark.parametrize("weights", ["imagenet22k-384", "hf://microsoft/cvt-13"])
 def test_pretrained_name_with_invalid_arguments_is_refused_before_the_download(
-    kwargs, error, message, nothing_built
+    kwargs, error, message, weights, nothing_built
 ):
     with pytest.raises(error, match=re.escape(message)):
-        CvT13(weights="imagenet22k-384", **kwargs)
+        CvT13(weights=weights, **kwargs)
 
 
 def test_rgb_pretrained_weights_refuse_other_channel_counts_before_the_download(nothing_built):
