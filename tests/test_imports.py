@@ -36,7 +36,10 @@ LAYERS = [
     ("download", ["keras_cvt.hub", "keras_cvt.cache", "keras_cvt.hf_config", "keras_cvt.hf"]),
     ("variants", ["keras_cvt.variants"]),
     ("inference", ["keras_cvt.inference.*"]),
-    ("applications", ["keras_cvt.export.*", "keras_cvt.serving", "keras_cvt.training.*"]),
+    (
+        "applications",
+        ["keras_cvt.export.*", "keras_cvt.serving", "keras_cvt.training.*", "keras_cvt.keras_hub.*"],
+    ),
     ("facade", ["keras_cvt"]),
 ]
 
