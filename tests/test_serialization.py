@@ -14,7 +14,7 @@ import keras_cvt
 from keras_cvt import CvT, CvT13
 from tests.conftest import ROOT, TINY_CONFIG
 
-LAYER_CLASSES = ("ClassToken", "ConvAttention", "ConvEmbedding", "CvTBlock", "StochasticDepth")
+LAYER_CLASSES = ("ClassToken", "ConvAttention", "ConvEmbedding", "CvTBlock", "LayerNorm", "StochasticDepth")
 
 
 def _np(x):
@@ -38,11 +38,30 @@ def cvt13_converted(cvt13_reference):
     return CvT13(weights=path)
 
 
+def _layer_classes():
+    """Every layer class the package defines (base classes of several, `...Base`, aside)."""
+    from keras_cvt import layers
+    from keras_cvt.inference import layers as inference_layers
+
+    return {
+        name: cls
+        for module in (layers, inference_layers)
+        for name, cls in vars(module).items()
+        if isinstance(cls, type) and issubclass(cls, keras.layers.Layer) and cls.__module__ == module.__name__
+        and not name.endswith("Base")
+    }
+
+
 def test_layers_are_registered():
+    classes = _layer_classes()
+    assert set(LAYER_CLASSES) <= set(classes)
     registered = keras.saving.get_custom_objects()
+    for name, cls in classes.items():
+        assert registered.get(f"keras_cvt>{name}") is cls, name
+        assert keras.saving.get_registered_name(cls) == f"keras_cvt>{name}"
+    # The public names are those classes.
     for name in LAYER_CLASSES:
-        assert registered[f"keras_cvt>{name}"] is getattr(keras_cvt, name)
-        assert keras.saving.get_registered_name(getattr(keras_cvt, name)) == f"keras_cvt>{name}"
+        assert getattr(keras_cvt, name) is classes[name]
 
 
 def test_keras_file_roundtrip_cvt13(cvt13_converted, tmp_path):
