@@ -104,15 +104,20 @@ def describe(entry):
 
 def manual_instructions(entry):
     """How to do by hand what the download does, for machines that cannot reach the hub."""
-    builder = _BUILDERS.get(entry.variant, "CvT")
     output = f"{entry.variant}_{entry.name}.weights.h5"
     check = f"; its SHA-256 must be {entry.sha256}" if entry.sha256 else ""
     # A file path does not carry the checkpoint's resolution, which a name makes the default.
     shape = f", input_shape=({entry.resolution}, {entry.resolution}, 3)" if entry.resolution != 224 else ""
+    if entry.variant in _BUILDERS:
+        use = f'pass the file: `{_BUILDERS[entry.variant]}(weights="{output}"{shape})`'
+    else:
+        use = (
+            f'pass the file to `keras_cvt.CvT(..., weights="{output}")` with the architecture of config.json'
+        )
     return (
         f"To install these weights by hand, download {url_for(entry)} (e.g. `curl -L -o "
         f"{entry.filename} {url_for(entry)}`){check}, convert it with `python -m weights_conversion "
-        f'{entry.filename} {output}`, then pass the file: `{builder}(weights="{output}"{shape})`.'
+        f"{entry.filename} {output}`, then {use}."
     )
 
 
