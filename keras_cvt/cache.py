@@ -1,9 +1,14 @@
-"""The pretrained cache: each checkpoint downloaded once, verified, converted, and kept.
+"""The pretrained cache: each checkpoint converted once, verified, and kept.
 
-The cache holds, per checkpoint, the converted `.weights.h5` and beside it a record
-(`<file>.json`) written after it: the file's size and SHA-256, the hub file it was converted
-from, and the keras_cvt version. The file is used only while it matches its record; otherwise it
-is downloaded and converted again, or, offline, refused with its path and what to delete.
+The download itself is huggingface_hub's (`keras_cvt.hub`): the hub's file stays in its cache
+(`HF_HUB_CACHE`, `~/.cache/huggingface/hub`), shared with transformers and anyone else. Ours,
+`$KERAS_HOME/models/keras_cvt`, holds per checkpoint and commit the converted `.weights.h5`
+(named `<variant>_<weights>_<commit[:12]>.weights.h5`) and beside it a record (`<file>.json`)
+written after it: the file's size and SHA-256, the hub file and commit it was converted from,
+and the keras_cvt version. A checkpoint at a branch (`main`) is looked up by the commit the hub
+says the branch is at now, so an upstream change is a new conversion. The file is used only
+while it matches its record; otherwise it is converted again, or, offline, refused with its
+path and what to delete.
 """
 
 import contextlib

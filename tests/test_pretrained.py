@@ -1,10 +1,12 @@
 """Pretrained names: download from the hub, verify, convert, cache; all offline.
 
-A local HTTP server on 127.0.0.1 stands in for the hub at `HF_ENDPOINT`: resolve URLs answer
-with a 302 to a CDN path carrying the file's SHA-256 as `X-Linked-Etag`/`ETag`, like
-huggingface.co, and the CDN path honours Range requests. The file it serves is the CvT-13
-original-code reference checkpoint written as HuggingFace's `tf_model.h5`, so the end-to-end
-test ends where the parity tests do: the original model's logits.
+A local HTTP server on 127.0.0.1 (`FakeHub`) stands in for the hub at `HF_ENDPOINT` and answers
+as huggingface.co does: HEAD and GET on resolve URLs with X-Repo-Commit, a 302 to a CDN on
+another host (127.0.0.2) carrying X-Linked-Etag (the LFS SHA-256) and X-Linked-Size, Git files
+with their blob id as ETag, Range on the CDN; faults (503, cut bodies, trickles, no etag,
+private repos) on demand. huggingface_hub does the downloads, into a cache under tmp_path. The
+file it serves is the CvT-13 original-code reference checkpoint written as HuggingFace's
+`tf_model.h5`, so the end-to-end tests end where the parity tests do: the original's logits.
 """
 
 import dataclasses
