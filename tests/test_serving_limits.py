@@ -14,6 +14,7 @@ from PIL import Image
 
 from keras_cvt import CvT, export_for_serving, serving
 from keras_cvt.export import cli as export_cli
+from keras_cvt.export import saved_model
 from tests.conftest import TINY_CONFIG
 from tests.test_serving import run_script
 
@@ -107,6 +108,7 @@ MEMORY_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_hostile_images_are_refused_with_bounded_memory(exported, tmp_path):
     files = {
         "photo.jpg": _encode(_photo(300, 400), "JPEG"),
@@ -170,6 +172,7 @@ def test_default_limit_is_counted_from_the_header(serve):
     )
 
 
+@pytest.mark.slow
 def test_limit_set_at_export_bounds_decoded_images(tiny_reference, tmp_path):
     path, _, _ = tiny_reference
     model = CvT(**TINY_CONFIG, weights=path, input_shape=(None, None, 3))
@@ -229,8 +232,8 @@ def test_cli_max_pixels(monkeypatch, tmp_path, capsys):
         calls.append(kwargs)
         return str(path)
 
-    monkeypatch.setattr(export_cli, "build_model", lambda variant, weights: None)
-    monkeypatch.setattr(serving, "export_for_serving", record)
+    monkeypatch.setattr(export_cli, "classifier_for_export", lambda variant, weights: None)
+    monkeypatch.setattr(saved_model, "export_for_serving", record)
     argv = ["--model", "cvt13", "--weights", "imagenet", "--output", str(tmp_path / "1")]
     assert export_cli.main(argv) == 0
     assert export_cli.main(argv + ["--max-pixels", "20000000"]) == 0

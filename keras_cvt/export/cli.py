@@ -109,7 +109,7 @@ def _parser():
     parser.add_argument(
         "--weights",
         required=True,
-        help="a pretrained name (imagenet, imagenet-384, imagenet22k-384) or a .weights.h5 file",
+        help=f"a pretrained name ({', '.join(sorted({p.name for p in pretrained.PRETRAINED}))}) or a .weights.h5 file",
     )
     parser.add_argument(
         "--output",
