@@ -11,7 +11,7 @@ import dataclasses
 import json
 import re
 
-from keras_cvt import cache, hf_config, hub, weights_file
+from keras_cvt import architectures, cache, hf_config, hub, weights_file
 from keras_cvt.builder import CvT
 
 PREFIX = "hf://"
@@ -30,7 +30,7 @@ class HubFile:
     filename: str
     variant: str = "cvt"
     sha256: str | None = None
-    resolution: int = 224
+    resolution: int = architectures.DEFAULT_SIZE
 
     @property
     def name(self):

@@ -35,7 +35,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from keras_cvt import _version, atomic
+from keras_cvt import _version, architectures, atomic
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Attempts per file, and the first wait between them (doubled after each failure).
@@ -47,7 +47,6 @@ DEADLINE_S = 3600.0
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_SHA1 = _COMMIT
-_BUILDERS = {"cvt13": "CvT13", "cvt21": "CvT21", "cvtw24": "CvTW24"}
 # A server that fails now may not in a second; anything else (404, 401, 403) will not improve.
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -107,9 +106,9 @@ def manual_instructions(entry):
     output = f"{entry.variant}_{entry.name}.weights.h5"
     check = f"; its SHA-256 must be {entry.sha256}" if entry.sha256 else ""
     # A file path does not carry the checkpoint's resolution, which a name makes the default.
-    shape = f", input_shape=({entry.resolution}, {entry.resolution}, 3)" if entry.resolution != 224 else ""
-    if entry.variant in _BUILDERS:
-        use = f'pass the file: `{_BUILDERS[entry.variant]}(weights="{output}"{shape})`'
+    shape = f", input_shape=({entry.resolution}, {entry.resolution}, 3)" if entry.resolution != architectures.DEFAULT_SIZE else ""
+    if entry.variant in architectures.VARIANTS:
+        use = f'pass the file: `{architectures.VARIANTS[entry.variant].builder}(weights="{output}"{shape})`'
     else:
         use = (
             f'pass the file to `keras_cvt.CvT(..., weights="{output}")` with the architecture of config.json'
