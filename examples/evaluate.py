@@ -67,7 +67,12 @@ def run(args):
 
 
 def main(argv=None):
-    run(parse_args(argv))
+    try:
+        run(parse_args(argv))
+    # ImportError: --dataset without tensorflow-datasets, whose message names the extra.
+    except (ValueError, ImportError) as error:
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -278,7 +278,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except ValueError as error:
+    # ImportError: --dataset without tensorflow-datasets, whose message names the extra.
+    except (ValueError, ImportError) as error:
         # The checks of data, arguments and the output directory say what to do; a traceback
         # would bury that.
         print(f"train.py: error: {error}", file=sys.stderr)

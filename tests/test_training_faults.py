@@ -335,3 +335,19 @@ def test_train_py_reports_a_refusal_in_one_message_without_a_traceback(tmp_path,
     assert err.startswith("train.py: error: ") and "fake.jpg" in err
     assert "Traceback" not in err
     assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("example", ["train", "evaluate"])
+def test_a_dataset_without_tensorflow_datasets_is_one_line_naming_the_extra(example, tmp_path, capsys, monkeypatch):
+    # As if tensorflow-datasets were not installed: importing it raises ImportError.
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    script = load_example(example)
+    arguments = [*SMALL_ARGS, "--dataset", "tf_flowers", "--output-dir", str(tmp_path / "run")]
+    if example == "evaluate":
+        # A pretrained name: its classes are known without a download.
+        arguments = ["--dataset", "tf_flowers", "--model", "cvt13", "--weights", "imagenet"]
+    status = script.main(arguments)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith(f"{example}.py: error: ") and "keras-cvt[datasets]" in err
+    assert "Traceback" not in err and err.count("\n") == 1
