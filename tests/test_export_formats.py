@@ -87,6 +87,9 @@ def _openvino(path, precision):
 @pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_openvino_float32(files, expected):
     assert os.path.isfile(files["openvino"][: -len(".xml")] + ".bin")
+    # Every LayerNorm of the blocks (two each) and the head's became one MVN (`_fuse_layer_norms`).
+    model = openvino.Core().read_model(files["openvino"])
+    assert sum(op.get_type_name() == "MVN" for op in model.get_ordered_ops()) >= 2 * sum(TINY_CONFIG["depths"]) + 1
     compiled = _openvino(files["openvino"], "f32")
     assert [i.get_any_name() for i in compiled.inputs] == ["pixels"]
     assert [o.get_any_name() for o in compiled.outputs] == ["probabilities"]

