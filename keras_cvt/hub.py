@@ -36,6 +36,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from keras_cvt import _version, architectures, atomic
+from weights_conversion.keys import describe_error
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Attempts per file, and the first wait between them (doubled after each failure).
@@ -173,10 +174,10 @@ def download(entry, progress=True):
             problem = error.__cause__
         if attempt == ATTEMPTS:
             raise HubError(
-                f"downloading {describe(entry)} failed {ATTEMPTS} times; last: {_one_line(problem)}. "
+                f"downloading {describe(entry)} failed {ATTEMPTS} times; last: {describe_error(problem)}. "
                 + manual_instructions(entry)
             ) from problem
-        print(f"{entry.repo}/{entry.filename}: {_one_line(problem)}; retrying in {wait:g} s", file=sys.stderr)
+        print(f"{entry.repo}/{entry.filename}: {describe_error(problem)}; retrying in {wait:g} s", file=sys.stderr)
         time.sleep(wait)
         wait *= 2
     return path, _verify(entry, path)
@@ -190,11 +191,11 @@ def _unreachable(entry, error):
         # The server answered, without what huggingface_hub needs (an ETag, X-Repo-Commit).
         return ChecksumError(
             f"{describe(entry)}: the server's answer lacks the X-Linked-Etag or ETag and "
-            f"X-Repo-Commit headers to verify the file against ({_one_line(cause)}); check "
+            f"X-Repo-Commit headers to verify the file against ({describe_error(cause)}); check "
             "HF_ENDPOINT. " + manual_instructions(entry)
         )
     return HubError(
-        f"{describe(entry)}: the hub could not be reached or failed ({_one_line(cause)}); check the "
+        f"{describe(entry)}: the hub could not be reached or failed ({describe_error(cause)}); check the "
         "network, HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only what is cached. "
         + manual_instructions(entry)
     )
@@ -335,7 +336,7 @@ def _call(entry, progress=True, dry_run=False):
     except hf_errors.GatedRepoError as error:
         raise HubError(
             f"{describe(entry)}: the repository is gated: accept its conditions on the hub and set "
-            f"HF_TOKEN to a token of that account ({_one_line(error)}). " + manual_instructions(entry)
+            f"HF_TOKEN to a token of that account ({describe_error(error)}). " + manual_instructions(entry)
         ) from error
     except (
         hf_errors.RepositoryNotFoundError,
@@ -345,7 +346,7 @@ def _call(entry, progress=True, dry_run=False):
         raise NotFoundError(
             f"{describe(entry)}: the repository, revision or file does not exist there, or is "
             f"private (set HF_TOKEN to a token that may read it); check HF_ENDPOINT too: "
-            f"{_one_line(error)}. " + manual_instructions(entry)
+            f"{describe_error(error)}. " + manual_instructions(entry)
         ) from error
     except hf_errors.HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
@@ -398,7 +399,3 @@ def _watch_session():
     if _limit_response not in hooks["response"]:
         hooks["response"] = [*hooks["response"], _limit_response]
         huggingface_hub.get_session().event_hooks = hooks
-
-
-def _one_line(error):
-    return " ".join(str(error).split()) or type(error).__name__

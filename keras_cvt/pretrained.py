@@ -73,9 +73,6 @@ class Pretrained:
         the image resized to 384 x 384."""
         return EvaluationTransform(self.resolution, CENTER_CROP if self.resolution == 224 else None)
 
-    @property
-    def crop_ratio(self):
-        return self.transform.crop_ratio
 
 # (variant, name, repo, revision, sha256 of tf_model.h5, resolution, pre-training, top-1)
 PRETRAINED = (
