@@ -14,7 +14,36 @@ def test_head_projection_is_the_public_name():
     assert keras_cvt.HeadProjection is HeadProjection
 
 
-""" + open('/tmp/headproj_tests.py').read().split("# ---------------------------------------------------------------------------------------------\n\n\n",1)[1] + """
+@pytest.mark.parametrize("heads, use_bias", [(3, True), (1, True), (2, False)])
+@pytest.mark.parametrize("batch, tokens", [(2, 7), (1, 1)])
+def test_head_projection_is_a_linear_layer_split_into_heads(heads, use_bias, batch, tokens):
+    dim, head_dim = 10, 4
+    layer = HeadProjection(heads, head_dim, use_bias=use_bias)
+    x = np.random.RandomState(7).normal(size=(batch, tokens, dim)).astype("float32")
+    layer(x)
+    _randomize(layer, 8)
+    out = _np(layer(x))
+    assert out.shape == (heads, batch, tokens, head_dim)
+    assert layer.compute_output_shape(x.shape) == out.shape
+    kernel = _np(layer.kernel).astype("float64")
+    assert kernel.shape == (heads, dim, head_dim)
+    # The Dense layer with kernel (dim, heads * head_dim), its output split into heads.
+    dense_kernel = kernel.transpose(1, 0, 2).reshape(dim, heads * head_dim)
+    expected = (x.astype("float64") @ dense_kernel).reshape(batch, tokens, heads, head_dim)
+    if use_bias:
+        expected = expected + _np(layer.bias).reshape(heads, head_dim)
+    else:
+        assert layer.bias is None and len(layer.weights) == 1
+    np.testing.assert_allclose(out, expected.transpose(2, 0, 1, 3), rtol=0, atol=1e-5)
+
+
+def test_head_projection_config_roundtrip():
+    kwargs = {"num_heads": 3, "head_dim": 5, "use_bias": False}
+    layer = HeadProjection(**kwargs)
+    x = np.random.RandomState(9).normal(size=(2, 6, 8)).astype("float32")
+    layer(x)
+    _randomize(layer, 10)
+    _check_config_roundtrip(layer, kwargs, lambda l: l(x))
 
 
 @pytest.mark.parametrize(
