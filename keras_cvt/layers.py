@@ -229,6 +229,19 @@ def projection_conv(kernel_size, stride, padding, use_bias, name, dtype, enlarge
     )
 
 
+def map_tokens(x_map):
+    """The number of tokens of an NHWC map, height times width.
+
+    Reshapes put this, not the batch, in their target shape (the batch as -1): where height
+    and width are known when the graph is made (an export of a fixed size) it is a number, and
+    the exported graph has a constant shape instead of the arithmetic that reads the batch at
+    run time, which LiteRT's XNNPACK cannot run (each such operation splits its graph) and
+    OpenVINO and ONNX Runtime run as extra nodes.
+    """
+    shape = ops.shape(x_map)
+    return shape[1] * shape[2]
+
+
 def convolve(conv, x_map, padding):
     """`conv` (from `projection_conv`) applied to `x_map` with PyTorch's symmetric padding."""
     if conv.padding == "valid":
@@ -298,30 +311,29 @@ class ConvAttentionBase(layers.Layer):
         paths of the weights in `.weights.h5` files)."""
         raise NotImplementedError(f"{type(self).__name__} must define `_make_layers`")
 
-    def _tokens(self, x_map, cls_token, batch):
+    def _tokens(self, x_map, cls_token):
         """A projected map as tokens `(batch, tokens, dim)`, the class token first if any."""
-        x = ops.reshape(x_map, (batch, -1, self.dim))
+        x = ops.reshape(x_map, (-1, map_tokens(x_map), self.dim))
         return x if cls_token is None else ops.concatenate([cls_token, x], axis=1)
 
-    def _split_heads(self, x, batch):
+    def _split_heads(self, x, tokens):
         """`(batch * tokens, dim)` -> heads and batch leading, in the order of `heads_axis`."""
         head_dim = self.dim // self.num_heads
         if self.num_heads == 1:
             # One head: moving its axis of size 1 keeps the order in memory, so a reshape does
             # it without the copy a transpose makes.
             return ops.reshape(
-                x, (1, batch, -1, head_dim) if self.heads_axis == 0 else (batch, 1, -1, head_dim)
+                x, (1, -1, tokens, head_dim) if self.heads_axis == 0 else (-1, 1, tokens, head_dim)
             )
-        x = ops.reshape(x, (batch, -1, self.num_heads, head_dim))
+        x = ops.reshape(x, (-1, tokens, self.num_heads, head_dim))
         return ops.transpose(x, (2, 0, 1, 3) if self.heads_axis == 0 else (0, 2, 1, 3))
 
     def call(self, x, height, width, training=None):
-        batch = ops.shape(x)[0]
         cls_token = None
         if self.with_cls_token:
             cls_token, x = x[:, :1], x[:, 1:]
-        tokens_map = ops.reshape(x, (batch, height, width, self.dim))
-        q, k, v = self._qkv(tokens_map, cls_token, batch, training)
+        tokens_map = ops.reshape(x, (-1, height, width, self.dim))
+        q, k, v = self._qkv(tokens_map, cls_token, training)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
         if training or keras.backend.standardize_dtype(scores.dtype) == "float16":
             # float16 scores can overflow, and training wants float32 softmax gradients. For
@@ -334,9 +346,9 @@ class ConvAttentionBase(layers.Layer):
             # -> (batch, tokens, heads, head_dim)
             out = ops.transpose(out, (1, 2, 0, 3) if self.heads_axis == 0 else (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (-1, self.dim)))
-        return ops.reshape(out, (batch, -1, self.dim))
+        return ops.reshape(out, (-1, ops.shape(q)[2], self.dim))
 
-    def _qkv(self, tokens_map, cls_token, batch, training):
+    def _qkv(self, tokens_map, cls_token, training):
         """q, k and v of `tokens_map` (`(batch, height, width, dim)`), split into heads."""
         raise NotImplementedError(f"{type(self).__name__} must define `_qkv`")
 
@@ -412,16 +424,21 @@ class ConvAttention(ConvAttentionBase):
             projection.build(input_shape)
         self.proj.build(input_shape)
 
-    def _qkv(self, tokens_map, cls_token, batch, training):
+    def _qkv(self, tokens_map, cls_token, training):
         projected = []
         for conv, batch_norm, projection in self._projections():
             x_map = batch_norm(convolve(conv, tokens_map, self.padding), training=training)
-            projected.append(projection(ops.reshape(self._tokens(x_map, cls_token, batch), (-1, self.dim))))
-        q, k, v = projected
+            tokens = self._tokens(x_map, cls_token)
+            projected.append((projection(ops.reshape(tokens, (-1, self.dim))), ops.shape(tokens)[1]))
+        (q, q_tokens), (k, kv_tokens), (v, _) = projected
         # Scaling q costs a pass over dim-wide tokens, scaling the scores one over the (much
         # larger) attention matrix.
         q = q * ops.cast(self.scale, q.dtype)
-        return self._split_heads(q, batch), self._split_heads(k, batch), self._split_heads(v, batch)
+        return (
+            self._split_heads(q, q_tokens),
+            self._split_heads(k, kv_tokens),
+            self._split_heads(v, kv_tokens),
+        )
 
 
 def _batch_norm(name, dtype):
@@ -492,11 +509,16 @@ class CvTBlock(layers.Layer):
             qkv_bias=qkv_bias,
             name="attn",
             dtype=policy,
+            **self._attention_options(),
         )
         self.drop_path = StochasticDepth(drop_path_rate, name="drop_path", dtype=policy)
         self.norm2 = LayerNorm(name="norm2", dtype=policy)
         self.fc1 = dense(int(dim * mlp_ratio), True, "fc1", policy)
         self.fc2 = dense(dim, True, "fc2", policy)
+
+    def _attention_options(self):
+        """More arguments of the attention layer, for a subclass's attention class."""
+        return {}
 
     def build(self, input_shape):
         tokens_shape = (None, None, self.dim)
@@ -508,17 +530,21 @@ class CvTBlock(layers.Layer):
 
     def call(self, inputs, training=None):
         x_map = inputs[0] if self.with_cls_token else inputs
-        batch, height, width = ops.shape(x_map)[0], ops.shape(x_map)[1], ops.shape(x_map)[2]
-        x = ops.reshape(x_map, (batch, -1, self.dim))
+        height, width = ops.shape(x_map)[1], ops.shape(x_map)[2]
+        x = ops.reshape(x_map, (-1, map_tokens(x_map), self.dim))
         if self.with_cls_token:
             x = ops.concatenate([inputs[1], x], axis=1)
         attn = self.attn(self.norm1(x), height=height, width=width, training=training)
         x = x + self.drop_path(attn, training=training)
-        mlp = self.fc2(self.activation(self.fc1(self.norm2(ops.reshape(x, (-1, self.dim))))))
-        x = x + self.drop_path(ops.reshape(mlp, ops.shape(x)), training=training)
+        x = x + self.drop_path(self._mlp(x), training=training)
         if not self.with_cls_token:
-            return ops.reshape(x, (batch, height, width, self.dim))
-        return [ops.reshape(x[:, 1:], (batch, height, width, self.dim)), x[:, :1]]
+            return ops.reshape(x, (-1, height, width, self.dim))
+        return [ops.reshape(x[:, 1:], (-1, height, width, self.dim)), x[:, :1]]
+
+    def _mlp(self, x):
+        """The MLP branch of tokens `x` `(batch, tokens, dim)`."""
+        mlp = self.fc2(self.activation(self.fc1(self.norm2(ops.reshape(x, (-1, self.dim))))))
+        return ops.reshape(mlp, (-1, ops.shape(x)[1], self.dim))
 
     def compute_output_shape(self, input_shape):
         if self.with_cls_token:

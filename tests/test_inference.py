@@ -162,3 +162,57 @@ def test_old_configs_load_or_are_refused_by_name():
     assert CvTBlock.from_config({**config, "folded": False}).get_config() == config
     with pytest.raises(ValueError, match="folded inference form of an older keras_cvt"):
         CvTBlock.from_config({**config, "folded": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# A block whose map nothing reads computes the class token alone.
+
+
+def _matmul_macs(model, size):
+    """Multiply-adds of the matmuls (Dense layers, head projections, attention) in the graph
+    TensorFlow runs for one `size` x `size` image, from their static shapes."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([1, size, size, 3], tf.float32)
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
+    total = 0
+    for op in graph.get_operations():
+        if op.type in ("MatMul", "BatchMatMulV2", "BatchMatMulV3"):
+            a, b = (tuple(t.shape.as_list()) for t in op.inputs)
+            rows = a[-1] if op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x") else a[-2]
+            inner = a[-2] if op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x") else a[-1]
+            columns = b[-2] if op.get_attr("transpose_b" if op.type == "MatMul" else "adj_y") else b[-1]
+            batch = int(np.prod(np.broadcast_shapes(a[:-2], b[:-2]), dtype=np.int64))
+            total += batch * rows * inner * columns
+    return total
+
+
+@pytest.mark.parametrize(
+    "kwargs, class_token_only",
+    [
+        ({}, True),  # the classifier reads the last block's class token alone
+        ({"include_top": False, "pooling": "token"}, True),
+        ({"include_top": False}, False),  # the map is the output
+        ({"include_top": False, "pooling": "avg"}, False),
+    ],
+)
+def test_a_block_whose_map_nothing_reads_computes_the_class_token_alone(
+    tiny_reference, kwargs, class_token_only
+):
+    path, _, _ = tiny_reference
+    model = _tiny(path, **kwargs)
+    folded = optimize_for_inference(model)
+    flags = {b.name: b.class_token_only for b in folded.layers if isinstance(b, FoldedCvTBlock)}
+    assert flags == {name: name == "stage2_block1" and class_token_only for name in flags}
+    x = np.random.RandomState(5).uniform(-2, 2, (2, 64, 48, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    out = folded.predict(x, verbose=0)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+    # The work saved is the last block's query, attention rows, output projection and MLP for
+    # all tokens but the class token, to the multiply-add.
+    saved = 0
+    if class_token_only:
+        dim, tokens, kv_tokens = 48, 4 * 4, 2 * 2 + 1  # a 64 x 64 image's last map: 4 x 4
+        saved = tokens * (dim * dim + 2 * kv_tokens * dim + dim * dim + 2 * dim * 4 * dim)
+    assert _matmul_macs(model, 64) - _matmul_macs(folded, 64) == saved

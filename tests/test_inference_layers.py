@@ -110,3 +110,29 @@ def test_folded_block_config_roundtrip_and_activation():
     _randomize(block, 4)
     _check_config_roundtrip(block, kwargs, lambda l: l(x))
     assert keras.saving.get_registered_name(FoldedCvTBlock) == "keras_cvt>FoldedCvTBlock"
+
+
+def test_a_class_token_only_block_is_the_full_block_on_its_class_token():
+    kwargs = {"dim": 12, "num_heads": 3, "with_cls_token": True}
+    full, alone = FoldedCvTBlock(**kwargs), FoldedCvTBlock(**kwargs, class_token_only=True)
+    rng = np.random.RandomState(11)
+    x_map = rng.normal(size=(2, 5, 7, 12)).astype("float32")
+    cls_token = rng.normal(size=(2, 1, 12)).astype("float32")
+    full([x_map, cls_token])
+    _randomize(full, 12)
+    alone([x_map, cls_token])
+    alone.set_weights(full.get_weights())
+    (full_map, full_cls), (same_map, cls_out) = full([x_map, cls_token]), alone([x_map, cls_token])
+    np.testing.assert_allclose(_np(cls_out), _np(full_cls), rtol=0, atol=1e-5)
+    # The map is not computed: it comes out as it came in, which the full block changes.
+    np.testing.assert_array_equal(_np(same_map), x_map)
+    assert np.abs(_np(full_map) - x_map).max() > 0.1
+    assert alone.compute_output_shape([x_map.shape, cls_token.shape]) == [x_map.shape, cls_token.shape]
+    assert alone.attn.compute_output_shape((2, 36, 12)) == (2, 1, 12)
+    _check_config_roundtrip(alone, {**kwargs, "class_token_only": True}, lambda l: l([x_map, cls_token]))
+
+
+@pytest.mark.parametrize("layer", [FoldedCvTBlock, FoldedConvAttention])
+def test_class_token_only_needs_a_class_token(layer):
+    with pytest.raises(ValueError, match="`class_token_only`=True needs a class token"):
+        layer(12, 3, class_token_only=True)

@@ -11,7 +11,9 @@ whose weights are computed from `model`'s:
   softmax ignores) and the value bias folded into the output projection's bias (attention
   weights sum to 1 per row);
 - QuickGELU's 1.702 folded into `fc1` (times 1.702) and `fc2`'s kernel (divided by it), so that
-  the activation is a plain SiLU, which TensorFlow runs as one fused operation.
+  the activation is a plain SiLU, which TensorFlow runs as one fused operation;
+- a block whose map no layer and no output reads (a classifier's last block: the head reads the
+  class token) computes the class token alone (`FoldedCvTBlock(class_token_only=True)`).
 
 Outputs equal the original model's to float32 rounding (the tests hold them to 1e-5), for
 any input size. With `dtype="bfloat16"` the copy computes in bfloat16 (weights stored in
@@ -50,13 +52,17 @@ def optimize_for_inference(model, dtype=None):
         raise ValueError(f"`model` {model.name!r} has no CvTBlock layers: not a keras_cvt model")
 
     config = model.get_config()
+    read = _read_outputs(config)
     for layer_config in config["layers"]:
-        if layer_config.get("registered_name") == _CVT_BLOCK:
+        if layer_config.get("registered_name") in (_CVT_BLOCK, _FOLDED_CVT_BLOCK):
             layer_config.update(
                 class_name="FoldedCvTBlock",
                 registered_name=_FOLDED_CVT_BLOCK,
                 module=FoldedCvTBlock.__module__,
             )
+            block = layer_config["config"]
+            # Output 0 is the map, output 1 the class token.
+            block["class_token_only"] = block["with_cls_token"] and (layer_config["name"], 0) not in read
         if dtype is not None and layer_config["config"].get("name") != "predictions":
             layer_config["config"]["dtype"] = dtype
     optimized = model.__class__.from_config(config)
@@ -77,6 +83,34 @@ _FOLDED_CVT_BLOCK = keras.saving.get_registered_name(FoldedCvTBlock)
 def is_foldable(model):
     """Whether `model` has `CvTBlock` layers (folded or not) for `optimize_for_inference`."""
     return any(isinstance(layer, CvTBlock) for layer in model.layers)
+
+
+def _read_outputs(config):
+    """`(layer name, output index)` of every tensor that a layer or the model's outputs read,
+    from a functional model's config (where each read tensor names its `keras_history`)."""
+    read = set()
+
+    def visit(item):
+        if isinstance(item, dict):
+            history = item.get("keras_history")
+            if history is not None:
+                read.add((history[0], history[2]))
+            for value in item.values():
+                visit(value)
+        elif isinstance(item, (list, tuple)):
+            for value in item:
+                visit(value)
+
+    for layer_config in config["layers"]:
+        visit(layer_config.get("inbound_nodes", []))
+    outputs = config.get("output_layers")
+    if not outputs:
+        # Not a functional model's config: any output may be read.
+        return {(layer_config["name"], 0) for layer_config in config["layers"]}
+    # One output is one `[name, node, index]`, several a list of them.
+    for name, _, index in [outputs] if isinstance(outputs[0], str) else outputs:
+        read.add((name, index))
+    return read
 
 
 def _fold_block(block, folded):
