@@ -69,6 +69,11 @@ def test_onnx_in_onnx_runtime(files, expected):
     # One input, as the issue asked: Keras' own ONNX export had the normalisation's constants as two more.
     assert [i.name for i in model.graph.input] == ["pixels"]
     assert [o.name for o in model.graph.output] == ["probabilities"]
+    # Each block's two LayerNorms and the head's are one LayerNormalization node each (the
+    # embeddings' norms, on maps tf2onnx keeps channels-first, are left as they are).
+    layer_norms = [node for node in model.graph.node if node.op_type == "LayerNormalization"]
+    assert len(layer_norms) == 2 * sum(TINY_CONFIG["depths"]) + 1
+    assert not any(node.op_type == "Reciprocal" and "norm1" in node.name for node in model.graph.node)
     session = onnxruntime.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
     (pixels_input,) = session.get_inputs()
     assert pixels_input.type == "tensor(float)"
@@ -292,3 +297,56 @@ def test_cli_refusals_are_one_line(tiny_variant, tmp_path, capsys, monkeypatch, 
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error and error.startswith("python -m keras_cvt.export: error:")
     assert list(tmp_path.iterdir()) == []
+
+
+def _layer_norm_graph(read_the_difference_too):
+    """keras_cvt's LayerNorm as tf2onnx writes it, over the last axis of `x` (2, 5, 4); with
+    `read_the_difference_too`, `x - mean` is a second output, which a fusion must keep."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    constants = {
+        "gamma": rng.normal(size=4).astype(np.float32),
+        "beta": rng.normal(size=4).astype(np.float32),
+        "epsilon": np.array(1e-5, np.float32),
+    }
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1], keepdims=1),
+        helper.make_node("Sub", ["x", "mean"], ["centered"]),
+        helper.make_node("Mul", ["centered", "centered"], ["square"]),
+        helper.make_node("ReduceMean", ["square"], ["variance"], axes=[2], keepdims=1),
+        helper.make_node("Add", ["variance", "epsilon"], ["shifted"]),
+        helper.make_node("Sqrt", ["shifted"], ["root"]),
+        helper.make_node("Reciprocal", ["root"], ["reciprocal"]),
+        helper.make_node("Mul", ["reciprocal", "gamma"], ["scale"]),
+        helper.make_node("Mul", ["centered", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "beta"], ["y"]),
+    ]
+    outputs = ["y", "centered"] if read_the_difference_too else ["y"]
+    graph = helper.make_graph(
+        nodes,
+        "layer_norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 5, None]) for name in outputs],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("read_the_difference_too", [False, True])
+def test_onnx_layer_norm_fusion(read_the_difference_too):
+    from keras_cvt.export.onnx import fuse_layer_norms
+
+    model = _layer_norm_graph(read_the_difference_too)
+    x = np.random.default_rng(4).normal(size=(2, 5, 4)).astype(np.float32) * 3 + 1
+    before = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    assert fuse_layer_norms(model) == (0 if read_the_difference_too else 1)
+    onnx.checker.check_model(model)
+    unfused = ["ReduceMean", "Sub", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Mul", "Mul", "Add"]
+    types = [node.op_type for node in model.graph.node]
+    assert types == (unfused if read_the_difference_too else ["LayerNormalization"])
+    after = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    if not read_the_difference_too:
+        assert [i.name for i in model.graph.initializer] == ["gamma", "beta"]  # epsilon is an attribute now
