@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 
 import h5py
 import huggingface_hub
@@ -349,6 +350,15 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "BACKOFF_S", 0.0)
 
 
+@pytest.fixture(autouse=True)
+def hub_waits(monkeypatch):
+    """huggingface_hub's own back-off, recorded instead of slept: like keras_cvt's, its retries
+    are tested and its waiting is not (for an unreachable hub, about 20 s per request)."""
+    waits = []
+    monkeypatch.setattr(huggingface_hub.utils._http, "time", types.SimpleNamespace(sleep=waits.append))
+    return waits
+
+
 def cache_contents():
     """Every entry of our cache directory, hidden ones (partial conversions) included."""
     directory = cache.cache_dir()
@@ -644,12 +654,12 @@ def test_damaged_cache_is_downloaded_and_converted_again(cvt13_reference, fake_h
     assert cache_contents() == sorted([os.path.basename(path), os.path.basename(path) + ".json"])
 
 
-@pytest.mark.slow  # huggingface_hub retries an unreachable hub for about 20 s
-def test_hub_unreachable_uses_the_last_conversion_or_names_the_damaged_file(cvt13_reference):
+def test_hub_unreachable_uses_the_last_conversion_or_names_the_damaged_file(cvt13_reference, hub_waits):
     entry = entry_of(*UNPINNED)
     path = install(entry, cvt13_reference[0])
     with pytest.warns(UserWarning, match=f"could not ask the hub .* using {re.escape(path)}"):
         assert cache.fetch(entry, progress=False) == path
+    assert hub_waits  # after huggingface_hub's retries
     _drop_record(path)
     with pytest.warns(UserWarning, match=re.escape(path)), pytest.raises(hub.HubError) as error:
         CvT13(weights="imagenet22k-384")
