@@ -529,17 +529,22 @@ class CvTBlock(layers.Layer):
         self.fc2.build((None, None, int(self.dim * self.mlp_ratio)))
 
     def call(self, inputs, training=None):
-        x_map = inputs[0] if self.with_cls_token else inputs
-        height, width = ops.shape(x_map)[1], ops.shape(x_map)[2]
-        x = ops.reshape(x_map, (-1, map_tokens(x_map), self.dim))
-        if self.with_cls_token:
-            x = ops.concatenate([inputs[1], x], axis=1)
+        x, height, width = self._tokens(inputs)
         attn = self.attn(self.norm1(x), height=height, width=width, training=training)
         x = x + self.drop_path(attn, training=training)
         x = x + self.drop_path(self._mlp(x), training=training)
         if not self.with_cls_token:
             return ops.reshape(x, (-1, height, width, self.dim))
         return [ops.reshape(x[:, 1:], (-1, height, width, self.dim)), x[:, :1]]
+
+    def _tokens(self, inputs):
+        """The block's input as tokens `(batch, tokens, dim)`, the class token first if any,
+        and the map's height and width."""
+        x_map = inputs[0] if self.with_cls_token else inputs
+        x = ops.reshape(x_map, (-1, map_tokens(x_map), self.dim))
+        if self.with_cls_token:
+            x = ops.concatenate([inputs[1], x], axis=1)
+        return x, ops.shape(x_map)[1], ops.shape(x_map)[2]
 
     def _mlp(self, x):
         """The MLP branch of tokens `x` `(batch, tokens, dim)`."""

@@ -32,7 +32,6 @@ from keras_cvt.layers import (
     convolve,
     dense,
     dense_initializer,
-    map_tokens,
     projection_conv,
 )
 
@@ -186,8 +185,7 @@ class FoldedCvTBlock(CvTBlock):
         if not self.class_token_only:
             return super().call(inputs, training=training)
         x_map, cls_token = inputs
-        x = ops.concatenate([cls_token, ops.reshape(x_map, (-1, map_tokens(x_map), self.dim))], axis=1)
-        height, width = ops.shape(x_map)[1], ops.shape(x_map)[2]
+        x, height, width = self._tokens(inputs)
         attn = self.attn(self.norm1(x), height=height, width=width, training=training)
         cls_token = cls_token + self.drop_path(attn, training=training)
         cls_token = cls_token + self.drop_path(self._mlp(cls_token), training=training)
