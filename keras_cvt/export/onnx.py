@@ -5,6 +5,7 @@ Keras' own `model.export(format="onnx")` of a model with its preprocessing layer
 normalisation's mean and variance two more required inputs; here they are graph constants.
 """
 
+import collections
 import os
 
 import onnx
@@ -72,12 +73,8 @@ def fuse_layer_norms(model):
     # stable only while they are held.
     all_nodes = list(graph.node)
     producers = {output: node for node in all_nodes for output in node.output}
-    readers = {}
-    for node in all_nodes:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    for output in graph.output:
-        readers[output.name] = readers.get(output.name, 0) + 1
+    readers = collections.Counter(name for node in all_nodes for name in node.input)
+    readers.update(output.name for output in graph.output)
     initializers = {initializer.name: initializer for initializer in graph.initializer}
 
     def producer(name, op_type):
@@ -145,12 +142,8 @@ def fuse_layer_norms(model):
         nodes = [mean, centered, square, variance, shifted, root, reciprocal, scale, scaled, add]
         # Each intermediate read only inside the pattern (the difference twice by the square and
         # once by the product).
-        inside = {n.output[0]: 0 for n in nodes[:-1]}
-        for n in nodes:
-            for name in n.input:
-                if name in inside:
-                    inside[name] += 1
-        if any(readers.get(name, 0) != count for name, count in inside.items()):
+        inside = collections.Counter(name for n in nodes for name in n.input)
+        if any(readers[n.output[0]] != inside[n.output[0]] for n in nodes[:-1]):
             continue
         fusion = onnx.helper.make_node(
             "LayerNormalization",
