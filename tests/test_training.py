@@ -1,19 +1,16 @@
-"""keras_cvt.training and examples/train.py, examples/evaluate.py: distribution, fault tolerance,
-fine-tuning, the recipe, and that a small CvT actually learns.
+"""keras_cvt.training and examples/train.py, examples/evaluate.py: distribution, fine-tuning,
+the recipe, and that a small CvT actually learns (fault tolerance: tests/test_training_faults.py).
 
-Runs that need a fresh TensorFlow (logical devices, a cluster, a process to kill) go through
-subprocesses (tests/training_worker.py, examples/train.py); the rest runs here.
+Runs that need a fresh TensorFlow (logical devices, a cluster) go through subprocesses
+(tests/training_worker.py); the rest runs here.
 """
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
-import h5py
 import keras
 import numpy as np
 import pytest
@@ -305,66 +302,6 @@ def test_multi_worker_training_fine_tunes_on_two_workers(tmp_path, tiny_referenc
     )
     for v in restored.weights:
         np.testing.assert_array_equal(v.numpy(), chief[v.path], err_msg=v.path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fault tolerance.
-
-
-def _backup_state(path):
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f.attrs["epoch"]), int(f.attrs["step"])
-    except (OSError, KeyError):
-        return None
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_at_the_same_epoch_and_step(tmp_path):
-    data = write_image_folder(tmp_path / "images", per_class=18)
-    out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "examples" / "train.py"), *SMALL_ARGS]
-    command += flags(image_folder=data, image_size=32, epochs=2, batch_size=8, learning_rate=1e-3, warmup_epochs=1)
-    command += flags(output_dir=out, backup_every=2, strategy="none", seed=3, verbose=0)
-    backup = out / "backup" / "latest.weights.h5"
-    first = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 500
-        # 48 training images, batch 8: 6 steps per epoch, a backup every 2. Kill inside epoch 1.
-        while _backup_state(backup) not in ((1, 2), (1, 4)):
-            assert first.poll() is None, first.communicate()[0][-5000:]
-            assert time.monotonic() < deadline, "no mid-epoch backup in epoch 1"
-            time.sleep(0.02)
-        first.send_signal(signal.SIGKILL)
-        killed_output = first.communicate(timeout=60)[0]
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == -signal.SIGKILL
-    assert "Starting at optimizer step 0" in killed_output
-    epoch, step = _backup_state(backup)
-    assert epoch == 1 and 0 < step < 6
-
-    resumed = subprocess.run(
-        command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600
-    )
-    assert resumed.returncode == 0, resumed.stdout[-5000:] + resumed.stderr[-5000:]
-    lines = resumed.stdout
-    # Not from scratch: from the backup's optimizer state, at its epoch and step.
-    assert f"Starting at optimizer step {6 * epoch + step}" in lines
-    assert f"Resumed at epoch {epoch} step {step}" in lines
-    # As many optimizer steps as an uninterrupted run: 2 epochs of 6.
-    assert "Optimizer steps: 12" in lines
-    assert "Validation top-1" in lines.splitlines()[-1]
-    assert not backup.exists()
-    assert (out / "checkpoints" / "last.weights.h5").is_file()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 rerun after completion, and image folders with unreadable files.
 
 The kill test runs examples/train.py in subprocesses (tests/training_worker.py `killable`) that
-SIGKILL themselves at a named phase; the rest runs `training.fit` here.
+SIGKILL themselves at a named phase, then resumes a copy of one of their backups to the end
+here; the rest runs `training.fit` here.
 """
 
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,14 +55,22 @@ PHASES = [
 ]
 
 
+# The phase whose backup (epoch 1, step 2: optimizer step 6) is also run to the end unkilled.
+RESUMED_IN_EPOCH_1 = "published:latest.weights.h5@6"
+
+
 @pytest.mark.slow
-def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_steps(tmp_path):
+def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_steps(tmp_path, capsys):
     data = write_image_folder(tmp_path / "images", per_class=9, classes=2, size=(16, 16))
     out = tmp_path / "run"
-    args = [*SMALL_ARGS, *flags(image_folder=data, image_size=32, epochs=2, batch_size=4, learning_rate=1e-3)]
-    args += flags(warmup_epochs=1, output_dir=out, backup_every=2, strategy="none", seed=3, verbose=0)
+
+    def train_args(output_dir):
+        args = [*SMALL_ARGS, *flags(image_folder=data, image_size=32, epochs=2, batch_size=4)]
+        args += flags(learning_rate=1e-3, warmup_epochs=1, output_dir=output_dir, backup_every=2)
+        return args + flags(strategy="none", seed=3, verbose=0)
+
     result = tmp_path / "result.json"
-    command = [sys.executable, "-m", "tests.training_worker", "killable", str(result), "--", *args]
+    command = [sys.executable, "-m", "tests.training_worker", "killable", str(result), "--", *train_args(out)]
 
     def run(kill_at):
         env = subprocess_env(KERAS_CVT_KILL_AT=kill_at)
@@ -72,6 +82,8 @@ def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_s
         output = killed.stdout + killed.stderr[-3000:]
         assert killed.returncode == -signal.SIGKILL, (kill_at, output)
         assert f"Starting at optimizer step {start}" in killed.stdout, (kill_at, output)
+        if kill_at == RESUMED_IN_EPOCH_1:
+            shutil.copytree(out, tmp_path / "resumed")
     backup = out / "backup" / "latest.weights.h5"
     assert backup.is_file()  # the last kill came before its removal
     record = json.loads((out / "completed.json").read_text())
@@ -84,11 +96,25 @@ def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_s
     assert final.returncode == 0, final.stdout + final.stderr[-5000:]
     assert "holds a completed run (8 optimizer steps" in final.stderr
     assert "Starting at optimizer step" not in final.stdout  # not trained again
-    assert "Optimizer steps: 8" in final.stdout
+    assert "Optimizer steps: 8" in final.stdout and "Resumed at" not in final.stdout
+    assert final.stdout.strip().splitlines()[-1].startswith("Validation top-1 ")
     assert json.loads(result.read_text())["iterations"] == 8
     assert {p.name: digest(p) for p in (out / "checkpoints").iterdir()} == checkpoints
     assert not backup.exists()
     assert leftovers(out) == []
+
+    # The copy of the backup in epoch 1, run to the end by examples/train.py without a kill (so
+    # in this process): from its epoch, step and optimizer state, to 2 x 4 optimizer steps.
+    resumed = tmp_path / "resumed"
+    capsys.readouterr()
+    assert load_example("train").main(train_args(resumed)) == 0
+    printed = capsys.readouterr().out
+    assert "Starting at optimizer step 6" in printed and "Resumed at epoch 1 step 2" in printed
+    assert "Optimizer steps: 8" in printed
+    assert printed.strip().splitlines()[-1].startswith("Validation top-1 ")
+    assert json.loads((resumed / "completed.json").read_text())["optimizer_steps"] == 8
+    assert not (resumed / "backup" / "latest.weights.h5").exists()
+    assert (resumed / "checkpoints" / "last.weights.h5").is_file() and leftovers(resumed) == []
 
 
 # ---------------------------------------------------------------------------------------------
