@@ -27,7 +27,6 @@ _EXPORTS = {
     "CvTBlock": "keras_cvt.layers",
     "LayerNorm": "keras_cvt.layers",
     "StochasticDepth": "keras_cvt.layers",
-    "HeadProjection": "keras_cvt.inference.layers",
     "FrozenFunction": "keras_cvt.inference.frozen",
     "freeze_for_inference": "keras_cvt.inference.frozen",
     "optimize_for_inference": "keras_cvt.inference.fold",

@@ -272,11 +272,7 @@ class ConvAttentionBase(layers.Layer):
     """What the training form (`ConvAttention`) and the folded form
     (`keras_cvt.inference.layers.FoldedConvAttention`) share: the arguments, the split of the
     class token, the attention itself and the output projection. A subclass makes the q/k/v
-    projections (`_qkv`) and says in which layout their heads come (`heads_axis`)."""
-
-    # Axis of the attention heads in q, k, v and the attention's output (batch is the other
-    # of the two leading axes).
-    heads_axis = 1
+    projections (`_qkv`), each split into heads by `_heads`."""
 
     def __init__(
         self,
@@ -316,17 +312,20 @@ class ConvAttentionBase(layers.Layer):
         x = ops.reshape(x_map, (-1, map_tokens(x_map), self.dim))
         return x if cls_token is None else ops.concatenate([cls_token, x], axis=1)
 
-    def _split_heads(self, x, tokens):
-        """`(batch * tokens, dim)` -> heads and batch leading, in the order of `heads_axis`."""
+    def _heads(self, projection, tokens):
+        """`projection` (a Dense layer) of `tokens` `(batch, tokens, dim)`, split into heads:
+        `(batch, heads, tokens, head_dim)`. Batch first, the layout OpenVINO's CPU plugin
+        recognises as attention: it fuses the transposes into its attention kernel (measured
+        on CvT-13 at batch 32: 6% sooner than heads first, and TensorFlow no slower)."""
+        count = ops.shape(tokens)[1]
+        x = projection(ops.reshape(tokens, (-1, self.dim)))
         head_dim = self.dim // self.num_heads
         if self.num_heads == 1:
             # One head: moving its axis of size 1 keeps the order in memory, so a reshape does
             # it without the copy a transpose makes.
-            return ops.reshape(
-                x, (1, -1, tokens, head_dim) if self.heads_axis == 0 else (-1, 1, tokens, head_dim)
-            )
-        x = ops.reshape(x, (-1, tokens, self.num_heads, head_dim))
-        return ops.transpose(x, (2, 0, 1, 3) if self.heads_axis == 0 else (0, 2, 1, 3))
+            return ops.reshape(x, (-1, 1, count, head_dim))
+        x = ops.reshape(x, (-1, count, self.num_heads, head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))
 
     def call(self, x, height, width, training=None):
         cls_token = None
@@ -344,7 +343,7 @@ class ConvAttentionBase(layers.Layer):
         out = ops.matmul(weights, v)
         if self.num_heads > 1:
             # -> (batch, tokens, heads, head_dim)
-            out = ops.transpose(out, (1, 2, 0, 3) if self.heads_axis == 0 else (0, 2, 1, 3))
+            out = ops.transpose(out, (0, 2, 1, 3))
         out = self.proj(ops.reshape(out, (-1, self.dim)))
         return ops.reshape(out, (-1, ops.shape(q)[2], self.dim))
 
@@ -425,20 +424,14 @@ class ConvAttention(ConvAttentionBase):
         self.proj.build(input_shape)
 
     def _qkv(self, tokens_map, cls_token, training):
-        projected = []
+        heads = []
         for conv, batch_norm, projection in self._projections():
             x_map = batch_norm(convolve(conv, tokens_map, self.padding), training=training)
-            tokens = self._tokens(x_map, cls_token)
-            projected.append((projection(ops.reshape(tokens, (-1, self.dim))), ops.shape(tokens)[1]))
-        (q, q_tokens), (k, kv_tokens), (v, _) = projected
+            heads.append(self._heads(projection, self._tokens(x_map, cls_token)))
+        q, k, v = heads
         # Scaling q costs a pass over dim-wide tokens, scaling the scores one over the (much
         # larger) attention matrix.
-        q = q * ops.cast(self.scale, q.dtype)
-        return (
-            self._split_heads(q, q_tokens),
-            self._split_heads(k, kv_tokens),
-            self._split_heads(v, kv_tokens),
-        )
+        return q * ops.cast(self.scale, q.dtype), k, v
 
 
 def _batch_norm(name, dtype):

@@ -125,24 +125,6 @@ def test_openvino_bfloat16(files, expected):
 
 
 @pytest.mark.slow  # the exports: tens of seconds on two cores
-def test_openvino_head_projection_split_is_needed(tiny_model, tmp_path, monkeypatch):
-    """The rewrite of `_split_head_projections` is what lets the CPU plugin compile the file."""
-    unsplit = tmp_path / "unsplit.xml"
-    monkeypatch.setattr(openvino_export, "_split_head_projections", lambda model: None)
-    export(tiny_model, unsplit, format="openvino")
-    model = openvino.Core().read_model(unsplit)
-    ranks = [
-        [op.input(i).get_partial_shape().rank.get_length() for i in range(2)]
-        for op in model.get_ordered_ops()
-        if op.get_type_name() == "MatMul"
-    ]
-    # A key and a value projection per block, tokens (n, d) by kernel (heads, d, head_dim).
-    assert sum(r == [2, 3] for r in ranks) == 2 * sum(TINY_CONFIG["depths"])
-    with pytest.raises(RuntimeError, match="ranks are not equal|incompatible"):
-        _openvino(str(unsplit), "f32")(_random_pixels(1, 64, 64, 0))
-
-
-@pytest.mark.slow  # the exports: tens of seconds on two cores
 def test_tflite_free_batch_and_size(files, expected):
     interpreter = litert.Interpreter(
         model_path=files["tflite"],

@@ -63,16 +63,16 @@ def test_frozen_cvt13_reproduces_the_original_code(cvt13_reference):
     assert frozen.fused_layer_norms == (layer_norms if FUSED else 0)
     assert (frozen_module.FUSED_LAYER_NORM in ops) == FUSED
     assert not ops & {"Rsqrt", "Square"} if FUSED else {"Rsqrt", "Square"} <= ops
-    # q, proj, fc1 and fc2 in every block, and the classifier: every MatMul weight is read as a
-    # non-constant where oneDNN runs (k and v are batched matmuls, which the rewrite leaves alone).
+    # q, k, v, proj, fc1 and fc2 in every block, and the classifier: every MatMul weight is read
+    # as a non-constant where oneDNN runs.
     matmuls = len(_matmul_layers(folded))
     assert frozen.plain_layout_matmuls == (matmuls if ONEDNN else 0)
     assert _matmul_weight_ops(frozen.graph_def) == {frozen_module.PLAIN_WEIGHT if ONEDNN else "Identity": matmuls}
-    # Keys transposed for the scores in every block; q split into heads and the output merged
-    # back, in the multi-head blocks only (stage 1's one head needs reshapes alone).
+    # Keys transposed for the scores in every block; q, k and v split into heads and the output
+    # merged back, in the multi-head blocks only (stage 1's one head needs reshapes alone).
     blocks = [layer for layer in folded.layers if isinstance(layer, CvTBlock)]
     transposes = [node.name for node in frozen.graph_def.node if node.op == "Transpose"]
-    assert len(transposes) == len(blocks) + 2 * sum(block.num_heads > 1 for block in blocks)
+    assert len(transposes) == len(blocks) + 4 * sum(block.num_heads > 1 for block in blocks)
     assert sum("/stage0_block0" in name for name in transposes) == 1
 
 

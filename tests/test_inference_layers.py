@@ -5,45 +5,23 @@ import keras
 import numpy as np
 import pytest
 
-import keras_cvt
-from keras_cvt.inference.layers import FoldedConvAttention, FoldedCvTBlock, HeadProjection
+from keras_cvt.inference.layers import FoldedConvAttention, FoldedCvTBlock
 from tests.test_layers import ATTENTION_CONFIG, _check_config_roundtrip, _np, _randomize
 
 
-def test_head_projection_is_the_public_name():
-    assert keras_cvt.HeadProjection is HeadProjection
-
-
-@pytest.mark.parametrize("heads, use_bias", [(3, True), (1, True), (2, False)])
-@pytest.mark.parametrize("batch, tokens", [(2, 7), (1, 1)])
-def test_head_projection_is_a_linear_layer_split_into_heads(heads, use_bias, batch, tokens):
-    dim, head_dim = 10, 4
-    layer = HeadProjection(heads, head_dim, use_bias=use_bias)
-    x = np.random.RandomState(7).normal(size=(batch, tokens, dim)).astype("float32")
-    layer(x)
-    _randomize(layer, 8)
-    out = _np(layer(x))
-    assert out.shape == (heads, batch, tokens, head_dim)
-    assert layer.compute_output_shape(x.shape) == out.shape
-    kernel = _np(layer.kernel).astype("float64")
-    assert kernel.shape == (heads, dim, head_dim)
-    # The Dense layer with kernel (dim, heads * head_dim), its output split into heads.
-    dense_kernel = kernel.transpose(1, 0, 2).reshape(dim, heads * head_dim)
-    expected = (x.astype("float64") @ dense_kernel).reshape(batch, tokens, heads, head_dim)
-    if use_bias:
-        expected = expected + _np(layer.bias).reshape(heads, head_dim)
-    else:
-        assert layer.bias is None and len(layer.weights) == 1
-    np.testing.assert_allclose(out, expected.transpose(2, 0, 1, 3), rtol=0, atol=1e-5)
-
-
-def test_head_projection_config_roundtrip():
-    kwargs = {"num_heads": 3, "head_dim": 5, "use_bias": False}
-    layer = HeadProjection(**kwargs)
-    x = np.random.RandomState(9).normal(size=(2, 6, 8)).astype("float32")
-    layer(x)
-    _randomize(layer, 10)
-    _check_config_roundtrip(layer, kwargs, lambda l: l(x))
+@pytest.mark.parametrize("heads", [3, 1])
+def test_heads_come_batch_first(heads):
+    """q, k and v as `(batch, heads, tokens, head_dim)`: a Dense layer's output column
+    h * head_dim + j is head h's feature j, as the original splits it."""
+    dim, batch, tokens = 6, 2, 5
+    attention = FoldedConvAttention(dim, heads)
+    x = np.random.RandomState(3).normal(size=(batch, tokens, dim)).astype("float32")
+    attention.build((None, None, dim))
+    _randomize(attention, 4)
+    out = _np(attention._heads(attention.proj_q, x))
+    kernel, bias = (_np(w).astype("float64") for w in attention.proj_q.weights)
+    expected = (x.astype("float64") @ kernel + bias).reshape(batch, tokens, heads, dim // heads)
+    np.testing.assert_allclose(out, expected.transpose(0, 2, 1, 3), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +54,7 @@ def test_folded_attention_weights(qkv_bias):
     assert not any("_bn/" in p for p in paths)
     assert ("attn/proj_q/bias" in paths) == qkv_bias
     assert "attn/proj_k/bias" not in paths and "attn/proj_v/bias" not in paths
-    assert tuple(layer.proj_k.kernel.shape) == (3, 12, 4)
+    assert tuple(layer.proj_k.kernel.shape) == tuple(layer.proj_v.kernel.shape) == (12, 12)
 
 
 def test_folded_attention_config_roundtrip():

@@ -52,47 +52,12 @@ def export_openvino(model, path, input_size=None):
     spec = classifier.pixels_spec(input_size)
     function = tf.function(lambda pixels: {"probabilities": classifier.probabilities(pixels)})
     converted = openvino.convert_model(function.get_concrete_function(spec))
-    _split_head_projections(converted)
     _fuse_layer_norms(converted)
     weights = path[: -len(".xml")] + ".bin"
     with atomic.publish_file(path) as xml, atomic.publish_file(weights) as bin_file:
         openvino.save_model(converted, xml, compress_to_fp16=False)
         os.replace(xml[: -len(".xml")] + ".bin", bin_file)
     return os.path.abspath(path)
-
-
-def _split_head_projections(model):
-    """Rewrites each matmul of tokens `(n, d)` by a constant head kernel `(heads, d, head_dim)`
-    (`keras_cvt.inference.layers.HeadProjection`) as one `(n, d) x (d, heads * head_dim)`
-    matmul, reshaped to `(n, heads, head_dim)` and transposed to `(heads, n, head_dim)`: the
-    same products and sums. OpenVINO's CPU plugin compiles a matmul of operands of different
-    ranks into a FullyConnected node that fails ("Can't create dummy inputs if argument shapes
-    ranks are not equal"), though the operation's broadcasting allows them."""
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "MatMul":
-            continue
-        tokens, kernel = (op.input(i).get_source_output() for i in range(2))
-        attributes = op.get_attributes()
-        if tokens.get_partial_shape().rank.get_length() != 2 or attributes["transpose_a"]:
-            continue
-        if kernel.get_partial_shape().rank.get_length() != 3 or not kernel.get_partial_shape().is_static:
-            continue
-        # The kernel as stored is (heads, d, head_dim), or (heads, head_dim, d) with transpose_b;
-        # `order` makes it (d, heads, head_dim).
-        shape = tuple(kernel.get_partial_shape().to_shape())
-        if attributes["transpose_b"]:
-            (heads, head_dim, dim), order = shape, (2, 0, 1)
-        else:
-            (heads, dim, head_dim), order = shape, (1, 0, 2)
-        flat = opset13.reshape(
-            opset13.transpose(kernel, _constant(order)), _constant((dim, heads * head_dim)), special_zero=False
-        )
-        projected = opset13.matmul(tokens, flat, transpose_a=False, transpose_b=False)
-        split = opset13.reshape(projected, _constant((0, heads, head_dim)), special_zero=True)
-        heads_first = opset13.transpose(split, _constant((1, 0, 2)))
-        for reader in op.output(0).get_target_inputs():
-            reader.replace_source_output(heads_first.output(0))
-    model.validate_nodes_and_infer_types()
 
 
 def _constant(values):

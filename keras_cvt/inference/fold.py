@@ -7,9 +7,8 @@ whose weights are computed from `model`'s:
 - each attention BatchNorm (inference statistics) folded into its depthwise convolution,
   `w * gamma / sqrt(var + eps)` with the bias `beta - mean * gamma / sqrt(var + eps)`;
 - the attention scale folded into the query projection (`proj_q` kernel and bias);
-- k and v projected straight into attention heads (`HeadProjection`, no transposes), the key bias dropped (it shifts each row of scores by a constant, which
-  softmax ignores) and the value bias folded into the output projection's bias (attention
-  weights sum to 1 per row);
+- the key bias dropped (it shifts each row of scores by a constant, which softmax ignores) and
+  the value bias folded into the output projection's bias (attention weights sum to 1 per row);
 - QuickGELU's 1.702 folded into `fc1` (times 1.702) and `fc2`'s kernel (divided by it), so that
   the activation is a plain SiLU, which TensorFlow runs as one fused operation;
 - a block whose map no layer and no output reads (a classifier's last block: the head reads the
@@ -134,15 +133,11 @@ def _fold_block(block, folded):
     folded_attention.proj_q.set_weights(
         [w.astype(np.float64) * attention.scale for w in attention.proj_q.get_weights()]
     )
-    heads, head_dim = attention.num_heads, attention.dim // attention.num_heads
-    for projection, head_projection in (
+    for projection, folded_projection in (
         (attention.proj_k, folded_attention.proj_k),
         (attention.proj_v, folded_attention.proj_v),
     ):
-        # (dim, heads * head_dim) -> (heads, dim, head_dim): output column h * head_dim + j is
-        # head h's feature j, as the training form splits it into heads.
-        kernel = projection.get_weights()[0]
-        head_projection.set_weights([kernel.reshape(-1, heads, head_dim).transpose(1, 0, 2)])
+        folded_projection.set_weights(projection.get_weights()[:1])
     # The key bias is dropped (softmax ignores a constant added to a row of scores); the value
     # bias goes through the attention unchanged (each row of weights sums to 1), into `proj`.
     kernel, bias = (w.astype(np.float64) for w in attention.proj.get_weights())
