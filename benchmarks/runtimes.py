@@ -17,12 +17,15 @@ first checks that the two give the same logits. Ours take pixels in [0, 255] wit
 normalisation (and, for the export files, the softmax) inside; HF's take normalised pixels.
 The export files have a fixed height and width (`--size`) and a free batch, as HF's ONNX file.
 
-Each system runs in a process of its own, started (and warmed up) when its turn comes and
-stopped after it (all at once would not fit this machine's memory), beside the process of the
-reference; every sample of a system is taken between two samples of the reference and divided
-by their mean, which cancels the drifts of a shared machine's speed (tens of percent
-within a minute). A batch-1 sample is the median of `--latency-calls` calls; a batch-32 sample
-is one call. The table gives each system's median sample and the median of its bracketed
+Each system runs in a process of its own, beside the process of the reference; every sample
+of a system is taken between two samples of the reference and divided by their mean, which
+cancels the drifts of a shared machine's speed (tens of percent within a minute). That
+cancelling is not exact across runtimes (a slow spell of the host slows OpenVINO's thread pool
+more than TensorFlow's), so the systems run in groups (`GROUPS`), all of a group's processes at
+once (all twelve would not fit this machine's memory), their samples taken in turn, round after
+round: the systems of a group meet the same states of the machine, and the fastest paths of
+both sides, which the targets compare, share a group. A batch-1 sample is the median of
+`--latency-calls` calls; a batch-32 sample is one call. The table gives each system's median sample and the median of its bracketed
 ratios; "time / ours" and "images/s / ours" are against the reference. Written as JSON to
 benchmarks/results/runtimes_<model>_<size>.json.
 """
@@ -62,21 +65,20 @@ SYSTEMS = (
     ("hf_openvino_f32", "hf", "f32", "the same ONNX file, OpenVINO float32"),
     ("hf_openvino_bf16", "hf", "bf16", "the same, OpenVINO bfloat16"),
 )
-# The order of measurement: the slowest to start (torch.compile: minutes) last, so that a run cut
-# short still has the rest; a report is written after each system.
-MEASUREMENT_ORDER = (
-    REFERENCE,
-    "ours_tf_frozen_bf16",
-    "hf_openvino_bf16",
-    "ours_openvino_bf16",
-    "hf_openvino_f32",
-    "ours_openvino_f32",
-    "hf_onnxruntime",
-    "ours_onnxruntime",
-    "hf_torch_bf16",
-    "ours_litert",
-    "hf_torch_eager",
-    "hf_torch_compile",
+# The groups, in the order of measurement: the slowest to start (torch.compile: minutes) last, so
+# that a run cut short still has the rest; a report is written after each group.
+GROUPS = (
+    (REFERENCE,),
+    (
+        "ours_openvino_f32",
+        "hf_openvino_f32",
+        "ours_litert",
+        "ours_openvino_bf16",
+        "hf_openvino_bf16",
+        "ours_onnxruntime",
+        "hf_onnxruntime",
+    ),
+    ("ours_tf_frozen_bf16", "hf_torch_bf16", "hf_torch_eager", "hf_torch_compile"),
 )
 BATCHES = (1, 32)
 PAUSE = 0.2  # seconds between two processes' samples: their spinning thread pools go idle
@@ -254,9 +256,10 @@ class Process:
 
 
 def measure(args, directory, done):
-    """Per system, in turn (`MEASUREMENT_ORDER`): starts its process, takes `--rounds` samples at
-    each batch, each between two samples of the reference's process, stops it and calls
-    `done(samples, ratios, start_seconds, began)` with what has been measured so far."""
+    """Per group (`GROUPS`), in turn: starts its systems' processes, takes `--rounds` rounds of
+    samples at each batch, a sample of each system per round, each between two samples of the
+    reference's process, stops them and calls `done(samples, ratios, start_seconds, began)` with
+    what has been measured so far."""
     calls = {1: args.latency_calls, 32: 1}
     # The load average says how busy the shared machine was (2 would be these cores, full).
     began = f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}"
@@ -265,25 +268,29 @@ def measure(args, directory, done):
     ratios = {name: {b: [] for b in BATCHES} for name, *_ in SYSTEMS}
     started = {}
     try:
-        for name in MEASUREMENT_ORDER:
-            begin = time.time()
-            system = reference if name == REFERENCE else Process(name, args, directory)
-            started[name] = time.time() - begin
-            print(f"{name}: started in {started[name]:.0f} s", file=sys.stderr, flush=True)
+        for group in GROUPS:
+            systems = {}
             try:
+                for name in group:
+                    begin = time.time()
+                    systems[name] = reference if name == REFERENCE else Process(name, args, directory)
+                    started[name] = time.time() - begin
+                    print(f"{name}: started in {started[name]:.0f} s", file=sys.stderr, flush=True)
                 for b in BATCHES:
                     before = reference.sample(b, calls[b])
                     samples[REFERENCE][b].append(before)
                     for _ in range(args.rounds):
-                        value = system.sample(b, calls[b])
-                        after = reference.sample(b, calls[b])
-                        samples[name][b].append(value)
-                        samples[REFERENCE][b].append(after)
-                        ratios[name][b].append(value / ((before + after) / 2))
-                        before = after
+                        for name, system in systems.items():
+                            value = system.sample(b, calls[b])
+                            after = reference.sample(b, calls[b])
+                            samples[name][b].append(value)
+                            samples[REFERENCE][b].append(after)
+                            ratios[name][b].append(value / ((before + after) / 2))
+                            before = after
             finally:
-                if system is not reference:
-                    system.close()
+                for system in systems.values():
+                    if system is not reference:
+                        system.close()
             done(samples, ratios, started, began)
     finally:
         reference.close()

@@ -17,6 +17,15 @@ REFERENCE = pathlib.Path(os.environ.get("KERAS_CVT_REFERENCE", SHARED / "referen
 REQUIRE_REFERENCE = os.environ.get("KERAS_CVT_REQUIRE_REFERENCE", "") not in ("", "0")
 
 
+def quick_jax_env(env):
+    """`env` for a JAX subprocess that checks imports or numbers, not speed: XLA's LLVM
+    optimisation off. On CPU, JAX compiles each weight initializer of each shape, and each
+    predict, with XLA: at XLA's default optimisation level most of a minute for the tiny model
+    and CvT-13. The outputs move by about 1e-7; tests/test_backends.py checks JAX's numbers at
+    the defaults."""
+    return {**env, "XLA_FLAGS": " ".join([env.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"])}
+
+
 def reference_file(name):
     """The path of file `name` of the reference; skips the calling test where it is absent."""
     path = REFERENCE / name

@@ -40,7 +40,7 @@ TORCH_SCRIPT = textwrap.dedent(
                 include_preprocessing=False, classifier_activation=None)
     np.save(out_dir + "/logits.npy", keras.ops.convert_to_numpy(model(x)))
     np.save(out_dir + "/logits_predict.npy", model.predict(x, verbose=0))
-    # The folded form ("same" padding at stride 2 with a kernel one larger, heads first).
+    # The folded form ("same" padding at stride 2 with a kernel one larger).
     np.save(out_dir + "/folded.npy", keras.ops.convert_to_numpy(optimize_for_inference(model)(x)))
     # The training path: BatchNorm on batch statistics, then one SGD step (no dropout, no
     # stochastic depth: deterministic, so every backend must land on the same numbers).

@@ -10,7 +10,7 @@ import sys
 
 from keras_cvt import CvT, CvT13, CvTBlock, optimize_for_inference
 from keras_cvt.inference.layers import FoldedConvAttention, FoldedCvTBlock
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import ROOT, TINY_CONFIG, quick_jax_env
 
 
 def _tiny(weights, **kwargs):
@@ -146,7 +146,7 @@ print("first tensorflow import:", importers[0] if importers else None)
 
 @pytest.mark.slow
 def test_the_folded_form_imports_no_tensorflow():
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    env = quick_jax_env({**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)})
     result = subprocess.run([sys.executable, "-c", _TENSORFLOW_IMPORTS], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -169,7 +169,7 @@ def test_old_configs_load_or_are_refused_by_name():
 
 
 def _matmul_macs(model, size):
-    """Multiply-adds of the matmuls (Dense layers, head projections, attention) in the graph
+    """Multiply-adds of the matmuls (Dense layers and attention) in the graph
     TensorFlow runs for one `size` x `size` image, from their static shapes."""
     import tensorflow as tf
 

@@ -21,7 +21,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import ROOT, TINY_CONFIG, quick_jax_env
 
 BLOCKED = ("tensorflow", "tensorflow_datasets")
 
@@ -95,12 +95,7 @@ def run_python(args, backend, cwd):
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     if backend == "jax":
-        # On CPU, JAX compiles each weight initializer of each shape, and each predict, with XLA:
-        # at XLA's default optimisation level, most of a minute for the tiny model and CvT-13.
-        # What is checked here (which modules are imported; logits within 1e-4) does not depend
-        # on how well the machine code is optimised; tests/test_backends.py checks JAX's
-        # numbers at the defaults.
-        env["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"])
+        env = quick_jax_env(env)
     return subprocess.run(
         [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
     )
