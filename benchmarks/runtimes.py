@@ -25,9 +25,9 @@ more than TensorFlow's), so the systems run in groups (`GROUPS`), all of a group
 once (all twelve would not fit this machine's memory), their samples taken in turn, round after
 round: the systems of a group meet the same states of the machine, and the fastest paths of
 both sides, which the targets compare, share a group. A batch-1 sample is the median of
-`--latency-calls` calls; a batch-32 sample is one call. The table gives each system's median sample and the median of its bracketed
-ratios; "time / ours" and "images/s / ours" are against the reference. Written as JSON to
-benchmarks/results/runtimes_<model>_<size>.json.
+`--latency-calls` calls; a batch-32 sample is one call. The table gives each system's median
+sample and the median of its bracketed ratios; "time / ours" and "images/s / ours" are against
+the reference. Written as JSON to benchmarks/results/runtimes_<model>_<size>.json.
 """
 
 import argparse

@@ -57,26 +57,30 @@ class FoldedConvAttention(ConvAttentionBase):
 
     def build(self, input_shape):
         map_shape = (None, None, None, self.dim)
-        for conv, projection in (
-            (self.conv_proj_q, self.proj_q),
-            (self.conv_proj_k, self.proj_k),
-            (self.conv_proj_v, self.proj_v),
-        ):
+        for conv, projection in self._projections():
             conv.build(map_shape)
             projection.build(input_shape)
         self.proj.build(input_shape)
 
+    def _projections(self):
+        return (
+            (self.conv_proj_q, self.proj_q),
+            (self.conv_proj_k, self.proj_k),
+            (self.conv_proj_v, self.proj_v),
+        )
+
     def _qkv(self, tokens_map, cls_token, training):
+        (q_conv, q_projection), *kv = self._projections()
         if self.class_token_only:
             # The class token bypasses the query convolution: its query is its projection.
             q = cls_token
         else:
-            q = self._tokens(convolve(self.conv_proj_q, tokens_map, self.padding), cls_token)
+            q = self._tokens(convolve(q_conv, tokens_map, self.padding), cls_token)
         k, v = (
             self._heads(projection, self._tokens(convolve(conv, tokens_map, self.padding), cls_token))
-            for conv, projection in ((self.conv_proj_k, self.proj_k), (self.conv_proj_v, self.proj_v))
+            for conv, projection in kv
         )
-        return self._heads(self.proj_q, q), k, v
+        return self._heads(q_projection, q), k, v
 
     def compute_output_shape(self, input_shape):
         if self.class_token_only:
