@@ -33,7 +33,7 @@ LAYERS = [
     ("checks", ["keras_cvt.arguments", "keras_cvt.weights_file"]),
     ("builder", ["keras_cvt.builder"]),
     ("conversion", ["weights_conversion.*"]),
-    ("download", ["keras_cvt.hub", "keras_cvt.cache", "keras_cvt.hf_config", "keras_cvt.hf"]),
+    ("download", ["keras_cvt.declared", "keras_cvt.hub", "keras_cvt.cache", "keras_cvt.hf_config", "keras_cvt.hf"]),
     ("variants", ["keras_cvt.variants"]),
     ("inference", ["keras_cvt.inference.*"]),
     (
