@@ -10,6 +10,8 @@ import dataclasses
 import keras
 from keras import layers, ops
 
+from keras_cvt.architectures import ATTENTION_OPTIONS
+
 # The original uses PyTorch's defaults for LayerNorm/BatchNorm (eps 1e-5) everywhere;
 # Keras' default of 1e-3 visibly changes the logits.
 NORM_EPSILON = 1e-5
@@ -21,22 +23,12 @@ def dense_initializer():
     return keras.initializers.TruncatedNormal(stddev=0.02)
 
 
-# The original's attention options (KERNEL_QKV, STRIDE_Q, STRIDE_KV, PADDING_Q/KV, QKV_BIAS)
-# in every published configuration: the defaults of the attention layers and of `keras_cvt.CvT`.
-ATTENTION_KERNEL_SIZE = 3
-Q_STRIDE = 1
-KV_STRIDE = 2
-ATTENTION_PADDING = 1
-QKV_BIAS = True
-# The same options by the one name each has from the builder down to the attention layer
-# (`keras_cvt.CvT`, `CvTBlock`, `ConvAttention`, `CvTBackbone`), with their defaults.
-ATTENTION_OPTIONS = {
-    "attention_kernel_size": ATTENTION_KERNEL_SIZE,
-    "q_stride": Q_STRIDE,
-    "kv_stride": KV_STRIDE,
-    "attention_padding": ATTENTION_PADDING,
-    "qkv_bias": QKV_BIAS,
-}
+# The attention options' defaults (`keras_cvt.architectures.ATTENTION_OPTIONS`) one by one.
+ATTENTION_KERNEL_SIZE = ATTENTION_OPTIONS["attention_kernel_size"]
+Q_STRIDE = ATTENTION_OPTIONS["q_stride"]
+KV_STRIDE = ATTENTION_OPTIONS["kv_stride"]
+ATTENTION_PADDING = ATTENTION_OPTIONS["attention_padding"]
+QKV_BIAS = ATTENTION_OPTIONS["qkv_bias"]
 # The names `ConvAttention` gave two of them before keras_cvt 0.3, still accepted there (and
 # read from the configs of older `.keras` files).
 _OLD_ATTENTION_NAMES = {"kernel_size": "attention_kernel_size", "padding": "attention_padding"}
