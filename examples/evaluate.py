@@ -41,7 +41,7 @@ def run(args):
     """Returns `(top1, top5, number of images)`."""
     strategy = training.make_strategy(args.strategy)
     architecture = args.architecture
-    transform = cli.evaluation_transform(args, crop=not args.no_crop)
+    transform = cli.evaluation_transform_record(args, crop=not args.no_crop)
     size = transform.size
     classes = training.head_classes(architecture, args.weights)
     if classes is None:

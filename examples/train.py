@@ -181,7 +181,7 @@ def run(args, callbacks=()):
 
     train_source, val_source = sources(args, multi_worker)
     # Validation sees the initial weights' evaluation transform (at --image-size if given).
-    transform = cli.evaluation_transform(args)
+    transform = cli.evaluation_transform_record(args)
     size = transform.size
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas

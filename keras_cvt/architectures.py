@@ -16,6 +16,16 @@ PATCH_STRIDES = (4, 2, 2)
 PATCH_PADDINGS = (2, 1, 1)
 # The input height and width of a classifier built without `input_shape` or pretrained weights.
 DEFAULT_SIZE = 224
+# The original's attention options (KERNEL_QKV, STRIDE_Q, STRIDE_KV, PADDING_Q/KV, QKV_BIAS) in
+# every published configuration, by the one name each has from the builder (`keras_cvt.CvT`)
+# down to the attention layer (`keras_cvt.layers.ConvAttention`): their defaults.
+ATTENTION_OPTIONS = {
+    "attention_kernel_size": 3,
+    "q_stride": 1,
+    "kv_stride": 2,
+    "attention_padding": 1,
+    "qkv_bias": True,
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from keras_cvt import _version, architectures, atomic
-from weights_conversion.keys import describe_error
+from keras_cvt.errors import describe_error
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Attempts per file, and the first wait between them (doubled after each failure).

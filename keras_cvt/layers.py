@@ -5,8 +5,12 @@ row-major tokens, which is the order the original NCHW `rearrange(x, 'b c h w ->
 produces, so weights and activations line up with the PyTorch model element for element.
 """
 
+import dataclasses
+
 import keras
 from keras import layers, ops
+
+from keras_cvt.architectures import ATTENTION_OPTIONS
 
 # The original uses PyTorch's defaults for LayerNorm/BatchNorm (eps 1e-5) everywhere;
 # Keras' default of 1e-3 visibly changes the logits.
@@ -19,13 +23,51 @@ def dense_initializer():
     return keras.initializers.TruncatedNormal(stddev=0.02)
 
 
-# The original's attention options (KERNEL_QKV, STRIDE_Q, STRIDE_KV, PADDING_Q/KV, QKV_BIAS)
-# in every published configuration: the defaults of the attention layers and of `keras_cvt.CvT`.
-ATTENTION_KERNEL_SIZE = 3
-Q_STRIDE = 1
-KV_STRIDE = 2
-ATTENTION_PADDING = 1
-QKV_BIAS = True
+# The attention options' defaults (`keras_cvt.architectures.ATTENTION_OPTIONS`) one by one.
+ATTENTION_KERNEL_SIZE = ATTENTION_OPTIONS["attention_kernel_size"]
+Q_STRIDE = ATTENTION_OPTIONS["q_stride"]
+KV_STRIDE = ATTENTION_OPTIONS["kv_stride"]
+ATTENTION_PADDING = ATTENTION_OPTIONS["attention_padding"]
+QKV_BIAS = ATTENTION_OPTIONS["qkv_bias"]
+# The names `ConvAttention` gave two of them before keras_cvt 0.3, still accepted there (and
+# read from the configs of older `.keras` files).
+_OLD_ATTENTION_NAMES = {"kernel_size": "attention_kernel_size", "padding": "attention_padding"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """One of the attention's three projections, as the original names its modules: a
+    depthwise convolution (`conv_proj_{part}`) with a BatchNorm (`conv_proj_{part}_bn` here,
+    `conv_proj_{part}.bn` there), then a Linear layer (`proj_{part}`).
+
+    Attributes:
+        part: "q", "k" or "v".
+        stride: the attention option that gives its convolution's stride.
+    """
+
+    part: str
+    stride: str
+
+    @property
+    def conv(self):
+        return f"conv_proj_{self.part}"
+
+    @property
+    def batch_norm(self):
+        return f"conv_proj_{self.part}_bn"
+
+    @property
+    def linear(self):
+        return f"proj_{self.part}"
+
+
+# In the order the attention computes and stores them; everything that names the q/k/v layers
+# (both attention forms, folding, the converter's map and expected shapes) reads this.
+PROJECTIONS = QUERY, KEY, VALUE = (
+    Projection("q", "q_stride"),
+    Projection("k", "kv_stride"),
+    Projection("v", "kv_stride"),
+)
 
 # QuickGELU(x) = x * sigmoid(1.702 x) = silu(1.702 x) / 1.702.
 QUICK_GELU_FACTOR = 1.702
@@ -255,6 +297,21 @@ def dense(units, use_bias, name, dtype):
     )
 
 
+def _old_attention_names(kwargs, **options):
+    """`options` with the values that `kwargs` gives under their names before keras_cvt 0.3
+    (popped from it), refusing both names at once."""
+    for old, new in _OLD_ATTENTION_NAMES.items():
+        if old in kwargs:
+            value = kwargs.pop(old)
+            if options[new] != ATTENTION_OPTIONS[new] and options[new] != value:
+                raise ValueError(
+                    f"`{old}` is the old name of `{new}`: pass one of them, got {old}={value!r} "
+                    f"and {new}={options[new]!r}"
+                )
+            options[new] = value
+    return options
+
+
 def _refuse_folded(cls, config):
     """Configs saved before the folded form had classes of its own carry `folded`: False is
     the training form; True cannot be rebuilt from a training layer's class."""
@@ -279,33 +336,48 @@ class ConvAttentionBase(layers.Layer):
         dim,
         num_heads,
         with_cls_token=False,
-        kernel_size=ATTENTION_KERNEL_SIZE,
+        attention_kernel_size=ATTENTION_KERNEL_SIZE,
         q_stride=Q_STRIDE,
         kv_stride=KV_STRIDE,
-        padding=ATTENTION_PADDING,
+        attention_padding=ATTENTION_PADDING,
         qkv_bias=QKV_BIAS,
         **kwargs,
     ):
+        options = _old_attention_names(
+            kwargs, attention_kernel_size=attention_kernel_size, attention_padding=attention_padding
+        )
         super().__init__(**kwargs)
         if dim % num_heads:
             raise ValueError(f"`num_heads` must divide `dim`, got dim={dim}, num_heads={num_heads}")
         self.dim = dim
         self.num_heads = num_heads
         self.with_cls_token = with_cls_token
-        self.kernel_size = kernel_size
+        self.attention_kernel_size = options["attention_kernel_size"]
         self.q_stride = q_stride
         self.kv_stride = kv_stride
-        self.padding = padding
+        self.attention_padding = options["attention_padding"]
         self.qkv_bias = qkv_bias
         # The original scales by the full width, not the head width.
         self.scale = dim**-0.5
         self._make_layers()
         self.proj = dense(dim, True, "proj", self.dtype_policy)
 
+    # The 0.2 names of `attention_kernel_size` and `attention_padding`, read-only.
+    kernel_size = property(lambda self: self.attention_kernel_size)
+    padding = property(lambda self: self.attention_padding)
+
     def _make_layers(self):
-        """Makes the q/k/v projection layers, each its own attribute with its own name (the
-        paths of the weights in `.weights.h5` files)."""
+        """Makes the layers of each of `PROJECTIONS`, each its own attribute with its own name
+        (the paths of the weights in `.weights.h5` files)."""
         raise NotImplementedError(f"{type(self).__name__} must define `_make_layers`")
+
+    def _projection_conv(self, projection, use_bias, enlarge_strided=False):
+        """The depthwise convolution of `projection` (a `Projection`), with its stride."""
+        stride = getattr(self, projection.stride)
+        return projection_conv(
+            self.attention_kernel_size, stride, self.attention_padding, use_bias, projection.conv,
+            self.dtype_policy, enlarge_strided,
+        )
 
     def _tokens(self, x_map, cls_token):
         """A projected map as tokens `(batch, tokens, dim)`, the class token first if any."""
@@ -360,10 +432,10 @@ class ConvAttentionBase(layers.Layer):
             "dim": self.dim,
             "num_heads": self.num_heads,
             "with_cls_token": self.with_cls_token,
-            "kernel_size": self.kernel_size,
+            "attention_kernel_size": self.attention_kernel_size,
             "q_stride": self.q_stride,
             "kv_stride": self.kv_stride,
-            "padding": self.padding,
+            "attention_padding": self.attention_padding,
             "qkv_bias": self.qkv_bias,
         }
 
@@ -389,30 +461,25 @@ class ConvAttention(ConvAttentionBase):
         dim: token width.
         num_heads: number of attention heads; must divide `dim`.
         with_cls_token: whether the first token is a class token.
-        kernel_size: depthwise kernel size of the projections.
+        attention_kernel_size: depthwise kernel size of the projections (also accepted as
+            `kernel_size`, its name before keras_cvt 0.3).
         q_stride: stride of the query projection.
         kv_stride: stride of the key and value projections.
-        padding: symmetric zero padding of the projections.
+        attention_padding: symmetric zero padding of the projections (also accepted as
+            `padding`).
         qkv_bias: whether the q/k/v Linear layers have a bias.
     """
 
     def _make_layers(self):
-        policy, size, padding, bias = self.dtype_policy, self.kernel_size, self.padding, self.qkv_bias
-        self.conv_proj_q = projection_conv(size, self.q_stride, padding, False, "conv_proj_q", policy)
-        self.conv_proj_q_bn = _batch_norm("conv_proj_q_bn", policy)
-        self.proj_q = dense(self.dim, bias, "proj_q", policy)
-        self.conv_proj_k = projection_conv(size, self.kv_stride, padding, False, "conv_proj_k", policy)
-        self.conv_proj_k_bn = _batch_norm("conv_proj_k_bn", policy)
-        self.proj_k = dense(self.dim, bias, "proj_k", policy)
-        self.conv_proj_v = projection_conv(size, self.kv_stride, padding, False, "conv_proj_v", policy)
-        self.conv_proj_v_bn = _batch_norm("conv_proj_v_bn", policy)
-        self.proj_v = dense(self.dim, bias, "proj_v", policy)
+        for projection in PROJECTIONS:
+            setattr(self, projection.conv, self._projection_conv(projection, False))
+            setattr(self, projection.batch_norm, _batch_norm(projection.batch_norm, self.dtype_policy))
+            setattr(self, projection.linear, dense(self.dim, self.qkv_bias, projection.linear, self.dtype_policy))
 
     def _projections(self):
-        return (
-            (self.conv_proj_q, self.conv_proj_q_bn, self.proj_q),
-            (self.conv_proj_k, self.conv_proj_k_bn, self.proj_k),
-            (self.conv_proj_v, self.conv_proj_v_bn, self.proj_v),
+        """(convolution, BatchNorm, Linear) of each of `PROJECTIONS`."""
+        return tuple(
+            (getattr(self, p.conv), getattr(self, p.batch_norm), getattr(self, p.linear)) for p in PROJECTIONS
         )
 
     def build(self, input_shape):
@@ -426,7 +493,7 @@ class ConvAttention(ConvAttentionBase):
     def _qkv(self, tokens_map, cls_token, training):
         heads = []
         for conv, batch_norm, projection in self._projections():
-            x_map = batch_norm(convolve(conv, tokens_map, self.padding), training=training)
+            x_map = batch_norm(convolve(conv, tokens_map, self.attention_padding), training=training)
             heads.append(self._heads(projection, self._tokens(x_map, cls_token)))
         q, k, v = heads
         # Scaling q costs a pass over dim-wide tokens, scaling the scores one over the (much
@@ -454,9 +521,8 @@ class CvTBlock(layers.Layer):
         mlp_ratio: hidden width of the MLP relative to `dim`.
         drop_path_rate: stochastic depth rate of both residual branches.
         with_cls_token: whether a class token travels with the map.
-        attention_kernel_size, q_stride, kv_stride, attention_padding, qkv_bias: the
-            `kernel_size`, `q_stride`, `kv_stride`, `padding` and `qkv_bias` of its
-            `ConvAttention`.
+        attention_kernel_size, q_stride, kv_stride, attention_padding, qkv_bias: those of its
+            `ConvAttention` (`ATTENTION_OPTIONS`).
     """
 
     # What the folded form replaces (`FoldedCvTBlock`): the attention's class and the MLP's
@@ -495,10 +561,10 @@ class CvTBlock(layers.Layer):
             dim,
             num_heads,
             with_cls_token,
-            kernel_size=attention_kernel_size,
+            attention_kernel_size=attention_kernel_size,
             q_stride=q_stride,
             kv_stride=kv_stride,
-            padding=attention_padding,
+            attention_padding=attention_padding,
             qkv_bias=qkv_bias,
             name="attn",
             dtype=policy,

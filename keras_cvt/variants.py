@@ -1,11 +1,15 @@
 """The published variants' builders, `CvT13`, `CvT21` and `CvTW24`, with their pretrained weights.
 
-Each is made from its record in `keras_cvt.architectures` (and its checkpoints' records in
-`keras_cvt.pretrained`), so a new variant is an entry there, not code here.
+Each is a `def` here, a signature over its record in `keras_cvt.architectures` (its
+checkpoints' records are in `keras_cvt.pretrained`): the record gives the architecture, the
+defaults and the docstring. A new variant is an entry there and a builder of six lines here,
+which `_builder` holds to the record.
 """
 
+import inspect
+
 from keras_cvt import arguments, architectures, cache, hf, pretrained
-from keras_cvt.architectures import DEFAULT_SIZE
+from keras_cvt.architectures import DEFAULT_SIZE, VARIANTS
 from keras_cvt.builder import CvT
 
 BASE_DOCSTRING = """Instantiates the {name} architecture.
@@ -94,63 +98,128 @@ def _names(variant):
     return ", ".join(names)
 
 
-def _variant(record):
-    """The `keras.applications`-style builder of the variant `record`."""
-
-    def builder(
-        include_top=True,
-        weights=None,
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=1000,
-        classifier_activation="softmax",
-        include_preprocessing=True,
-        drop_path_rate=record.drop_path_rate,
-        name=record.name,
-    ):
-        default_size = DEFAULT_SIZE
-        arguments.check_arguments(
-            include_top, include_preprocessing, input_tensor, input_shape, pooling, classes,
-            classifier_activation, drop_path_rate, name,
-        )
-        if hf.is_hub_source(weights):
-            weights = hf.variant_weights(weights, record.name, include_top, classes)
-        entry = cache.pretrained_entry(weights, record.name)
-        if entry is not None:
-            # Checked before the download, which can take minutes.
-            _check_pretrained(entry, include_top, classes, input_tensor, input_shape)
-            default_size = entry.transform.size
-            weights = cache.fetch(entry)
-        return CvT(
-            **record.config,
-            drop_path_rate=drop_path_rate,
-            default_size=default_size,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            include_preprocessing=include_preprocessing,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = record.builder
-    builder.__module__ = __name__
-    builder.__doc__ = BASE_DOCSTRING.format(
-        name=record.builder,
-        names=_names(record.name),
-        default_size=DEFAULT_SIZE,
-        dim=record.embed_dims[-1],
-        drop_path_rate=record.drop_path_rate,
+def _build(
+    record,
+    include_top,
+    weights,
+    input_tensor,
+    input_shape,
+    pooling,
+    classes,
+    classifier_activation,
+    include_preprocessing,
+    drop_path_rate,
+    name,
+):
+    """The model of variant `record` with a builder's arguments (the body every builder shares)."""
+    default_size = DEFAULT_SIZE
+    arguments.check_arguments(
+        include_top, include_preprocessing, input_tensor, input_shape, pooling, classes,
+        classifier_activation, drop_path_rate, name,
     )
-    return builder
+    if hf.is_hub_source(weights):
+        weights = hf.variant_weights(weights, record.name, include_top, classes)
+    entry = cache.pretrained_entry(weights, record.name)
+    if entry is not None:
+        # Checked before the download, which can take minutes.
+        _check_pretrained(entry, include_top, classes, input_tensor, input_shape)
+        default_size = entry.transform.size
+        weights = cache.fetch(entry)
+    return CvT(
+        **record.config,
+        drop_path_rate=drop_path_rate,
+        default_size=default_size,
+        include_top=include_top,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        include_preprocessing=include_preprocessing,
+        name=name,
+    )
 
 
-# {variant name: builder}; each builder is also this module's attribute of its own name
-# (`CvT13`, ...), made from the variant's record.
-BUILDERS = {name: _variant(record) for name, record in architectures.VARIANTS.items()}
-globals().update({builder.__name__: builder for builder in BUILDERS.values()})
+# {variant name: builder}, filled by `_builder` below.
+BUILDERS = {}
+
+
+def _builder(variant):
+    """Registers the decorated function as the builder of `variant` in `BUILDERS` and gives it
+    the docstring of its record; refuses a function that does not carry the record's builder
+    name, or whose defaults contradict the record."""
+    record = architectures.get(variant)
+
+    def register(builder):
+        defaults = inspect.signature(builder).parameters
+        if (
+            builder.__name__ != record.builder
+            or defaults["name"].default != record.name
+            or defaults["drop_path_rate"].default != record.drop_path_rate
+        ):
+            raise ValueError(f"{builder.__name__} does not match the record of {variant!r}: {record}")
+        builder.__doc__ = BASE_DOCSTRING.format(
+            name=record.builder,
+            names=_names(record.name),
+            default_size=DEFAULT_SIZE,
+            dim=record.embed_dims[-1],
+            drop_path_rate=record.drop_path_rate,
+        )
+        BUILDERS[variant] = builder
+        return builder
+
+    return register
+
+
+# Each builder passes its arguments on by `locals()`: they are all it has (as in timm's
+# `@register_model` functions), and the signature stays the one place that names them.
+@_builder("cvt13")
+def CvT13(
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    drop_path_rate=VARIANTS["cvt13"].drop_path_rate,
+    name="cvt13",
+):
+    return _build(VARIANTS["cvt13"], **locals())
+
+
+@_builder("cvt21")
+def CvT21(
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    drop_path_rate=VARIANTS["cvt21"].drop_path_rate,
+    name="cvt21",
+):
+    return _build(VARIANTS["cvt21"], **locals())
+
+
+@_builder("cvtw24")
+def CvTW24(
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    drop_path_rate=VARIANTS["cvtw24"].drop_path_rate,
+    name="cvtw24",
+):
+    return _build(VARIANTS["cvtw24"], **locals())
+
+
 __all__ = ["BUILDERS", *(builder.__name__ for builder in BUILDERS.values())]

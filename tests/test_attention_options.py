@@ -72,7 +72,7 @@ def test_the_published_variants_keep_the_defaults():
         ), variant.name
     for block in _blocks(_tiny(input_shape=(64, 64, 3))):
         attention = block.attn
-        assert (attention.kernel_size, attention.kv_stride, attention.qkv_bias) == (
+        assert (attention.attention_kernel_size, attention.kv_stride, attention.qkv_bias) == (
             ATTENTION_KERNEL_SIZE,
             KV_STRIDE,
             QKV_BIAS,

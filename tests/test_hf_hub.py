@@ -9,6 +9,7 @@ import pytest
 
 import keras_cvt
 from keras_cvt import CvT13, hf, hf_config, hub
+from keras_cvt.architectures import ATTENTION_OPTIONS
 from tests.conftest import FIXTURES, TINY_CONFIG
 from tests.test_pretrained import fake_hub, isolated, reference_io, served  # noqa: F401 (fixtures)
 from tests.test_pretrained import write_hf_tf_h5
@@ -145,10 +146,18 @@ def test_bad_sources_are_refused(source):
 
 # config.json field -> a value keras_cvt's CvT cannot express, and the words of the refusal
 REFUSED = {
-    "qkv_projection_method": (["dw_bn", "dw_bn", "avg"], "qkv_projection_method"),
-    "kernel_qkv": ([3, 3, 5], "kernel_qkv"),
-    "stride_kv": ([2, 2, 1], "stride_kv"),
-    "qkv_bias": ([True, False, True], "qkv_bias"),
+    "qkv_projection_method": (["dw_bn", "dw_bn", "avg"], "qkv_projection_method.*'dw_bn' only"),
+    "kernel_qkv": ([3, 3, 5], "kernel_qkv=.*one attention_kernel_size for all stages"),
+    "stride_kv": ([2, 2, 1], "stride_kv=.*one kv_stride for all stages"),
+    "qkv_bias": ([True, False, True], "qkv_bias=.*one qkv_bias for all stages"),
+    "stride_q": ([2, 2, 2], "stride_q=2, padding_q=1 with kernel_qkv=3"),
+    "padding_q": ([0, 0, 0], "stride_q=1, padding_q=0 with kernel_qkv=3"),
+    "padding_kv": ([0, 0, 0], "padding_kv=0 but padding_q=1"),
+    "stride_kv ": ([0, 0, 0], "stride_kv=0: expected a stride of at least 1"),
+    "kernel_qkv ": ([0, 0, 0], "kernel_qkv=0: expected a kernel size of at least 1"),
+    "qkv_bias ": ([1, 1, 1], r"qkv_bias=\[1, 1, 1\]: expected true or false"),
+    "stride_kv  ": ([2.0, 2.0, 2.0], r"stride_kv=\[2.0, 2.0, 2.0\]: expected integers >= 0"),
+    "kernel_qkv  ": ([3, 3], "3 stages in 'depth' but 2 in 'kernel_qkv'"),
     "cls_token": ([False, True, True], "class token in the last stage"),
     "mlp_ratio": ([4.0, 4.0, 2.0], "one MLP ratio"),
     "num_channels": (1, "3-channel"),
@@ -161,7 +170,8 @@ REFUSED = {
 @pytest.mark.parametrize("field", REFUSED)
 def test_config_refuses_what_cvt_cannot_express(field):
     value, words = REFUSED[field]
-    config = tiny_config(**{field: value})
+    # Trailing spaces tell apart the cases of one field.
+    config = tiny_config(**{field.strip(): value})
     with pytest.raises(ValueError, match=words):
         hf_config.read(config, source="config.json of hf://x/y")
 
@@ -183,6 +193,22 @@ def test_config_reads_the_architecture_and_labels():
     assert cvt13.variant == "cvt13"
     # A CvtModel (no classifier) has no labels.
     assert hf_config.read(tiny_config(architectures=["CvtModel"])).labels is None
+
+
+def test_config_reads_the_attention_options_the_converter_accepts():
+    fields = {"kernel_qkv": [5] * 3, "padding_q": [2] * 3, "padding_kv": [2] * 3, "stride_kv": [3] * 3}
+    model = hf_config.read(tiny_config(**fields, qkv_bias=[False] * 3))
+    assert {k: model.config[k] for k in ATTENTION_OPTIONS if k in model.config} == {
+        "attention_kernel_size": 5,
+        "attention_padding": 2,
+        "kv_stride": 3,
+        "qkv_bias": False,
+    }
+    # Single values stand for every stage, as transformers allows.
+    assert hf_config.read(tiny_config(kernel_qkv=1, padding_q=0, padding_kv=0)).config["attention_kernel_size"] == 1
+    # A published variant's architecture with other attention is no longer that variant.
+    cvt13 = dict(depth=[1, 2, 10], embed_dim=[64, 192, 384], num_heads=[1, 3, 6])
+    assert hf_config.read(tiny_config(**cvt13, stride_kv=[1] * 3)).variant is None
 
 
 @pytest.mark.slow  # the CvT-13 reference: 80 MB served, converted and run

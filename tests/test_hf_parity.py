@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import CvtConfig, CvtForImageClassification
 
-from keras_cvt import CvT, CvT13, CvT21
+from keras_cvt import CvT, CvT13, CvT21, hf_config
 from tests.conftest import assert_same_weights_files
 from weights_conversion import convert
 
@@ -90,6 +90,27 @@ CASES = {
         classes=10,
         sizes=ALL_SIZES,
     ),
+    # Other attention options, built from the config.json by `hf://`'s reader (`hf_config`).
+    "attention_options": Case(
+        hf_config=dict(
+            embed_dim=[16, 32, 48],
+            depth=[1, 2, 3],
+            num_heads=[1, 2, 3],
+            kernel_qkv=[5] * 3,
+            padding_q=[2] * 3,
+            padding_kv=[2] * 3,
+            stride_kv=[3] * 3,
+            qkv_bias=[False] * 3,
+            num_labels=5,
+        ),
+        keras_builder=None,  # the case's hf_config read by `_from_hf_config`
+        variant=None,
+        depths=(1, 2, 3),
+        embed_dims=(16, 32, 48),
+        mlp_ratio=4.0,
+        classes=5,
+        sizes=(NON_SQUARE,),
+    ),
     # Two stages, MLP ratio 2, several heads per stage: nothing of the published layout.
     "two_stage": Case(
         hf_config=dict(
@@ -131,6 +152,19 @@ CASES = {
         sizes=(SQUARE_224, NON_SQUARE),
     ),
 }
+
+
+
+def _from_hf_config(fields):
+    """A keras builder for the model that `keras_cvt.hf_config` reads off the config.json of
+    transformers' `CvtConfig(**fields)`, as `hf://` builds it."""
+    model = hf_config.read(CvtConfig(**fields, architectures=["CvtForImageClassification"]).to_dict())
+    return _builder(**model.config, classes=model.classes)
+
+
+CASES["attention_options"] = dataclasses.replace(
+    CASES["attention_options"], keras_builder=_from_hf_config(CASES["attention_options"].hf_config)
+)
 
 
 class QuickGELU(nn.Module):

@@ -26,10 +26,10 @@ PACKAGES = ("keras_cvt", "weights_conversion")
 LAYERS = [
     (
         "records",
-        ["keras_cvt._version", "keras_cvt.architectures", "keras_cvt.pretrained", "keras_cvt.atomic"],
+        ["keras_cvt._version", "keras_cvt.architectures", "keras_cvt.pretrained", "keras_cvt.atomic", "keras_cvt.errors"],
     ),
     ("inputs", ["keras_cvt.preprocessing", "keras_cvt.images", "keras_cvt.transforms"]),
-    ("layers", ["keras_cvt.layers"]),
+    ("layers", ["keras_cvt.layers", "keras_cvt.layer_norm_ops"]),
     ("checks", ["keras_cvt.arguments", "keras_cvt.weights_file"]),
     ("builder", ["keras_cvt.builder"]),
     ("conversion", ["weights_conversion.*"]),

@@ -31,9 +31,9 @@ def test_heads_come_batch_first(heads):
         ({}, (3, 4, 4), ("same", "same", "same")),
         ({"kv_stride": 1}, (3, 3, 3), ("same", "same", "same")),
         # Stride 3: "same" would place the windows otherwise; the map is padded instead.
-        ({"kernel_size": 5, "padding": 2, "kv_stride": 3}, (5, 5, 5), ("same", "valid", "valid")),
+        ({"attention_kernel_size": 5, "attention_padding": 2, "kv_stride": 3}, (5, 5, 5), ("same", "valid", "valid")),
         # Padding that is not (kernel - 1) / 2: never "same".
-        ({"kernel_size": 3, "padding": 0, "kv_stride": 2}, (3, 3, 3), ("valid", "valid", "valid")),
+        ({"attention_kernel_size": 3, "attention_padding": 0, "kv_stride": 2}, (3, 3, 3), ("valid", "valid", "valid")),
     ],
 )
 def test_folded_attention_convolutions(options, kernels, paddings):

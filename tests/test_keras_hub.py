@@ -124,6 +124,22 @@ def test_presets_are_the_seven_checkpoints():
     assert presets.CHECKPOINTS["cvtw24_imagenet22k_384"].repo == "microsoft/cvt-w24-384-22k"
 
 
+def test_backbone_takes_the_attention_options_of_cvt():
+    architecture = {k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")}
+    options = {"attention_kernel_size": 5, "attention_padding": 2, "kv_stride": 3, "qkv_bias": False}
+    backbone = CvTBackbone(**architecture, **options)
+    attention = backbone.get_layer("stage1_block0").attn
+    assert (attention.attention_kernel_size, attention.attention_padding, attention.kv_stride) == (5, 2, 3)
+    assert attention.proj_q.bias is None
+    config = backbone.get_config()
+    assert {k: config[k] for k in options} == options
+    assert CvTBackbone.from_config(config).get_config() == config
+    # A config saved before the options were arguments builds the defaults.
+    old = {k: v for k, v in config.items() if k not in keras_cvt.architectures.ATTENTION_OPTIONS}
+    rebuilt = CvTBackbone.from_config(old).get_config()
+    assert {k: rebuilt[k] for k in keras_cvt.architectures.ATTENTION_OPTIONS} == keras_cvt.architectures.ATTENTION_OPTIONS
+
+
 def test_classifier_refuses_labels_of_another_width():
     backbone = CvTBackbone(**{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")})
     with pytest.raises(ValueError, match="`labels` must name the 10 classes, got 2"):

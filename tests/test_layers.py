@@ -122,7 +122,7 @@ def _np_attention(layer, tokens, height, width, scale=None):
         (layer.conv_proj_k, layer.conv_proj_k_bn, layer.proj_k, layer.kv_stride),
         (layer.conv_proj_v, layer.conv_proj_v_bn, layer.proj_v, layer.kv_stride),
     ):
-        t = _np_depthwise(x_map, conv.get_weights()[0].astype("float64"), stride, layer.padding)
+        t = _np_depthwise(x_map, conv.get_weights()[0].astype("float64"), stride, layer.attention_padding)
         t = _np_batch_norm(t, batch_norm).reshape(batch, -1, dim)
         if layer.with_cls_token:
             t = np.concatenate([cls_token, t], axis=1)
@@ -269,9 +269,9 @@ def test_conv_attention_strided_key_value_maps(kv_stride, height, width):
     x_map = x.reshape(2, height, width, 12)
     expected = _torch_conv_size(height, 3, kv_stride, 1) * _torch_conv_size(width, 3, kv_stride, 1)
     for conv in (layer.conv_proj_k, layer.conv_proj_v):
-        out = convolve(conv, x_map, layer.padding)
+        out = convolve(conv, x_map, layer.attention_padding)
         assert int(np.prod(out.shape[1:3])) == expected and out.shape[-1] == 12
-    assert tuple(convolve(layer.conv_proj_q, x_map, layer.padding).shape) == (2, height, width, 12)
+    assert tuple(convolve(layer.conv_proj_q, x_map, layer.attention_padding).shape) == (2, height, width, 12)
 
 
 def test_conv_attention_num_heads_must_divide_dim():
@@ -315,10 +315,10 @@ ATTENTION_CONFIG = {
     "dim": 8,
     "num_heads": 2,
     "with_cls_token": True,
-    "kernel_size": 5,
+    "attention_kernel_size": 5,
     "q_stride": 1,
     "kv_stride": 3,
-    "padding": 2,
+    "attention_padding": 2,
     "qkv_bias": False,
 }
 
@@ -331,6 +331,18 @@ def test_conv_attention_config_roundtrip():
     _randomize(layer, 6)
     assert layer.proj_q.bias is None and layer.proj.bias is not None
     _check_config_roundtrip(layer, kwargs, lambda l: l(x, height=7, width=5))
+
+
+def test_conv_attention_takes_the_old_names_of_its_options():
+    # keras_cvt 0.2 called them `kernel_size` and `padding`, in its constructor and configs.
+    old = {**ATTENTION_CONFIG, "kernel_size": 5, "padding": 2, "name": "attn"}
+    del old["attention_kernel_size"], old["attention_padding"]
+    for layer in (ConvAttention(**old), ConvAttention.from_config(old)):
+        assert (layer.attention_kernel_size, layer.attention_padding) == (5, 2)
+        assert (layer.kernel_size, layer.padding) == (5, 2)
+        assert layer.get_config() == ConvAttention(**ATTENTION_CONFIG, name="attn").get_config()
+    with pytest.raises(ValueError, match="`kernel_size` is the old name of `attention_kernel_size`"):
+        ConvAttention(8, 2, kernel_size=5, attention_kernel_size=7)
 
 
 def test_conv_attention_weight_paths_are_those_of_the_weight_files():
@@ -425,7 +437,7 @@ def test_cvt_block_config_roundtrip():
     }
     block = CvTBlock(**kwargs)
     attention = block.attn
-    assert (attention.kernel_size, attention.q_stride, attention.kv_stride, attention.padding) == (5, 1, 3, 2)
+    assert (attention.attention_kernel_size, attention.q_stride, attention.kv_stride, attention.attention_padding) == (5, 1, 3, 2)
     assert not attention.qkv_bias
     rng = np.random.RandomState(3)
     inputs = [rng.normal(size=(2, 3, 5, 8)).astype("float32"), rng.normal(size=(2, 1, 8)).astype("float32")]

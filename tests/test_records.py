@@ -8,6 +8,7 @@ converter, the transforms, the training recipe and README.md's tables all follow
 import argparse
 import ast
 import dataclasses
+import inspect
 import math
 import types
 
@@ -54,6 +55,28 @@ def test_every_variant_has_its_builder_and_it_builds_the_record(variant):
     # The converter's arithmetic of the original's tensors (what README's table prints) is the
     # model's own count.
     assert model.count_params() == readme_tables.parameter_count(variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_every_builder_is_a_def_that_grep_finds_with_the_record_s_defaults(variant):
+    source = (ROOT / "keras_cvt" / "variants.py").read_text()
+    assert f"\ndef {variant.builder}(\n" in source
+    parameters = inspect.signature(getattr(keras_cvt, variant.builder)).parameters
+    assert list(parameters) == [
+        "include_top", "weights", "input_tensor", "input_shape", "pooling", "classes",
+        "classifier_activation", "include_preprocessing", "drop_path_rate", "name",
+    ]
+    assert (parameters["drop_path_rate"].default, parameters["name"].default) == (variant.drop_path_rate, variant.name)
+    assert f"Instantiates the {variant.builder} architecture." in getattr(keras_cvt, variant.builder).__doc__
+
+
+def test_a_builder_that_contradicts_its_record_is_refused():
+    def CvT13(include_top=True, drop_path_rate=0.5, name="cvt13"):  # noqa: N802
+        return None
+
+    with pytest.raises(ValueError, match="CvT13 does not match the record of 'cvt13'"):
+        variants._builder("cvt13")(CvT13)
+    assert variants.BUILDERS["cvt13"] is keras_cvt.CvT13
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)

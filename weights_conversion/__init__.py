@@ -7,8 +7,9 @@ import tempfile
 from keras_cvt import architectures
 from keras_cvt.atomic import publish_file
 from keras_cvt.builder import CvT
+from keras_cvt.errors import describe_error
 from weights_conversion.checkpoints import read_checkpoint
-from weights_conversion.keys import describe_error, hf_to_original_key
+from weights_conversion.keys import hf_to_original_key
 from weights_conversion.mapping import assign, expected_shapes, infer_config, mismatches, value_problem, variable_map
 
 __all__ = ["CheckpointMismatchError", "convert", "hf_to_original_key", "read_checkpoint"]

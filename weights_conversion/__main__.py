@@ -5,7 +5,7 @@ import sys
 
 from keras_cvt.architectures import VARIANTS
 from weights_conversion import CheckpointMismatchError, convert
-from weights_conversion.keys import describe_error
+from keras_cvt.errors import describe_error
 
 
 def main(argv=None):

@@ -8,7 +8,8 @@ import struct
 
 import numpy as np
 
-from weights_conversion.keys import describe_error, hf_to_original_key
+from keras_cvt.errors import describe_error
+from weights_conversion.keys import hf_to_original_key
 from weights_conversion.tf_h5 import read_tf_h5
 
 def _is_huggingface(keys):

@@ -1,7 +1,10 @@
 """The names of checkpoint tensors: HuggingFace's keys rewritten into the original's, which the
-rest of the converter speaks; and how errors are reported on one line."""
+rest of the converter speaks."""
 
 import re
+
+# Kept importable from here, where it lived before `keras_cvt.errors`.
+from keras_cvt.errors import describe_error  # noqa: F401
 
 # HuggingFace's CvT names each original module differently but one to one; these rewrite a
 # HuggingFace key into the original's. Order matters: `attention.output.dense` before
@@ -29,8 +32,3 @@ def hf_to_original_key(key):
     for pattern, replacement in _HF_TO_ORIGINAL:
         key = re.sub(pattern, replacement, key)
     return key
-
-
-def describe_error(error):
-    """An exception's message on one line (or its type when it has none)."""
-    return " ".join(str(error).split()) or type(error).__name__

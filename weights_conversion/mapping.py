@@ -7,7 +7,7 @@ import numpy as np
 
 from keras_cvt import architectures
 from keras_cvt.architectures import PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
-from keras_cvt.layers import ATTENTION_KERNEL_SIZE, QKV_BIAS
+from keras_cvt.layers import ATTENTION_KERNEL_SIZE, PROJECTIONS, QKV_BIAS, QUERY
 
 # Keras array = np.transpose(PyTorch array, permutation).
 LINEAR = (1, 0)  # (out, in) -> (in, out)
@@ -54,17 +54,15 @@ def variable_map(model):
             mapping.update(_norm(f"{b}.norm1", block.norm1))
             mapping.update(_norm(f"{b}.norm2", block.norm2))
             attn = block.attn
-            for part, conv, bn, projection in (
-                ("q", attn.conv_proj_q, attn.conv_proj_q_bn, attn.proj_q),
-                ("k", attn.conv_proj_k, attn.conv_proj_k_bn, attn.proj_k),
-                ("v", attn.conv_proj_v, attn.conv_proj_v_bn, attn.proj_v),
-            ):
-                mapping[f"{b}.attn.conv_proj_{part}.conv.weight"] = (conv.kernel, DEPTHWISE)
-                mapping[f"{b}.attn.conv_proj_{part}.bn.weight"] = (bn.gamma, None)
-                mapping[f"{b}.attn.conv_proj_{part}.bn.bias"] = (bn.beta, None)
-                mapping[f"{b}.attn.conv_proj_{part}.bn.running_mean"] = (bn.moving_mean, None)
-                mapping[f"{b}.attn.conv_proj_{part}.bn.running_var"] = (bn.moving_variance, None)
-                mapping.update(_dense(f"{b}.attn.proj_{part}", projection))
+            for projection in PROJECTIONS:
+                conv, bn = getattr(attn, projection.conv), getattr(attn, projection.batch_norm)
+                original = f"{b}.attn.{projection.conv}"
+                mapping[f"{original}.conv.weight"] = (conv.kernel, DEPTHWISE)
+                mapping[f"{original}.bn.weight"] = (bn.gamma, None)
+                mapping[f"{original}.bn.bias"] = (bn.beta, None)
+                mapping[f"{original}.bn.running_mean"] = (bn.moving_mean, None)
+                mapping[f"{original}.bn.running_var"] = (bn.moving_variance, None)
+                mapping.update(_dense(f"{b}.attn.{projection.linear}", getattr(attn, projection.linear)))
             mapping.update(_dense(f"{b}.attn.proj", attn.proj))
             mapping.update(_dense(f"{b}.mlp.fc1", block.fc1))
             mapping.update(_dense(f"{b}.mlp.fc2", block.fc2))
@@ -172,13 +170,14 @@ def _attention_options(state):
     """The attention options that the tensors show to differ from the defaults (which every
     published checkpoint has): the depthwise kernel size, and whether q/k/v have biases."""
     options = {}
-    key = "stage0.blocks.0.attn.conv_proj_q.conv.weight"
+    key = f"stage0.blocks.0.attn.{QUERY.conv}.conv.weight"
     if key in state:
         kernel_size = _check_rank(state, key, ("channels", "one", "kh", "kw"))[-1]
         if kernel_size != ATTENTION_KERNEL_SIZE:
             # The padding that keeps the map's size, as `keras_cvt.CvT` requires.
             options.update(attention_kernel_size=kernel_size, attention_padding=(kernel_size - 1) // 2)
-    if "stage0.blocks.0.attn.proj_q.weight" in state and "stage0.blocks.0.attn.proj_q.bias" not in state:
+    linear = f"stage0.blocks.0.attn.{QUERY.linear}"
+    if f"{linear}.weight" in state and f"{linear}.bias" not in state:
         options["qkv_bias"] = False
     return options
 
@@ -208,13 +207,14 @@ def expected_shapes(config, in_channels=3):
             for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.proj.bias"):
                 shapes[f"{b}.{name}"] = (dim,)
             shapes[f"{b}.attn.proj.weight"] = (dim, dim)
-            for part in "qkv":
-                shapes[f"{b}.attn.conv_proj_{part}.conv.weight"] = (dim, 1, kernel_size, kernel_size)
+            for projection in PROJECTIONS:
+                original = f"{b}.attn.{projection.conv}"
+                shapes[f"{original}.conv.weight"] = (dim, 1, kernel_size, kernel_size)
                 for name in ("weight", "bias", "running_mean", "running_var"):
-                    shapes[f"{b}.attn.conv_proj_{part}.bn.{name}"] = (dim,)
-                shapes[f"{b}.attn.proj_{part}.weight"] = (dim, dim)
+                    shapes[f"{original}.bn.{name}"] = (dim,)
+                shapes[f"{b}.attn.{projection.linear}.weight"] = (dim, dim)
                 if qkv_bias:
-                    shapes[f"{b}.attn.proj_{part}.bias"] = (dim,)
+                    shapes[f"{b}.attn.{projection.linear}.bias"] = (dim,)
             shapes[f"{b}.mlp.fc1.weight"] = (hidden, dim)
             shapes[f"{b}.mlp.fc1.bias"] = (hidden,)
             shapes[f"{b}.mlp.fc2.weight"] = (dim, hidden)

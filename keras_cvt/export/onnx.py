@@ -13,7 +13,7 @@ import tensorflow as tf
 import tf2onnx
 from onnx import numpy_helper
 
-from keras_cvt import atomic
+from keras_cvt import atomic, layer_norm_ops
 from keras_cvt.export.classifier import Classifier
 from keras_cvt.export.formats import DEFAULT_ONNX_OPSET
 
@@ -60,8 +60,55 @@ def export_onnx(model, path, input_size=None, opset=DEFAULT_ONNX_OPSET):
 LAYER_NORMALIZATION_OPSET = 17
 
 
+# How tf2onnx writes `keras_cvt.LayerNorm.call`'s operations: some means as a
+# GlobalAveragePool of rank-3 tokens (which averages the axes after the first two), the square
+# as a product, rsqrt as the reciprocal of a square root.
+_FORMS = layer_norm_ops.forms(
+    mean=layer_norm_ops.Form((("ReduceMean", "GlobalAveragePool"),), "first"),
+    subtract=layer_norm_ops.Form((("Sub",),), "pair"),
+    square=layer_norm_ops.Form((("Mul",),), "both"),
+    add=layer_norm_ops.Form((("Add",),), "pair"),
+    rsqrt=layer_norm_ops.Form((("Reciprocal",), ("Sqrt",)), "first"),
+    multiply=layer_norm_ops.Form((("Mul",),), "pair"),
+)
+# What reads a graph output, in `_Graph.readers`.
+_GRAPH_OUTPUT = "graph output"
+
+
+class _Graph(layer_norm_ops.GraphView):
+    """An ONNX graph for `layer_norm_ops.match`: nodes are `NodeProto`s (told apart by their
+    identity, stable while `nodes` holds them), values tensor names."""
+
+    def __init__(self, graph, nodes):
+        self._producers = {output: node for node in nodes for output in node.output}
+        self._readers = collections.defaultdict(list)
+        for node in nodes:
+            for name in node.input:
+                self._readers[name].append(id(node))
+        for output in graph.output:
+            self._readers[output.name].append(_GRAPH_OUTPUT)
+
+    def op_type(self, node):
+        return node.op_type
+
+    def inputs(self, node):
+        return list(node.input)
+
+    def producer(self, value):
+        return self._producers.get(value)
+
+    def value_key(self, value):
+        return value
+
+    def node_key(self, node):
+        return id(node)
+
+    def readers(self, node):
+        return [reader for name in node.output for reader in self._readers[name]]
+
+
 def fuse_layer_norms(model):
-    """Replaces each `keras_cvt.LayerNorm` as tf2onnx writes it,
+    """Replaces each `keras_cvt.LayerNorm` as tf2onnx writes it (`keras_cvt.layer_norm_ops`),
     `(x - mean) * (reciprocal(sqrt(mean((x - mean)**2) + epsilon)) * gamma) + beta` over the last
     axis, with one LayerNormalization node, which ONNX Runtime runs as one kernel (and OpenVINO
     as one MVN). HF's ONNX file has them from PyTorch's LayerNorm; ONNX Runtime's own fusion does
@@ -72,78 +119,38 @@ def fuse_layer_norms(model):
     # One list of the nodes, read throughout: the identities of protobuf's element objects are
     # stable only while they are held.
     all_nodes = list(graph.node)
-    producers = {output: node for node in all_nodes for output in node.output}
-    readers = collections.Counter(name for node in all_nodes for name in node.input)
-    readers.update(output.name for output in graph.output)
+    view = _Graph(graph, all_nodes)
     initializers = {initializer.name: initializer for initializer in graph.initializer}
-
-    def producer(name, op_type):
-        node = producers.get(name)
-        return node if node is not None and node.op_type == op_type else None
-
-    def operands(node, op_type):
-        """`node`'s two inputs, the one made by an `op_type` node first, or None."""
-        first, second = node.input
-        if producer(first, op_type) is not None:
-            return producer(first, op_type), second
-        if producer(second, op_type) is not None:
-            return producer(second, op_type), first
-        return None
 
     def per_channel(name):
         initializer = initializers.get(name)
         return initializer is not None and len(initializer.dims) == 1
 
-    def last_axis_mean(name):
-        """The node that makes `name` as the mean over the last axis, keeping it, or None:
-        a ReduceMean, or a GlobalAveragePool of rank-3 tokens (which averages the axes after the
-        first two), as tf2onnx writes some of them."""
-        node = producers.get(name)
-        rank = node is not None and ranks.get(node.input[0])
-        if node is None or not rank:
-            return None
+    def last_axis_mean(node):
+        """Whether `node` (a mean of `_FORMS`) averages the last axis, keeping it."""
+        rank = ranks.get(node.input[0])
+        if not rank:
+            return False
         if node.op_type == "GlobalAveragePool":
-            return node if rank == 3 else None
+            return rank == 3
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         axes = attributes.get("axes")
-        if node.op_type != "ReduceMean" or attributes.get("keepdims", 1) != 1 or axes is None:
-            return None
-        return node if len(axes) == 1 and axes[0] in (-1, rank - 1) else None
+        if attributes.get("keepdims", 1) != 1 or axes is None:
+            return False
+        return len(axes) == 1 and axes[0] in (-1, rank - 1)
 
     fused, replaced = [], set()
     for add in all_nodes:
-        if add.op_type != "Add":
+        found = layer_norm_ops.match(view, add, _FORMS)
+        if found is None or not layer_norm_ops.exclusive(view, found):
             continue
-        matched = operands(add, "Mul")
-        if matched is None or not per_channel(matched[1]):
+        x, gamma, beta, epsilon = (found.values[name] for name in layer_norm_ops.INPUTS)
+        epsilon = initializers.get(epsilon)
+        if not (per_channel(gamma) and per_channel(beta)) or epsilon is None:
             continue
-        (scaled, beta) = matched
-        centered_and_scale = operands(scaled, "Mul")
-        if centered_and_scale is None:
+        if numpy_helper.to_array(epsilon).size != 1:
             continue
-        scale, centered_name = centered_and_scale
-        centered = producer(centered_name, "Sub")
-        gamma_operands = operands(scale, "Reciprocal")
-        if centered is None or gamma_operands is None or not per_channel(gamma_operands[1]):
-            continue
-        reciprocal, gamma = gamma_operands
-        root = producer(reciprocal.input[0], "Sqrt")
-        shifted = root and producer(root.input[0], "Add")
-        if not shifted:
-            continue
-        variance, epsilon = last_axis_mean(shifted.input[0]), initializers.get(shifted.input[1])
-        square = variance and producer(variance.input[0], "Mul")
-        x, mean_name = centered.input
-        mean = last_axis_mean(mean_name)
-        if epsilon is None or numpy_helper.to_array(epsilon).size != 1 or not square or mean is None:
-            continue
-        if list(square.input) != [centered.output[0]] * 2 or mean.input[0] != x:
-            continue
-        nodes = [mean, centered, square, variance, shifted, root, reciprocal, scale, scaled, add]
-        # Each intermediate read only inside the pattern (the difference twice by the square and
-        # once by the product).
-        inside = collections.Counter(name for n in nodes for name in n.input)
-        if any(readers[n.output[0]] != inside[n.output[0]] for n in nodes[:-1]):
+        if not all(last_axis_mean(found.nodes[name]) for name in layer_norm_ops.MEANS):
             continue
         fusion = onnx.helper.make_node(
             "LayerNormalization",
@@ -154,7 +161,7 @@ def fuse_layer_norms(model):
             epsilon=float(numpy_helper.to_array(epsilon).reshape(())),
         )
         fused.append((add, fusion))
-        replaced.update(id(n) for n in nodes)
+        replaced.update(id(n) for n in found.members)
     ordered = []
     replacements = {id(add): node for add, node in fused}
     for node in all_nodes:

@@ -11,7 +11,7 @@ import openvino
 import tensorflow as tf
 from openvino import opset13
 
-from keras_cvt import atomic
+from keras_cvt import atomic, layer_norm_ops
 from keras_cvt.export.classifier import Classifier
 
 # What `compile_model`'s INFERENCE_PRECISION_HINT takes: float32, or bfloat16 on CPUs with
@@ -64,11 +64,6 @@ def _constant(values):
     return opset13.constant(np.array(values, np.int64))
 
 
-def _producer(op, index, type_name):
-    node = op.input(index).get_source_output().get_node()
-    return node if node.get_type_name() == type_name else None
-
-
 def _constant_value(op, index):
     node = op.input(index).get_source_output().get_node()
     return node.get_data() if node.get_type_name() == "Constant" else None
@@ -87,45 +82,66 @@ def _last_axis(reduce_op):
     return int(axes.reshape(())) in (-1, rank.get_length() - 1)
 
 
+# How OpenVINO's TensorFlow front end writes `keras_cvt.LayerNorm.call`'s operations: the
+# square as a product, rsqrt as a power (whose exponent, -0.5, is checked below).
+_FORMS = layer_norm_ops.forms(
+    mean=layer_norm_ops.Form((("ReduceMean",),), "first"),
+    subtract=layer_norm_ops.Form((("Subtract",),), "pair"),
+    square=layer_norm_ops.Form((("Multiply",),), "both"),
+    add=layer_norm_ops.Form((("Add",),), "pair"),
+    rsqrt=layer_norm_ops.Form((("Power",),), "first"),
+    multiply=layer_norm_ops.Form((("Multiply",),), "pair"),
+)
+
+
+class _Graph(layer_norm_ops.GraphView):
+    """An OpenVINO model for `layer_norm_ops.match`: nodes are its operations, values their
+    outputs."""
+
+    def op_type(self, node):
+        return node.get_type_name()
+
+    def inputs(self, node):
+        return [node.input(i).get_source_output() for i in range(node.get_input_size())]
+
+    def producer(self, value):
+        return value.get_node()
+
+    def value_key(self, value):
+        return value.get_node().get_name(), value.get_index()
+
+    def node_key(self, node):
+        return node.get_name()
+
+    def readers(self, node):
+        return [target.get_node().get_name() for output in node.outputs() for target in output.get_target_inputs()]
+
+
 def _fuse_layer_norms(model):
-    """Replaces each `keras_cvt.LayerNorm` as the TensorFlow front end converts it,
-    `(x - mean) * ((mean((x - mean)**2) + epsilon) ** -0.5 * gamma) + beta` over the last axis,
-    with OpenVINO's MVN operation times gamma plus beta, which the CPU plugin runs as one kernel
-    (HF's ONNX file gets MVNs from ONNX's LayerNormalization; without this ours had none).
-    Measured on CvT-13: probabilities within 1e-8 of the unfused graph's, batch 1 about 5% sooner
-    in bfloat16 (the same in float32). Returns how many were replaced."""
-    count = 0
+    """Replaces each `keras_cvt.LayerNorm` as the TensorFlow front end converts it
+    (`keras_cvt.layer_norm_ops`), `(x - mean) * ((mean((x - mean)**2) + epsilon) ** -0.5 * gamma)
+    + beta` over the last axis, with OpenVINO's MVN operation times gamma plus beta, which the CPU
+    plugin runs as one kernel (HF's ONNX file gets MVNs from ONNX's LayerNormalization; without
+    this ours had none). Measured on CvT-13: probabilities within 1e-8 of the unfused graph's,
+    batch 1 about 5% sooner in bfloat16 (the same in float32). Returns how many were replaced."""
+    count, view = 0, _Graph()
     for add in model.get_ordered_ops():
-        if add.get_type_name() != "Add":
+        found = layer_norm_ops.match(view, add, _FORMS)
+        if found is None:
             continue
-        scaled = _producer(add, 0, "Multiply")
-        beta = add.input(1).get_source_output()
-        if scaled is None or beta.get_node().get_type_name() != "Constant":
+        x, gamma, beta, epsilon = (found.values[name] for name in layer_norm_ops.INPUTS)
+        # One gamma and beta per channel (of shape (channels,) or (1, ..., channels)), constants:
+        # then (x - mean) * (r * gamma) is mvn(x) * gamma.
+        if any(v.get_node().get_type_name() != "Constant" or not _per_channel(v) for v in (gamma, beta)):
             continue
-        centered, scale = _producer(scaled, 0, "Subtract"), _producer(scaled, 1, "Multiply")
-        if centered is None or scale is None:
+        exponent = _constant_value(found.nodes["inverse"], 1)
+        if exponent is None or exponent.size != 1 or float(exponent.reshape(())) != -0.5:
             continue
-        power, gamma = _producer(scale, 0, "Power"), scale.input(1).get_source_output()
-        if power is None or gamma.get_node().get_type_name() != "Constant":
+        is_constant = epsilon.get_node().get_type_name() == "Constant"
+        epsilon = epsilon.get_node().get_data() if is_constant else None
+        if epsilon is None or epsilon.size != 1:
             continue
-        # One gamma and beta per channel (of shape (channels,) or (1, ..., channels)): then
-        # (x - mean) * (r * gamma) is mvn(x) * gamma.
-        if not (_per_channel(gamma) and _per_channel(beta)):
-            continue
-        exponent = _constant_value(power, 1)
-        shifted = _producer(power, 0, "Add")
-        if exponent is None or exponent.size != 1 or float(exponent.reshape(())) != -0.5 or shifted is None:
-            continue
-        variance, epsilon = _producer(shifted, 0, "ReduceMean"), _constant_value(shifted, 1)
-        square = variance and _producer(variance, 0, "Multiply")
-        mean = _producer(centered, 1, "ReduceMean")
-        if square is None or mean is None or epsilon is None or epsilon.size != 1:
-            continue
-        x = centered.input(0).get_source_output()
-        difference = centered.output(0)
-        if square.input(0).get_source_output() != difference or square.input(1).get_source_output() != difference:
-            continue
-        if mean.input(0).get_source_output() != x or not (_last_axis(mean) and _last_axis(variance)):
+        if not all(_last_axis(found.nodes[name]) for name in layer_norm_ops.MEANS):
             continue
         normalised = opset13.mvn(x, _constant((-1,)), True, float(epsilon.reshape(())), "inside_sqrt")
         result = opset13.add(opset13.multiply(normalised, gamma), beta)

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from keras_cvt.inference.layers import FoldedCvTBlock
-from keras_cvt.layers import QUICK_GELU_FACTOR, CvTBlock
+from keras_cvt.layers import PROJECTIONS, QUERY, QUICK_GELU_FACTOR, VALUE, CvTBlock
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -116,11 +116,9 @@ def _fold_block(block, folded):
     for name in ("norm1", "norm2"):
         getattr(folded, name).set_weights(getattr(block, name).get_weights())
     attention, folded_attention = block.attn, folded.attn
-    for conv, batch_norm, folded_conv in (
-        (attention.conv_proj_q, attention.conv_proj_q_bn, folded_attention.conv_proj_q),
-        (attention.conv_proj_k, attention.conv_proj_k_bn, folded_attention.conv_proj_k),
-        (attention.conv_proj_v, attention.conv_proj_v_bn, folded_attention.conv_proj_v),
-    ):
+    for projection in PROJECTIONS:
+        conv, batch_norm = getattr(attention, projection.conv), getattr(attention, projection.batch_norm)
+        folded_conv = getattr(folded_attention, projection.conv)
         (kernel,) = conv.get_weights()
         gamma, beta, mean, variance = (w.astype(np.float64) for w in batch_norm.get_weights())
         factor = gamma / np.sqrt(variance + batch_norm.epsilon)
@@ -130,19 +128,19 @@ def _fold_block(block, folded):
         extra = folded_conv.kernel.shape[0] - kernel.shape[0]
         kernel = np.pad(kernel * factor[:, None], [(0, extra), (0, extra), (0, 0), (0, 0)])
         folded_conv.set_weights([kernel, beta - mean * factor])
-    folded_attention.proj_q.set_weights(
-        [w.astype(np.float64) * attention.scale for w in attention.proj_q.get_weights()]
-    )
-    for projection, folded_projection in (
-        (attention.proj_k, folded_attention.proj_k),
-        (attention.proj_v, folded_attention.proj_v),
-    ):
-        folded_projection.set_weights(projection.get_weights()[:1])
-    # The key bias is dropped (softmax ignores a constant added to a row of scores); the value
-    # bias goes through the attention unchanged (each row of weights sums to 1), into `proj`.
+    for projection in PROJECTIONS:
+        weights = getattr(attention, projection.linear).get_weights()
+        if projection is QUERY:
+            weights = [w.astype(np.float64) * attention.scale for w in weights]
+        else:
+            # The key bias is dropped (softmax ignores a constant added to a row of scores); the
+            # value bias goes through the attention unchanged (each row of weights sums to 1),
+            # into `proj`, below.
+            weights = weights[:1]
+        getattr(folded_attention, projection.linear).set_weights(weights)
     kernel, bias = (w.astype(np.float64) for w in attention.proj.get_weights())
     if attention.qkv_bias:
-        _, value_bias = attention.proj_v.get_weights()
+        _, value_bias = getattr(attention, VALUE.linear).get_weights()
         bias = bias + value_bias.astype(np.float64) @ kernel
     folded_attention.proj.set_weights([kernel, bias])
     kernel, bias = block.fc1.get_weights()

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
+from keras_cvt import layer_norm_ops
 from keras_cvt.inference import _tf_internals
 
 # Reads a constant as a non-constant: the function cannot feed it, and TensorFlow's constant
@@ -141,41 +142,56 @@ def _tensor_name(tensor):
     return tensor.op.name if tensor.value_index == 0 else f"{tensor.op.name}:{tensor.value_index}"
 
 
-def _input_op(op, index, op_type):
-    producer = op.inputs[index].op
-    return producer if producer.type == op_type else None
-
-
 def _constant(tensor):
     return tf.get_static_value(tensor) if tensor.op.type == "Const" else None
 
 
-def _match_layer_norm(output):
-    """`(x, gamma, beta, epsilon)` when `output` ends `keras_cvt.LayerNorm.call`'s graph,
-    `(x - mean) * (rsqrt(mean((x - mean)**2) + epsilon) * gamma) + beta` over the last axis,
-    and nothing outside reads its intermediate results; else None."""
-    if output.type != "AddV2":
+# How a frozen TensorFlow graph writes `keras_cvt.LayerNorm.call`'s operations.
+_FORMS = layer_norm_ops.forms(
+    mean=layer_norm_ops.Form((("Mean",),), "first"),
+    subtract=layer_norm_ops.Form((("Sub",),), "pair"),
+    square=layer_norm_ops.Form((("Square",),), "first"),
+    add=layer_norm_ops.Form((("AddV2",),), "pair"),
+    rsqrt=layer_norm_ops.Form((("Rsqrt",),), "first"),
+    multiply=layer_norm_ops.Form((("Mul",),), "pair"),
+)
+
+
+class _Graph(layer_norm_ops.GraphView):
+    """A `tf.Graph` for `layer_norm_ops.match`: nodes are `tf.Operation`s, values tensors."""
+
+    def op_type(self, node):
+        return node.type
+
+    def inputs(self, node):
+        return list(node.inputs)
+
+    def producer(self, value):
+        return value.op
+
+    def value_key(self, value):
+        return value.name
+
+    def node_key(self, node):
+        return node.name
+
+    def readers(self, node):
+        return [reader.name for output in node.outputs for reader in output.consumers()]
+
+
+def _match_layer_norm(graph, output):
+    """`(x, gamma, beta, epsilon)` when `output` ends `keras_cvt.LayerNorm.call`'s operations
+    (`keras_cvt.layer_norm_ops.STEPS`) over the last axis of float32 tokens, and nothing
+    outside reads its intermediate results; else None."""
+    found = layer_norm_ops.match(graph, output, _FORMS)
+    if found is None or not layer_norm_ops.exclusive(graph, found):
         return None
-    scaled, beta = output.inputs[0].op, output.inputs[1]
-    if scaled.type != "Mul" or len(scaled.outputs[0].consumers()) != 1:
-        return None
-    centered, scale = _input_op(scaled, 0, "Sub"), _input_op(scaled, 1, "Mul")
-    if centered is None or scale is None:
-        return None
-    x, mean = centered.inputs[0], _input_op(centered, 1, "Mean")
-    rsqrt, gamma = _input_op(scale, 0, "Rsqrt"), scale.inputs[1]
-    shifted = rsqrt and _input_op(rsqrt, 0, "AddV2")
-    variance = shifted and _input_op(shifted, 0, "Mean")
-    square = variance and _input_op(variance, 0, "Square")
-    if mean is None or square is None:
-        return None
-    if mean.inputs[0] is not x or square.inputs[0] is not centered.outputs[0]:
-        return None
-    epsilon = _constant(shifted.inputs[1])
+    x, gamma, beta = (found.values[name] for name in ("x", "gamma", "beta"))
+    epsilon = _constant(found.values["epsilon"])
     rank, channels = x.shape.rank, x.shape[-1] if x.shape.rank else None
     if epsilon is None or np.size(epsilon) != 1 or channels is None or x.dtype != tf.float32:
         return None
-    for reduction in (mean, variance):
+    for reduction in (found.nodes[name] for name in layer_norm_ops.MEANS):
         axis = _constant(reduction.inputs[1])
         if not reduction.get_attr("keep_dims") or axis is None or np.size(axis) != 1:
             return None
@@ -183,12 +199,6 @@ def _match_layer_norm(output):
             return None
     if any(v.shape.as_list() != [channels] or v.dtype != tf.float32 for v in (gamma, beta)):
         return None
-    # Intermediate results read only inside the pattern, so that it can all go.
-    inside = {(mean, centered), (centered, square), (centered, scaled), (square, variance),
-              (variance, shifted), (shifted, rsqrt), (rsqrt, scale), (scale, scaled)}
-    for op in (mean, centered, square, variance, shifted, rsqrt, scale):
-        if any((op, consumer) not in inside for consumer in op.outputs[0].consumers()):
-            return None
     return x, gamma, beta, float(np.reshape(epsilon, ()))
 
 
@@ -222,9 +232,9 @@ class LayerNormMatch:
 def find_layer_norms(graph):
     """Every `keras_cvt.LayerNorm` of `graph` (a frozen float32 or bfloat16-in-float32 form
     whose intermediate results nothing else reads), as `LayerNormMatch`es."""
-    matches = []
+    matches, view = [], _Graph()
     for op in graph.get_operations():
-        match = _match_layer_norm(op)
+        match = _match_layer_norm(view, op)
         if match is not None:
             matches.append(LayerNormMatch(op, *match))
     return matches

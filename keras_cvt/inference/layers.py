@@ -25,7 +25,7 @@ loading `.keras` files), so it imports no TensorFlow.
 import keras
 from keras import ops
 
-from keras_cvt.layers import ConvAttentionBase, CvTBlock, convolve, dense, projection_conv
+from keras_cvt.layers import PROJECTIONS, QUERY, ConvAttentionBase, CvTBlock, convolve, dense
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
@@ -47,13 +47,11 @@ class FoldedConvAttention(ConvAttentionBase):
             raise ValueError("`class_token_only`=True needs a class token: pass with_cls_token=True")
 
     def _make_layers(self):
-        policy, size, padding = self.dtype_policy, self.kernel_size, self.padding
-        self.conv_proj_q = projection_conv(size, self.q_stride, padding, True, "conv_proj_q", policy, True)
-        self.proj_q = dense(self.dim, self.qkv_bias, "proj_q", policy)
-        self.conv_proj_k = projection_conv(size, self.kv_stride, padding, True, "conv_proj_k", policy, True)
-        self.proj_k = dense(self.dim, False, "proj_k", policy)
-        self.conv_proj_v = projection_conv(size, self.kv_stride, padding, True, "conv_proj_v", policy, True)
-        self.proj_v = dense(self.dim, False, "proj_v", policy)
+        for projection in PROJECTIONS:
+            setattr(self, projection.conv, self._projection_conv(projection, True, enlarge_strided=True))
+            # Only the query keeps its Linear bias (see the module docstring).
+            use_bias = self.qkv_bias and projection is QUERY
+            setattr(self, projection.linear, dense(self.dim, use_bias, projection.linear, self.dtype_policy))
 
     def build(self, input_shape):
         map_shape = (None, None, None, self.dim)
@@ -63,11 +61,8 @@ class FoldedConvAttention(ConvAttentionBase):
         self.proj.build(input_shape)
 
     def _projections(self):
-        return (
-            (self.conv_proj_q, self.proj_q),
-            (self.conv_proj_k, self.proj_k),
-            (self.conv_proj_v, self.proj_v),
-        )
+        """(convolution, Linear) of each of `PROJECTIONS`."""
+        return tuple((getattr(self, p.conv), getattr(self, p.linear)) for p in PROJECTIONS)
 
     def _qkv(self, tokens_map, cls_token, training):
         (q_conv, q_projection), *kv = self._projections()
@@ -75,9 +70,9 @@ class FoldedConvAttention(ConvAttentionBase):
             # The class token bypasses the query convolution: its query is its projection.
             q = cls_token
         else:
-            q = self._tokens(convolve(q_conv, tokens_map, self.padding), cls_token)
+            q = self._tokens(convolve(q_conv, tokens_map, self.attention_padding), cls_token)
         k, v = (
-            self._heads(projection, self._tokens(convolve(conv, tokens_map, self.padding), cls_token))
+            self._heads(projection, self._tokens(convolve(conv, tokens_map, self.attention_padding), cls_token))
             for conv, projection in kv
         )
         return self._heads(q_projection, q), k, v

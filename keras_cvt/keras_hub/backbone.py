@@ -8,7 +8,7 @@ from keras_hub.models import FeaturePyramidBackbone
 from keras_hub.src.utils.preset_utils import register_presets
 
 from keras_cvt import architectures, cache, hf, pretrained
-from keras_cvt.architectures import PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
+from keras_cvt.architectures import ATTENTION_OPTIONS, PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
 from keras_cvt.builder import CvT
 from keras_cvt.keras_hub import presets
 
@@ -22,6 +22,7 @@ class CvTBackbone(FeaturePyramidBackbone):
 
     Args:
         depths, embed_dims, num_heads, mlp_ratio, patch_sizes, patch_strides, patch_paddings,
+        attention_kernel_size, q_stride, kv_stride, attention_padding, qkv_bias,
         drop_path_rate: the architecture, as in `keras_cvt.CvT` (three stages).
         image_shape: `(height, width, 3)`; height and width may be None (CvT has no position
             embedding).
@@ -37,6 +38,11 @@ class CvTBackbone(FeaturePyramidBackbone):
         patch_sizes=PATCH_SIZES,
         patch_strides=PATCH_STRIDES,
         patch_paddings=PATCH_PADDINGS,
+        attention_kernel_size=ATTENTION_OPTIONS["attention_kernel_size"],
+        q_stride=ATTENTION_OPTIONS["q_stride"],
+        kv_stride=ATTENTION_OPTIONS["kv_stride"],
+        attention_padding=ATTENTION_OPTIONS["attention_padding"],
+        qkv_bias=ATTENTION_OPTIONS["qkv_bias"],
         drop_path_rate=0.0,
         image_shape=(None, None, 3),
         dtype=None,
@@ -52,6 +58,11 @@ class CvTBackbone(FeaturePyramidBackbone):
             "patch_sizes": tuple(patch_sizes),
             "patch_strides": tuple(patch_strides),
             "patch_paddings": tuple(patch_paddings),
+            "attention_kernel_size": attention_kernel_size,
+            "q_stride": q_stride,
+            "kv_stride": kv_stride,
+            "attention_padding": attention_padding,
+            "qkv_bias": qkv_bias,
             "drop_path_rate": drop_path_rate,
         }
         # keras_cvt's own model, read for its layers: its output is the class token; the maps

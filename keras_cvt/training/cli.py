@@ -52,9 +52,10 @@ def architecture(parser, args):
     return {"depths": args.depths, "embed_dims": args.embed_dims, "num_heads": args.num_heads}
 
 
-def evaluation_transform(args, crop=True):
-    """The evaluation transform of `--weights` (`keras_cvt.pretrained.transform_for` of
-    `--model`; a custom architecture has no pretrained weights of its own), at `--image-size`
+def evaluation_transform_record(args, crop=True):
+    """The record (a `keras_cvt.pretrained.Transform`; `keras_cvt.transforms.from_record` makes
+    it a function) of the evaluation transform of `--weights` (`keras_cvt.pretrained.transform_for`
+    of `--model`; a custom architecture has no pretrained weights of its own), at `--image-size`
     when given, and resizing straight to it without `crop`."""
     if args.depths:
         transform = pretrained.DEFAULT_TRANSFORM
