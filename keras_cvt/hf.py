@@ -21,9 +21,9 @@ PREFIX = "hf://"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5")
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # A revision is a commit (40 hex digits) or a branch or tag name as git allows it
-# (`git check-ref-format`): slash-separated parts of printable ASCII without space, `~^:?*[\`
+# (`git check-ref-format`): slash-separated parts without control characters, spaces, `~^:?*[\`
 # or `@{`, none empty, starting with "." or ending with ".lock", the whole not ending in ".".
-_REF_PART = re.compile(r"(?!\.)[!-~]+")
+_REF_PART = re.compile(r"(?!\.)[^\x00-\x20\x7f\s]+")
 _REF_FORBIDDEN = re.compile(r"[\\~^:?*\[\x7f]|@\{|\.\.")
 # The hub's own limit on a branch name is 256 bytes; a tag's the same.
 MAX_REVISION = 256
