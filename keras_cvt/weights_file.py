@@ -100,6 +100,14 @@ def head_classes(path):
         return None if kernel is None else int(kernel.shape[-1])
 
 
+def head_weights(path):
+    """The classifier's `[kernel, bias]` stored in a `.weights.h5` file, or None without one:
+    what a model with a classifier of its own (keras-hub's) loads beside the backbone."""
+    with open_weights(path) as f:
+        kernel, bias = f.get(_HEAD_KERNEL), f.get(_HEAD_KERNEL[:-1] + "1")
+        return None if kernel is None or bias is None else [kernel[()], bias[()]]
+
+
 def check_classes(path, classes):
     """The classifier width of a model loading the file at `path`: the file's when `classes`
     was left at its default, else `classes`, refused when the file's classifier contradicts it."""

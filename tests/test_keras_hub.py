@@ -15,6 +15,7 @@ keras_hub = pytest.importorskip("keras_hub", reason="needs the hub extra (keras-
 import keras_cvt  # noqa: E402
 from keras_cvt import hf, pretrained, transforms  # noqa: E402
 from keras_cvt.keras_hub import CvTBackbone, CvTImageClassifier, presets  # noqa: E402
+from keras_cvt.keras_hub import backbone as backbone_module  # noqa: E402
 from keras_cvt.keras_hub.preprocessor.image_converter import CvTImageConverter  # noqa: E402
 from tests.conftest import ROOT, TINY_CONFIG, quick_jax_env  # noqa: E402
 from tests.test_hf_hub import (
@@ -42,10 +43,14 @@ def test_names_are_lazy_and_import_keras_hub_only_when_used():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
 
 
-def test_classifier_from_hf_repo_gives_the_original_logits(fake_hub, tiny_files, tiny_io):
+def test_classifier_from_hf_repo_gives_the_original_logits(fake_hub, tiny_files, tiny_io, monkeypatch):
     x, logits = tiny_io
     publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]})
+    # The weights load into the one model the backbone is built from: no model to copy from.
+    built = []
+    monkeypatch.setattr(backbone_module, "CvT", lambda **kwargs: built.append(kwargs) or keras_cvt.CvT(**kwargs))
     classifier = CvTImageClassifier.from_preset(SOURCE, preprocessor=None)
+    assert len(built) == 1 and built[0].get("weights") is None
     assert np.abs(classifier.predict(x, verbose=0) - logits).max() <= TOLERANCE
     assert classifier.labels == LABELS and classifier.num_classes == TINY_CONFIG["classes"]
     # keras-hub's preprocessor with the checkpoint's evaluation transform (none recorded: the 224 one).

@@ -7,7 +7,7 @@ import keras
 from keras_hub.models import FeaturePyramidBackbone
 from keras_hub.src.utils.preset_utils import register_presets
 
-from keras_cvt import hf, pretrained, sources
+from keras_cvt import hf, pretrained, sources, weights_file
 from keras_cvt.architectures import PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
 from keras_cvt.builder import CvT
 from keras_cvt.keras_hub import presets
@@ -118,16 +118,9 @@ def load_checkpoint(preset, load_weights=True, **kwargs):
     backbone = CvTBackbone(**weights.config, **kwargs)
     if not load_weights:
         return Checkpoint(backbone, None, labels, weights.transform)
-    source = CvT(
-        **weights.config,
-        weights=weights.file(),
-        include_top=weights.classes is not None,
-        classifier_activation=None,
-        include_preprocessing=False,
-        input_shape=(None, None, 3),
-    )
-    for layer in backbone.layers:
-        if layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
-    head = source.get_layer("predictions").get_weights() if weights.classes is not None else None
+    # The backbone's layers are those of keras_cvt's model without its classifier, so the
+    # converted file loads into it as it is; the classifier's weights are read beside.
+    path = weights.file()
+    weights_file.load(backbone, path)
+    head = weights_file.head_weights(path) if weights.classes is not None else None
     return Checkpoint(backbone, head, labels, weights.transform)
