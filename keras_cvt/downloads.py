@@ -1,7 +1,7 @@
 """Files of HuggingFace hub repos, fetched by huggingface_hub's public API into its own cache.
 
 `huggingface_hub.get_hf_file_metadata` asks the hub what a revision is (its commit, the file's
-hash and size); `huggingface_hub.hf_hub_download` fetches the file at that commit, with its
+hash); `huggingface_hub.hf_hub_download` fetches the file at that commit, with its
 cache (`HF_HOME`, `HF_HUB_CACHE`), its locks, `HF_TOKEN`, Xet transfers and resumption.
 `HF_ENDPOINT` and `HF_HUB_OFFLINE` are read here at each call (huggingface_hub reads them once,
 at import). What it does not do, done here through its extension points:
@@ -70,11 +70,10 @@ class NotFoundError(HubError):
 @dataclasses.dataclass(frozen=True)
 class Remote:
     """What the hub says of a file at a revision: the commit it serves, and the file's hash
-    (the LFS SHA-256, or a Git blob id for a file kept in Git) and size."""
+    (the LFS SHA-256, or a Git blob id for a file kept in Git)."""
 
     commit: str
-    etag: str | None
-    size: int | None
+    etag: str
 
 
 def endpoint():
@@ -173,7 +172,7 @@ def remote(entry, revision=None):
             f"{metadata.commit_hash!r}, etag {metadata.etag!r}); check HF_ENDPOINT. "
             + manual_instructions(entry)
         )
-    return Remote(metadata.commit_hash, metadata.etag, metadata.size)
+    return Remote(metadata.commit_hash, metadata.etag)
 
 
 def download(entry, at=None, progress=True):
