@@ -15,6 +15,7 @@ keras-hub's generic loaders (`keras_hub.models.ImageClassifier.from_preset`) rea
 import importlib
 import importlib.abc
 import sys
+import warnings
 
 from keras_cvt import architectures
 from keras_cvt import layers as _layers  # noqa: F401 (registers the layers with Keras)
@@ -108,7 +109,7 @@ class _ThenImport(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        importlib.import_module(self._module)
+        _register(self._module)
 
 
 class _ImportHook(importlib.abc.MetaPathFinder):
@@ -130,6 +131,19 @@ class _ImportHook(importlib.abc.MetaPathFinder):
 
 if not any(isinstance(finder, _ImportHook) for finder in sys.meta_path):
     sys.meta_path.insert(0, _ImportHook())
+def _register(module):
+    """Imports `module` of `_ON_IMPORT`; a failure (another keras-hub than the `hub` extra's)
+    is a warning, not a failure of the user's own `import keras_hub`."""
+    try:
+        importlib.import_module(module)
+    except Exception as error:
+        warnings.warn(
+            f"keras_cvt could not register its classes with Keras ({module}: {type(error).__name__}: "
+            f"{error}); keras-hub's generic from_preset will not find keras_cvt's presets",
+            stacklevel=3,
+        )
+
+
 for _package, _module in _ON_IMPORT.items():
     if _package in sys.modules:
-        importlib.import_module(_module)
+        _register(_module)

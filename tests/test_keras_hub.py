@@ -185,3 +185,21 @@ def test_plain_import_registers_nothing_until_keras_hub_is_imported():
     )
     env = quick_jax_env({**os.environ, "KERAS_BACKEND": "jax"})
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, env=env)
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow and keras-hub
+def test_a_failed_registration_does_not_fail_import_keras_hub():
+    # As with a keras-hub other than the `hub` extra's: the user's import goes on, with a warning.
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['keras_cvt.keras_hub'] = None\n"
+        "import keras_cvt\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import keras_hub\n"
+        "assert keras_hub.models.ImageClassifier\n"
+        "print([str(w.message) for w in caught if 'keras_cvt could not register' in str(w.message)])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "keras_cvt.keras_hub: ModuleNotFoundError" in result.stdout.splitlines()[-1]
