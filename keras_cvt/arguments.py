@@ -9,6 +9,35 @@ import numpy as np
 POOLING_MODES = (None, "avg", "max", "token")
 
 
+class _DefaultClasses(int):
+    """The `classes` default: 1000, as keras.applications' (and shown so in signatures), told
+    apart from an explicit `classes=1000` by identity, so that weights carrying a classifier
+    can give their own class count when `classes` is left out."""
+
+    def __repr__(self):
+        return "1000"
+
+
+DEFAULT_CLASSES = _DefaultClasses(1000)
+
+
+def classes_for(classes, stored, source):
+    """The classifier width of a model with `include_top=True` and weights whose classifier has
+    `stored` classes (None: no classifier): `stored` when `classes` was left at its default,
+    else `classes`, which must agree with it."""
+    if stored is None:
+        raise ValueError(f"`weights`={source!r} has no classifier; build with include_top=False to use it")
+    if classes is DEFAULT_CLASSES:
+        return stored
+    if classes != stored:
+        raise ValueError(
+            f"`weights`={source!r} has a {stored}-class classifier, got classes={classes}; leave "
+            f"`classes` out (or pass classes={stored}), or pass include_top=False and add your own "
+            "head for other classes"
+        )
+    return int(classes)
+
+
 def is_integer(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 

@@ -47,7 +47,7 @@ def CvT(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=arguments.DEFAULT_CLASSES,
     classifier_activation="softmax",
     include_preprocessing=True,
     default_size=DEFAULT_SIZE,
@@ -80,7 +80,8 @@ def CvT(
         default_size: input height and width when `include_top=True` and no `input_shape`.
         include_top, weights, input_tensor, input_shape, pooling, classes,
         classifier_activation, include_preprocessing, name: as in `CvT13`, except that
-            `weights` takes no pretrained names (they belong to the variant builders).
+            `weights` takes no pretrained names (they belong to the variant builders). Left
+            at its default, `classes` is that of the classifier in `weights` (1000 without).
 
     Returns:
         A `keras.Model`.
@@ -98,10 +99,10 @@ def CvT(
         classifier_activation, drop_path_rate, name,
     )
     include_top, include_preprocessing = bool(include_top), bool(include_preprocessing)
-    classes, drop_path_rate = int(classes), float(drop_path_rate)
     weights_path = weights_file.resolve_path(weights)
     if weights_path is not None and include_top:
-        weights_file.check_classes(weights_path, classes)
+        classes = weights_file.check_classes(weights_path, classes)
+    classes, drop_path_rate = int(classes), float(drop_path_rate)
 
     inputs, x = _image_input(input_tensor, input_shape, include_top, default_size)
     include_preprocessing = _check_input(

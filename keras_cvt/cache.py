@@ -1,6 +1,6 @@
 """The pretrained cache: each checkpoint converted once, verified, and kept.
 
-The download itself is huggingface_hub's (`keras_cvt.hub`): the hub's file stays in its cache
+The download itself is huggingface_hub's (`keras_cvt.downloads`): the hub's file stays in its cache
 (`HF_HUB_CACHE`, `~/.cache/huggingface/hub`), shared with transformers and anyone else. Ours,
 `$KERAS_HOME/models/keras_cvt`, holds per checkpoint and commit the converted `.weights.h5`
 (named `<variant>_<weights>_<commit[:12]>.weights.h5`) and beside it a record (`<file>.json`)
@@ -18,7 +18,7 @@ import os
 import warnings
 
 import weights_conversion
-from keras_cvt import _version, atomic, hub, pretrained, weights_file
+from keras_cvt import _version, atomic, downloads, weights_file
 from keras_cvt.architectures import VARIANTS
 
 # Bumped when converted files change (layout, conversion): older cache entries are redone.
@@ -42,61 +42,36 @@ def record_path(path):
     return path + ".json"
 
 
-def pretrained_entry(weights, variant=None):
-    """The `keras_cvt.pretrained` entry that `weights` names for `variant`, or None for a path.
-
-    Raises ValueError for a name that `variant` does not have (listing those it has), and for
-    any name when `variant` is None: the generic `CvT` builder has no pretrained weights.
-    """
-    if weights is None or not pretrained.is_pretrained_name(weights):
-        return None
-    if variant is None:
-        weights_file.resolve_path(weights)  # raises, saying where names belong
-    return pretrained.lookup(variant, weights)
-
-
-def resolve(weights, variant=None):
-    """Returns the `.weights.h5` path that `weights` names, or None for random weights.
-
-    Args:
-        weights: None, a path to a `.weights.h5` file, or (with `variant`) the name of one of
-            `keras_cvt.available_weights(variant)`, downloaded and converted on first use.
-        variant: `"cvt13"`, `"cvt21"`, `"cvtw24"`, or None for a custom architecture.
-
-    Raises:
-        ValueError: a name `variant` does not have, a path that is not a `.weights.h5` file
-            or is unreadable, damaged or holds no CvT, or a damaged cache entry offline.
-    """
-    entry = pretrained_entry(weights, variant)
-    if entry is not None:
-        return fetch(entry)
-    return weights_file.resolve_path(weights)
-
-
-def fetch(entry, progress=True):
+def fetch(entry, progress=True, commit=None):
     """The converted weights of an entry: from the cache, or downloaded and converted into it.
 
     `entry` is a `keras_cvt.pretrained.Pretrained` record or a `keras_cvt.hf.HubFile`. Its
-    revision is resolved to a commit first (a pinned one is already); a cached file is used only
-    if it matches its record (size, SHA-256, source, commit); one that does not is downloaded
-    and converted again, with a warning naming it.
+    revision is resolved to a commit first (a pinned one is already; `commit`, when given, is
+    the one to take, e.g. that of the repo's config.json); a cached file is used only if it
+    matches its record (size, SHA-256, source, commit); one that does not is downloaded and
+    converted again, with a warning naming it. Offline, a branch is taken at the commit of its
+    last conversion here.
 
     Raises:
-        keras_cvt.hub.OfflineError: not cached and `HF_HUB_OFFLINE` is set.
-        keras_cvt.hub.HubError: the download failed or did not verify.
+        keras_cvt.downloads.OfflineError: not cached and `HF_HUB_OFFLINE` is set.
+        keras_cvt.downloads.HubError: the download failed or did not verify.
         ValueError: the verified download does not convert (a wrong file at that revision), or
             the cached file fails verification and `HF_HUB_OFFLINE` forbids fetching it again.
     """
-    unreachable = None
-    try:
-        commit = hub.resolve_commit(entry)
-    except hub.NotFoundError:
-        raise
-    except hub.HubError as error:
-        # What the branch was when it was last converted here still serves, with a warning.
-        commit, unreachable = None, error
+    unreachable = at = None
+    if commit is None and downloads.COMMIT.fullmatch(entry.revision):
+        commit = entry.revision
+    if commit is None and not downloads.offline():
+        try:
+            at = downloads.remote(entry)
+            commit = at.commit
+        except downloads.NotFoundError:
+            raise
+        except downloads.HubError as error:
+            # What the branch was when it was last converted here still serves, with a warning.
+            unreachable = error
     if commit is None:
-        commit = _last_converted_commit(entry)
+        commit = last_commit(entry)
         if commit is None and unreachable is not None:
             raise unreachable
     path = None if commit is None else cached_path(entry, commit)
@@ -111,48 +86,40 @@ def fetch(entry, progress=True):
                     stacklevel=2,
                 )
             return path
-        if hub.offline():
+        if downloads.offline():
             raise ValueError(
                 f"the cached {entry.variant} weights {entry.name!r} at {path} fail verification: "
                 f"{problem}. HF_HUB_OFFLINE is set, so they cannot be downloaded again: delete "
                 f"{path} and {record_path(path)}, then run again with network access. "
-                + hub.manual_instructions(entry)
+                + downloads.manual_instructions(entry)
             )
         warnings.warn(
             f"the cached {entry.variant} weights {entry.name!r} at {path} fail verification "
             f"({problem}); downloading and converting them again",
             stacklevel=2,
         )
-    elif hub.offline() and commit is None:
-        raise hub.OfflineError(
+    elif downloads.offline() and commit is None:
+        raise downloads.OfflineError(
             f"HF_HUB_OFFLINE is set and the {entry.variant} weights {entry.name!r} are not cached "
-            f"in {cache_dir()}, so {hub.describe(entry)} would have to be downloaded. "
-            + hub.manual_instructions(entry)
+            f"in {cache_dir()}, so {downloads.describe(entry)} would have to be downloaded. "
+            + downloads.manual_instructions(entry)
         )
     try:
         if unreachable is not None:
             raise unreachable
-        raw, source_sha256 = hub.download(entry, progress=progress)
-    except hub.HubError as error:
+        raw, source_sha256, commit = downloads.download(entry, at or commit, progress=progress)
+    except downloads.HubError as error:
         if problem is None:
             raise
         raise type(error)(
             f"the cached file {path} fails verification ({problem}) and could not be fetched "
             f"again (it stays until a download succeeds, or delete it): {error}"
         ) from error
-    # At the branch, so that huggingface_hub records where it points for later offline runs; the
-    # commit fetched is in the path (the branch may have moved since it was asked).
-    commit = _snapshot_commit(raw)
     path = cached_path(entry, commit)
     _convert(entry, raw, path)
     write_record(entry, path, source_sha256, commit)
     _remove_superseded(entry, path)
     return path
-
-
-def _snapshot_commit(path):
-    """The commit of a file in huggingface_hub's cache (`.../snapshots/<commit>/<file>`)."""
-    return os.path.basename(os.path.dirname(path))
 
 
 def _convert(entry, raw, path):
@@ -164,22 +131,34 @@ def _convert(entry, raw, path):
             )
         except ValueError as error:
             raise ValueError(
-                f"{hub.describe(entry)} was downloaded and verified, but does not convert to "
+                f"{downloads.describe(entry)} was downloaded and verified, but does not convert to "
                 f"{entry.variant}: {error}"
             ) from error
 
 
-def _converted_files(entry):
-    prefix = glob.escape(os.path.join(cache_dir(), f"{entry.variant}_{entry.name}_"))
-    return glob.glob(prefix + "*" + weights_file.SUFFIX)
+def _converted_files(entry, any_variant=False):
+    variant = "*" if any_variant else glob.escape(entry.variant)
+    return glob.glob(os.path.join(glob.escape(cache_dir()), f"{variant}_{glob.escape(entry.name)}_*{weights_file.SUFFIX}"))
 
 
-def _last_converted_commit(entry):
-    """The commit (its first 12 digits) of the newest converted file of `entry`, for when
-    neither the hub nor huggingface_hub's cache can say what its branch points to."""
-    files = sorted(_converted_files(entry), key=os.path.getmtime)
-    prefix = f"{entry.variant}_{entry.name}_"
-    return os.path.basename(files[-1])[len(prefix) : -len(weights_file.SUFFIX)] if files else None
+def last_commit(entry, any_variant=False):
+    """The commit of the newest conversion of `entry`'s file here, for when the hub cannot say
+    (offline, unreachable) what its branch points to: the full commit its record names, else
+    the 12 digits of its file name; None if it was never converted here.
+
+    `any_variant`: the file of a `hf://` repo, whatever architecture it was converted for.
+    """
+    files = sorted(_converted_files(entry, any_variant), key=os.path.getmtime)
+    if not files:
+        return None
+    newest = os.path.basename(files[-1])
+    short = newest[: -len(weights_file.SUFFIX)].rsplit("_", 1)[-1]
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        with open(record_path(files[-1]), encoding="utf-8") as f:
+            commit = json.load(f).get("commit")
+        if isinstance(commit, str) and downloads.COMMIT.fullmatch(commit) and commit.startswith(short):
+            return commit
+    return short
 
 
 def _remove_superseded(entry, path):

@@ -11,19 +11,27 @@ import dataclasses
 import json
 import re
 
-from keras_cvt import architectures, cache, hf_config, hub, weights_file
-from keras_cvt.builder import CvT
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from keras_cvt import architectures, cache, downloads, hf_config
 
 PREFIX = "hf://"
 # In order of preference: safetensors needs no PyTorch and cannot hold code.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5")
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_REVISION = re.compile(r"[\w./-]+")
+# A revision is a commit (40 hex digits) or a branch or tag name as git allows it
+# (`git check-ref-format`): slash-separated parts without control characters, spaces, `~^:?*[\`
+# or `@{`, none empty, starting with "." or ending with ".lock", the whole not ending in ".".
+_REF_PART = re.compile(r"(?!\.)[^\x00-\x20\x7f\s]+")
+_REF_FORBIDDEN = re.compile(r"[\\~^:?*\[\x7f]|@\{|\.\.")
+# The hub's own limit on a branch name is 256 bytes; a tag's the same.
+MAX_REVISION = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class HubFile:
-    """One file of a hub repo, in the form `keras_cvt.hub` and `keras_cvt.cache` take."""
+    """One file of a hub repo, in the form `keras_cvt.downloads` and `keras_cvt.cache` take."""
 
     repo: str
     revision: str
@@ -34,37 +42,85 @@ class HubFile:
 
     @property
     def name(self):
-        # Unique per repo and file in the cache's names; the commit is added there.
+        # Unique per repo and file in the cache's names (a repo id cannot hold "--"); the
+        # commit is added there.
         return f"hf-{self.repo.replace('/', '--')}-{self.filename.split('.')[0]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Repo:
+    """A repo's config.json read at one commit: the architecture and labels (`model`), and
+    the commit its weights are taken at."""
+
+    source: str
+    repo: str
+    revision: str
+    commit: str
+    model: hf_config.HubModel
 
 
 def is_hub_source(weights):
     return isinstance(weights, str) and weights.startswith(PREFIX)
 
 
+def is_revision(revision):
+    """Whether `revision` is a commit hash, or a branch or tag name the hub could have."""
+    if not isinstance(revision, str) or not revision or len(revision.encode()) > MAX_REVISION:
+        return False
+    if downloads.COMMIT.fullmatch(revision):
+        return True
+    if _REF_FORBIDDEN.search(revision) or revision.endswith(".") or revision == "@":
+        return False
+    return all(_REF_PART.fullmatch(part) and not part.endswith(".lock") for part in revision.split("/"))
+
+
 def parse(source):
-    """(repo, revision) of `hf://owner/repo[@revision]`, or ValueError naming the form."""
+    """(repo, revision) of `hf://owner/repo[@revision]`, or ValueError naming the form.
+
+    Checked before any request: the revision reaches huggingface_hub's cache as a file name
+    (`refs/<revision>`), so an absolute path or `..` there would write outside it.
+    """
     if not is_hub_source(source):
         raise ValueError(f"a hub repo is named hf://owner/name or hf://owner/name@revision, got {source!r}")
     repo, at, revision = source[len(PREFIX) :].partition("@")
-    if not _REPO.fullmatch(repo) or (at and not _REVISION.fullmatch(revision)) or ".." in source:
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        repo = ""
+    if not _REPO.fullmatch(repo) or (at and not is_revision(revision)):
         raise ValueError(
-            f"`weights`={source!r} is not a hub repo: expected hf://owner/name or "
-            "hf://owner/name@revision (a branch, tag or commit)"
+            f"`weights`={source[:300]!r} is not a hub repo: expected hf://owner/name or "
+            "hf://owner/name@revision (a 40-digit commit, or a branch or tag name as git allows: "
+            f"no space, '..', '~^:?*[\\', '@{{', leading '/' or '.', at most {MAX_REVISION} bytes)"
         )
     return repo, revision or "main"
 
 
-def read_config(source, progress=True):
-    """The `keras_cvt.hf_config.HubModel` that the repo's `config.json` describes."""
-    entry = HubFile(*parse(source), "config.json")
-    path, _ = hub.download(entry, progress=progress)
+def read_repo(source, progress=True):
+    """The `Repo` that `source` names: config.json at the commit its revision is now (offline:
+    the commit its weights were last converted at here), verified and read."""
+    repo, revision = parse(source)
+    entry = HubFile(repo, revision, "config.json")
+    at = None
+    if downloads.COMMIT.fullmatch(revision):
+        at = revision
+    elif downloads.offline():
+        for filename in WEIGHT_FILES:
+            at = at or cache.last_commit(HubFile(repo, revision, filename), any_variant=True)
+    else:
+        at = downloads.remote(entry)
+    path, _, commit = downloads.download(entry, at, progress=progress)
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except ValueError as error:
         raise ValueError(f"config.json of {source} is not JSON: {error}") from error
-    return hf_config.read(config, source=f"config.json of {source}")
+    return Repo(source, repo, revision, commit, hf_config.read(config, source=f"config.json of {source}"))
+
+
+def read_config(source, progress=True):
+    """The `keras_cvt.hf_config.HubModel` that the repo's `config.json` describes."""
+    return read_repo(source, progress).model
 
 
 def labels(source):
@@ -75,88 +131,17 @@ def labels(source):
     return None if (model := read_config(source)).labels is None else list(model.labels)
 
 
-def fetch_weights(source, model, progress=True):
-    """The converted `.weights.h5` of the repo's weights (the first of `WEIGHT_FILES` it has)."""
-    repo, revision = parse(source)
-    variant = model.variant or "cvt"
+def fetch_weights(repo, progress=True):
+    """The converted `.weights.h5` of a `Repo`'s weights (the first of `WEIGHT_FILES` it has),
+    at the commit its config.json was read at."""
+    variant = repo.model.variant or "cvt"
     first_error = None
     for filename in WEIGHT_FILES:
+        entry = HubFile(repo.repo, repo.revision, filename, variant=variant)
         try:
-            return cache.fetch(HubFile(repo, revision, filename, variant=variant), progress=progress)
-        except (hub.NotFoundError, hub.OfflineError) as error:
+            return cache.fetch(entry, progress=progress, commit=repo.commit)
+        except (downloads.NotFoundError, downloads.OfflineError) as error:
             first_error = first_error or error
     raise type(first_error)(
-        f"{source} has none of {', '.join(WEIGHT_FILES)} that keras_cvt could use; the first: {first_error}"
+        f"{repo.source} has none of {', '.join(WEIGHT_FILES)} that keras_cvt could use; the first: {first_error}"
     ) from first_error
-
-
-def from_hf(
-    source,
-    include_top=True,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classifier_activation="softmax",
-    include_preprocessing=True,
-    name=None,
-):
-    """A CvT of any architecture with the weights of a HuggingFace hub repo.
-
-    Args:
-        source: `"hf://owner/repo"` or `"hf://owner/repo@revision"`: a transformers
-            `CvtForImageClassification` (or `CvtModel`) repo. `HF_TOKEN` reads private and
-            gated repos; `HF_ENDPOINT`, `HF_HUB_OFFLINE` mean what they mean to huggingface_hub.
-        include_top, input_tensor, input_shape, pooling, classifier_activation,
-        include_preprocessing, name: as in `keras_cvt.CvT13`; the classifier has the repo's
-            classes (`keras_cvt.hf.labels(source)` names them).
-
-    Returns:
-        A `keras.Model`.
-
-    Raises:
-        ValueError: not an `hf://` source, a config CvT cannot express, weights that do not
-            fit it.
-        keras_cvt.hub.HubError: the repo or its files could not be fetched.
-    """
-    model = read_config(source)
-    classes = check_top(source, model, include_top)
-    path = fetch_weights(source, model)
-    return CvT(
-        **model.config,
-        include_top=include_top,
-        weights=path,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        include_preprocessing=include_preprocessing,
-        name=name or model.variant or "cvt",
-    )
-
-
-def check_top(source, model, include_top):
-    """The classifier width for `model`, refusing a classifier that the repo has not."""
-    if include_top and model.classes is None:
-        raise ValueError(f"{source} has no classifier (a CvtModel): pass include_top=False")
-    return model.classes or 1000
-
-
-def variant_weights(source, variant, include_top, classes):
-    """The converted weights of `source` for a variant builder, which must be its architecture."""
-    model = read_config(source)
-    if model.variant != variant:
-        raise ValueError(
-            f"`weights`={source!r} is a CvT with {model.config['depths']} blocks, widths "
-            f"{model.config['embed_dims']} and heads {model.config['num_heads']}, not {variant}: "
-            f"build it with keras_cvt.from_hf({source!r})"
-        )
-    if include_top and classes != check_top(source, model, include_top):
-        raise ValueError(
-            f"`weights`={source!r} has a {model.classes}-class classifier, got classes={classes}; "
-            "pass include_top=False and add your own head for other classes"
-        )
-    path = fetch_weights(source, model)
-    if include_top:
-        weights_file.check_classes(path, classes)
-    return path

@@ -8,7 +8,7 @@ which `_builder` holds to the record.
 
 import inspect
 
-from keras_cvt import arguments, architectures, cache, hf, pretrained
+from keras_cvt import arguments, architectures, hf, pretrained, sources
 from keras_cvt.architectures import DEFAULT_SIZE, VARIANTS
 from keras_cvt.builder import CvT
 
@@ -54,7 +54,9 @@ Args:
         - `"avg"` / `"max"`: that map globally average / max pooled, `(batch, {dim})`;
         - `"token"`: the class token after the final LayerNorm, `(batch, {dim})`: the
           features the pretrained classifier was trained on.
-    classes: number of classes of the classifier, when `include_top=True`.
+    classes: number of classes of the classifier, when `include_top=True`. Left at its
+        default, that of the classifier in `weights` (a `hf://` repo's, a file's), else 1000;
+        given, it must agree with it.
     classifier_activation: activation of the classifier (`None` returns logits). It is
         computed in float32 under mixed precision.
     include_preprocessing: `True` takes RGB pixels in [0, 255] and normalises them with the
@@ -76,18 +78,13 @@ Raises:
 """
 
 
-def _check_pretrained(entry, include_top, classes, input_tensor, input_shape):
-    """Refuses arguments that the pretrained weights named by `entry` cannot serve."""
-    if include_top and classes != entry.classes:
-        raise ValueError(
-            f"`weights`={entry.name!r} has a {entry.classes}-class ImageNet classifier, got "
-            f"classes={classes}; pass include_top=False and add your own head for other classes"
-        )
+def _check_channels(weights, input_tensor, input_shape):
+    """Refuses an input that pretrained weights (trained on RGB images) cannot serve."""
     shape = input_shape if input_shape is not None else getattr(input_tensor, "shape", None)
     channels = tuple(shape)[-1] if shape is not None and len(shape) else None
     if channels is not None and channels != 3:
         raise ValueError(
-            f"`weights`={entry.name!r} was trained on RGB images, so the input needs 3 channels, "
+            f"`weights`={weights.source!r} was trained on RGB images, so the input needs 3 channels, "
             f"got {channels}"
         )
 
@@ -117,14 +114,15 @@ def _build(
         include_top, include_preprocessing, input_tensor, input_shape, pooling, classes,
         classifier_activation, drop_path_rate, name,
     )
-    if hf.is_hub_source(weights):
-        weights = hf.variant_weights(weights, record.name, include_top, classes)
-    entry = cache.pretrained_entry(weights, record.name)
-    if entry is not None:
+    resolved = sources.resolve_weights(weights, record.name)
+    if resolved.path is None and resolved.source is not None:
         # Checked before the download, which can take minutes.
-        _check_pretrained(entry, include_top, classes, input_tensor, input_shape)
-        default_size = entry.transform.size
-        weights = cache.fetch(entry)
+        if include_top:
+            classes = arguments.classes_for(classes, resolved.classes, resolved.source)
+        _check_channels(resolved, input_tensor, input_shape)
+    if resolved.entry is not None:
+        default_size = resolved.transform.size
+    weights = resolved.file()
     return CvT(
         **record.config,
         drop_path_rate=drop_path_rate,
@@ -181,7 +179,7 @@ def CvT13(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=arguments.DEFAULT_CLASSES,
     classifier_activation="softmax",
     include_preprocessing=True,
     drop_path_rate=VARIANTS["cvt13"].drop_path_rate,
@@ -197,7 +195,7 @@ def CvT21(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=arguments.DEFAULT_CLASSES,
     classifier_activation="softmax",
     include_preprocessing=True,
     drop_path_rate=VARIANTS["cvt21"].drop_path_rate,
@@ -213,7 +211,7 @@ def CvTW24(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=arguments.DEFAULT_CLASSES,
     classifier_activation="softmax",
     include_preprocessing=True,
     drop_path_rate=VARIANTS["cvtw24"].drop_path_rate,
@@ -222,4 +220,49 @@ def CvTW24(
     return _build(VARIANTS["cvtw24"], **locals())
 
 
-__all__ = ["BUILDERS", *(builder.__name__ for builder in BUILDERS.values())]
+def from_hf(
+    source,
+    include_top=True,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    name=None,
+):
+    """A CvT of any architecture with the weights of a HuggingFace hub repo.
+
+    Args:
+        source: `"hf://owner/repo"` or `"hf://owner/repo@revision"`: a transformers
+            `CvtForImageClassification` (or `CvtModel`) repo. `HF_TOKEN` reads private and
+            gated repos; `HF_ENDPOINT`, `HF_HUB_OFFLINE` mean what they mean to huggingface_hub.
+        include_top, input_tensor, input_shape, pooling, classifier_activation,
+        include_preprocessing, name: as in `keras_cvt.CvT13`; the classifier has the repo's
+            classes (`keras_cvt.hf.labels(source)` names them).
+
+    Returns:
+        A `keras.Model`.
+
+    Raises:
+        ValueError: not an `hf://` source, a config CvT cannot express, weights that do not
+            fit it.
+        keras_cvt.downloads.HubError: the repo or its files could not be fetched.
+    """
+    hf.parse(source)
+    resolved = sources.resolve_weights(source)
+    if include_top and resolved.classes is None:
+        raise ValueError(f"{source} has no classifier (a CvtModel): pass include_top=False")
+    return CvT(
+        **resolved.config,
+        include_top=include_top,
+        weights=resolved.file(),
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classifier_activation=classifier_activation,
+        include_preprocessing=include_preprocessing,
+        name=name or resolved.variant or "cvt",
+    )
+
+
+__all__ = ["BUILDERS", "from_hf", *(builder.__name__ for builder in BUILDERS.values())]

@@ -7,7 +7,7 @@ import re
 
 import h5py
 
-from keras_cvt import architectures, pretrained
+from keras_cvt import architectures, arguments, pretrained
 from keras_cvt.layers import ConvEmbedding, CvTBlock
 
 # Where Keras 3's `.weights.h5` format keeps the classifier of our models: the functional
@@ -100,18 +100,18 @@ def head_classes(path):
         return None if kernel is None else int(kernel.shape[-1])
 
 
+def head_weights(path):
+    """The classifier's `[kernel, bias]` stored in a `.weights.h5` file, or None without one:
+    what a model with a classifier of its own (keras-hub's) loads beside the backbone."""
+    with open_weights(path) as f:
+        kernel, bias = f.get(_HEAD_KERNEL), f.get(_HEAD_KERNEL[:-1] + "1")
+        return None if kernel is None or bias is None else [kernel[()], bias[()]]
+
+
 def check_classes(path, classes):
-    """Refuses a `classes` that the classifier in the weights file contradicts."""
-    stored = head_classes(path)
-    if stored is None:
-        raise ValueError(
-            f"`weights` file {path!r} has no classifier; build with include_top=False to use it"
-        )
-    if stored != classes:
-        raise ValueError(
-            f"`classes`={classes} contradicts the `weights` file {path!r}, whose classifier has "
-            f"{stored} classes; pass classes={stored}, or include_top=False and add your own head"
-        )
+    """The classifier width of a model loading the file at `path`: the file's when `classes`
+    was left at its default, else `classes`, refused when the file's classifier contradicts it."""
+    return arguments.classes_for(classes, head_classes(path), path)
 
 
 def load(model, path):

@@ -25,7 +25,7 @@ def nothing_built(monkeypatch):
 
     monkeypatch.setattr(builder, "_image_input", refuse)
     monkeypatch.setattr(cache, "fetch", refuse)
-    monkeypatch.setattr(hf, "variant_weights", refuse)  # hf:// sources: reads the hub
+    monkeypatch.setattr(hf, "read_repo", refuse)  # hf:// sources: reads the hub
 
 
 # (arguments over TINY_CONFIG, error, what the message must say)

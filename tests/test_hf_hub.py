@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_cvt
-from keras_cvt import CvT13, hf, hf_config, hub
+from keras_cvt import CvT13, downloads, hf, hf_config
 from keras_cvt.architectures import ATTENTION_OPTIONS
 from tests.conftest import FIXTURES, TINY_CONFIG
 from tests.test_pretrained import fake_hub, isolated, reference_io, served  # noqa: F401 (fixtures)
@@ -116,7 +116,7 @@ def test_revision_after_the_at_sign(fake_hub, tiny_files, tiny_io):
         input_shape=(None, None, 3),
     )
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
-    with pytest.raises(hub.NotFoundError, match="404"):
+    with pytest.raises(downloads.NotFoundError, match="404"):
         keras_cvt.from_hf(f"hf://{REPO}@v2")
 
 
@@ -132,16 +132,68 @@ def test_variant_builder_refuses_another_architecture(fake_hub, tiny_files):
 
 def test_repo_without_weights_names_what_it_looked_for(fake_hub):
     publish(fake_hub, {})
-    with pytest.raises(hub.NotFoundError, match="model.safetensors, pytorch_model.bin, tf_model.h5"):
+    with pytest.raises(downloads.NotFoundError, match="model.safetensors, pytorch_model.bin, tf_model.h5"):
         keras_cvt.from_hf(f"hf://{REPO}")
 
 
 @pytest.mark.parametrize(
-    "source", ["someone/tiny-cvt", "hf://", "hf://no-slash", "hf://a/b@", "hf://a/../b", "hf://a/b c"]
+    "source",
+    ["someone/tiny-cvt", "hf://", "hf://no-slash", "hf://a/b@", "hf://a/../b", "hf://a/b c", "hf://a/b--c",
+     "hf://a/" + "b" * 97, "hf://a/b/c"],
 )
 def test_bad_sources_are_refused(source):
     with pytest.raises(ValueError, match="hf://owner/name"):
         hf.parse(source)
+
+
+# A revision reaches huggingface_hub's cache as a file name (refs/<revision>): each of these,
+# answered by a mirror that serves any revision, would write or read outside it, or is no
+# name git (hence the hub) allows.
+HOSTILE_REVISIONS = {
+    "absolute path": "/an/absolute/path",
+    "parent": "..",
+    "parent inside": "v1/../../x",
+    "hidden part": "v1/.hidden",
+    "leading dot": ".v1",
+    "trailing slash": "v1/",
+    "empty part": "v1//x",
+    "trailing dot": "v1.",
+    "lock suffix": "v1.lock",
+    "backslash": "v1\\..\\x",
+    "space": "v 1",
+    "tab": "v\t1",
+    "newline": "v1\nmain",
+    "nul": "v1\x00",
+    "delete": "v1\x7f",
+    "reflog": "main@{1}",
+    "lone at": "@",
+    "colon": "C:v1",
+    "glob": "v*",
+    "question": "v?",
+    "caret": "v1^",
+    "tilde": "v1~1",
+    "bracket": "v[1]",
+    "unicode space": "v\u00a01",
+    "too long": "v" * 257,
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_REVISIONS)
+def test_hostile_revisions_are_refused_before_any_request(fake_hub, name):
+    revision = HOSTILE_REVISIONS[name]
+    source = f"hf://{REPO}@{revision}"
+    assert not hf.is_revision(revision)
+    for build in (hf.parse, keras_cvt.from_hf, lambda s: CvT13(weights=s)):
+        with pytest.raises(ValueError, match="not a hub repo"):
+            build(source)
+    assert fake_hub.requests == []
+
+
+@pytest.mark.parametrize(
+    "revision", ["main", "v1.0", "refs/pr/1", "release/2024-01", "a" * 40, "0123456789abcdef" * 2 + "01234567", "feature_x@y", "v\u00e9", "%2e%2e"]
+)
+def test_commits_branches_and_tags_are_accepted(revision):
+    assert hf.parse(f"hf://{REPO}@{revision}") == (REPO, revision)
 
 
 # config.json field -> a value keras_cvt's CvT cannot express, and the words of the refusal
@@ -234,6 +286,7 @@ def test_cvt13_from_its_hub_repo(fake_hub, served, reference_io):
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
     with pytest.raises(ValueError, match="1000-class classifier, got classes=10"):
         CvT13(weights="hf://microsoft/cvt-13", classes=10)
+    assert CvT13(weights="hf://microsoft/cvt-13", classes=1000).output_shape == (None, 1000)
 
 
 def test_labels_feed_decode_predictions(fake_hub, tiny_files, tiny_io):

@@ -33,7 +33,17 @@ LAYERS = [
     ("checks", ["keras_cvt.arguments", "keras_cvt.weights_file"]),
     ("builder", ["keras_cvt.builder"]),
     ("conversion", ["weights_conversion.*"]),
-    ("download", ["keras_cvt.declared", "keras_cvt.hub", "keras_cvt.cache", "keras_cvt.hf_config", "keras_cvt.hf"]),
+    (
+        "download",
+        [
+            "keras_cvt.declared",
+            "keras_cvt.downloads",
+            "keras_cvt.cache",
+            "keras_cvt.hf_config",
+            "keras_cvt.hf",
+            "keras_cvt.sources",
+        ],
+    ),
     ("variants", ["keras_cvt.variants"]),
     ("inference", ["keras_cvt.inference.*"]),
     (
@@ -330,7 +340,7 @@ def test_the_cycle_finder_reports_a_cycle():
         ("from keras_cvt import CvT", False, ["keras_cvt"]),
         ("import weights_conversion.mapping", False, ["weights_conversion.mapping"]),
         ("def f():\n    from keras_cvt import cache", True, ["keras_cvt.cache"]),
-        ("class A:\n    def m(self):\n        import keras_cvt.hub", True, ["keras_cvt.hub"]),
+        ("class A:\n    def m(self):\n        import keras_cvt.downloads", True, ["keras_cvt.downloads"]),
         ("def f():\n    importlib.import_module('keras_cvt.variants')", True, ["keras_cvt.variants"]),
         ("def f(name):\n    importlib.import_module(name)", True, ["<computed name>"]),
     ],

@@ -3,6 +3,7 @@ stand-in hub, checked against the original code's logits; save_to_preset read ba
 own generic loader; the image converter's evaluation transform."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,8 +15,9 @@ keras_hub = pytest.importorskip("keras_hub", reason="needs the hub extra (keras-
 import keras_cvt  # noqa: E402
 from keras_cvt import hf, pretrained, transforms  # noqa: E402
 from keras_cvt.keras_hub import CvTBackbone, CvTImageClassifier, presets  # noqa: E402
+from keras_cvt.keras_hub import backbone as backbone_module  # noqa: E402
 from keras_cvt.keras_hub.preprocessor.image_converter import CvTImageConverter  # noqa: E402
-from tests.conftest import ROOT, TINY_CONFIG  # noqa: E402
+from tests.conftest import ROOT, TINY_CONFIG, quick_jax_env  # noqa: E402
 from tests.test_hf_hub import (
     LABELS,
     REPO,
@@ -41,10 +43,14 @@ def test_names_are_lazy_and_import_keras_hub_only_when_used():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
 
 
-def test_classifier_from_hf_repo_gives_the_original_logits(fake_hub, tiny_files, tiny_io):
+def test_classifier_from_hf_repo_gives_the_original_logits(fake_hub, tiny_files, tiny_io, monkeypatch):
     x, logits = tiny_io
     publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]})
+    # The weights load into the one model the backbone is built from: no model to copy from.
+    built = []
+    monkeypatch.setattr(backbone_module, "CvT", lambda **kwargs: built.append(kwargs) or keras_cvt.CvT(**kwargs))
     classifier = CvTImageClassifier.from_preset(SOURCE, preprocessor=None)
+    assert len(built) == 1 and built[0].get("weights") is None
     assert np.abs(classifier.predict(x, verbose=0) - logits).max() <= TOLERANCE
     assert classifier.labels == LABELS and classifier.num_classes == TINY_CONFIG["classes"]
     # keras-hub's preprocessor with the checkpoint's evaluation transform (none recorded: the 224 one).
@@ -156,3 +162,60 @@ def test_classifier_from_a_preset_name_gives_the_original_logits(fake_hub, serve
     assert np.abs(classifier.predict(x, verbose=0) - logits).max() <= TOLERANCE
     converter = CvTImageClassifier.from_preset("cvt13_imagenet22k_384").preprocessor.image_converter
     assert (converter.image_size, converter.crop_ratio) == ((384, 384), None)
+
+
+_GENERIC_LOAD = """
+import sys
+{first}
+assert "keras_cvt.keras_hub" in sys.modules
+classifier = keras_hub.models.ImageClassifier.from_preset(sys.argv[1])
+backbone = keras_hub.models.Backbone.from_preset(sys.argv[1])
+print(type(classifier).__name__, type(backbone).__name__, classifier.num_classes)
+"""
+
+
+@pytest.mark.slow  # fresh interpreters importing TensorFlow and keras-hub
+@pytest.mark.parametrize(
+    "first", ["import keras_cvt\nimport keras_hub", "import keras_hub\nimport keras_cvt"], ids=["keras_cvt first", "keras_hub first"]
+)
+def test_generic_loaders_read_our_presets_after_import_keras_cvt(tmp_path, first):
+    # Nothing imports keras_cvt.keras_hub: `import keras_cvt` registers our classes with Keras
+    # as soon as keras-hub is imported, before it or after it.
+    backbone = CvTBackbone(**{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")})
+    CvTImageClassifier(backbone, 7).save_to_preset(str(tmp_path / "preset"))
+    code = _GENERIC_LOAD.format(first=first)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "preset")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-3:] == ["CvTImageClassifier", "CvTBackbone", "7"]
+
+
+@pytest.mark.slow  # a fresh interpreter importing JAX and Keras
+def test_plain_import_registers_nothing_until_keras_hub_is_imported():
+    code = (
+        "import sys, keras_cvt\n"
+        "assert 'keras_hub' not in sys.modules and 'keras_cvt.keras_hub' not in sys.modules\n"
+        "labels = keras_cvt.hf.labels\n"
+        "assert 'keras_hub' not in sys.modules and 'tensorflow' not in sys.modules\n"
+    )
+    env = quick_jax_env({**os.environ, "KERAS_BACKEND": "jax"})
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, env=env)
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow and keras-hub
+def test_a_failed_registration_does_not_fail_import_keras_hub():
+    # As with a keras-hub other than the `hub` extra's: the user's import goes on, with a warning.
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['keras_cvt.keras_hub'] = None\n"
+        "import keras_cvt\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import keras_hub\n"
+        "assert keras_hub.models.ImageClassifier\n"
+        "print([str(w.message) for w in caught if 'keras_cvt could not register' in str(w.message)])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "keras_cvt.keras_hub: ModuleNotFoundError" in result.stdout.splitlines()[-1]

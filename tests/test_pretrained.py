@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 
 import h5py
@@ -30,7 +31,7 @@ import numpy as np
 import pytest
 
 import keras_cvt
-from keras_cvt import CvT, CvT13, CvTW24, atomic, hub, pretrained
+from keras_cvt import CvT, CvT13, CvTW24, atomic, downloads, pretrained
 from keras_cvt import cache, weights_file
 from tests.conftest import FIXTURES, ROOT, assert_same_weights_files, reference_file
 from weights_conversion import read_checkpoint
@@ -347,7 +348,7 @@ def isolated(tmp_path, monkeypatch):
     for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KERAS_CVT_DOWNLOAD_DEADLINE_S"):
         monkeypatch.delenv(name, raising=False)
     # Retries are part of what is tested; waiting between them is not.
-    monkeypatch.setattr(hub, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(downloads, "BACKOFF_S", 0.0)
 
 
 @pytest.fixture(autouse=True)
@@ -367,11 +368,11 @@ def cache_contents():
 
 def hub_partials():
     """The partial downloads in huggingface_hub's cache."""
-    return glob.glob(os.path.join(hub.hub_cache_dir(), "*", "blobs", "*.incomplete"))
+    return glob.glob(os.path.join(downloads.hub_cache_dir(), "*", "blobs", "*.incomplete"))
 
 
 def hub_blobs(repo):
-    folder = os.path.join(hub.hub_cache_dir(), "models--" + repo.replace("/", "--"), "blobs")
+    folder = os.path.join(downloads.hub_cache_dir(), "models--" + repo.replace("/", "--"), "blobs")
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
@@ -381,7 +382,7 @@ def entry_of(variant, name):
 
 def assert_names_the_file(error, entry):
     message = str(error)
-    for part in (entry.repo, entry.revision, entry.filename, hub.url_for(entry)):
+    for part in (entry.repo, entry.revision, entry.filename, downloads.url_for(entry)):
         assert part in message
     # The manual route: download, convert, pass the path.
     assert "python -m weights_conversion" in message
@@ -423,14 +424,14 @@ def test_download_convert_cache_then_reuse_without_network(fake_hub, served, ref
     model = CvT13(weights="imagenet22k-384", include_preprocessing=False, classifier_activation=None,
                   input_shape=(224, 224, 3))
     assert np.abs(model.predict(x, verbose=0) - logits).max() <= TOLERANCE
-    # Asked which commit main is, fetched the file (following the redirect) once,
-    # verified against the hub's LFS id (no pin).
+    # Asked which commit main is, fetched the file at that commit (following the redirect)
+    # once, verified against the hub's LFS id (no pin).
     assert entry.sha256 is None
     commit = served_file.commit
     assert [(m, p) for m, p, _, _ in fake_hub.requests] == [
         ("HEAD", f"/{entry.repo}/resolve/main/tf_model.h5"),
-        ("HEAD", f"/{entry.repo}/resolve/main/tf_model.h5"),
-        ("GET", f"/cdn/{entry.repo}/resolve/main/tf_model.h5"),
+        ("HEAD", f"/{entry.repo}/resolve/{commit}/tf_model.h5"),
+        ("GET", f"/cdn/{entry.repo}/resolve/{commit}/tf_model.h5"),
     ]
     # Ours: the converted file, named by the commit, and its record; huggingface_hub's: the download.
     converted = f"cvt13_imagenet22k-384_{commit[:12]}.weights.h5"
@@ -499,7 +500,7 @@ def test_wrong_pin_is_refused_and_nothing_cached(fake_hub, served, monkeypatch):
     entry = repin(monkeypatch, *PINNED, wrong)
     # The hub's etag is right: the pin wins.
     fake_hub.add(entry.repo, entry.revision, data)
-    with pytest.raises(hub.ChecksumError) as error:
+    with pytest.raises(downloads.ChecksumError) as error:
         CvT13(weights="imagenet")
     assert_names_the_file(error.value, entry)
     assert wrong in str(error.value) and sha in str(error.value)
@@ -513,7 +514,7 @@ def test_corrupted_download_is_refused_and_removed_from_both_caches(fake_hub, se
     at = len(data) // 3
     corrupted[at : at + 8] = bytes(b ^ 0xFF for b in corrupted[at : at + 8])
     fake_hub.add(entry.repo, entry.revision, bytes(corrupted), etag=sha)
-    with pytest.raises(hub.ChecksumError) as error:
+    with pytest.raises(downloads.ChecksumError) as error:
         CvT13(weights="imagenet22k-384")
     assert_names_the_file(error.value, entry)
     assert sha in str(error.value)
@@ -522,7 +523,7 @@ def test_corrupted_download_is_refused_and_removed_from_both_caches(fake_hub, se
 
 def test_missing_file_404_is_refused_and_nothing_cached(fake_hub):
     entry = entry_of(*UNPINNED)
-    with pytest.raises(hub.NotFoundError) as error:
+    with pytest.raises(downloads.NotFoundError) as error:
         CvT13(weights="imagenet22k-384")
     assert_names_the_file(error.value, entry)
     assert "404" in str(error.value)
@@ -535,7 +536,7 @@ def test_no_checksum_anywhere_is_refused(fake_hub, served):
     data, _ = served
     entry = entry_of(*UNPINNED)
     fake_hub.add(entry.repo, entry.revision, data, etag=None)
-    with pytest.raises(hub.ChecksumError) as error:
+    with pytest.raises(downloads.ChecksumError) as error:
         CvT13(weights="imagenet22k-384")
     assert_names_the_file(error.value, entry)
     assert "X-Linked-Etag" in str(error.value)
@@ -548,7 +549,7 @@ def test_offline_without_cache_raises_at_once(fake_hub, served, monkeypatch, val
     entry = entry_of(*UNPINNED)
     fake_hub.add(entry.repo, entry.revision, data)
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
-    with pytest.raises(hub.OfflineError) as error:
+    with pytest.raises(downloads.OfflineError) as error:
         CvT13(weights="imagenet22k-384")
     assert_names_the_file(error.value, entry)
     assert "HF_HUB_OFFLINE" in str(error.value)
@@ -661,7 +662,7 @@ def test_hub_unreachable_uses_the_last_conversion_or_names_the_damaged_file(cvt1
         assert cache.fetch(entry, progress=False) == path
     assert hub_waits  # after huggingface_hub's retries
     _drop_record(path)
-    with pytest.warns(UserWarning, match=re.escape(path)), pytest.raises(hub.HubError) as error:
+    with pytest.warns(UserWarning, match=re.escape(path)), pytest.raises(downloads.HubError) as error:
         CvT13(weights="imagenet22k-384")
     message = str(error.value)
     assert f"the cached file {path} fails verification (its record" in message and "is missing" in message
@@ -677,7 +678,8 @@ def _blob_entry(revision="0" * 40, sha256=None):
 
 
 def _download(entry, progress=False):
-    path, digest = hub.download(entry, progress=progress)
+    path, digest, commit = downloads.download(entry, progress=progress)
+    assert commit == entry.revision
     return pathlib.Path(path).read_bytes(), digest
 
 
@@ -696,11 +698,11 @@ def test_download_resumes_a_cut_transfer_and_retries_503(fake_hub, ranges):
 
 def test_download_gives_up_after_attempts_and_leaves_nothing(fake_hub):
     entry = _blob_entry()
-    fake_hub.add(entry.repo, entry.revision, b"d" * 1000, unavailable=hub.ATTEMPTS)
-    with pytest.raises(hub.HubError, match=f"failed {hub.ATTEMPTS} times; last: .*503") as error:
-        hub.download(entry, progress=False)
+    fake_hub.add(entry.repo, entry.revision, b"d" * 1000, unavailable=downloads.ATTEMPTS)
+    with pytest.raises(downloads.HubError, match=f"failed {downloads.ATTEMPTS} times; last: .*503") as error:
+        downloads.download(entry, progress=False)
     assert_names_the_file(error.value, entry)
-    assert len(fake_hub.get_requests("/cdn/")) == hub.ATTEMPTS
+    assert len(fake_hub.get_requests("/cdn/")) == downloads.ATTEMPTS
     assert hub_partials() == [] and hub_blobs(entry.repo) == []
 
 
@@ -719,11 +721,12 @@ def test_download_finds_the_etag_after_a_relative_redirect(fake_hub):
     entry = _blob_entry()
     fake_hub.add(entry.repo, entry.revision, data, relay=True)
     assert _download(entry)[1] == hashlib.sha256(data).hexdigest()
-    assert [(m, p.split("/")[1]) for m, p, _, _ in fake_hub.requests] == [("HEAD", "test"), ("HEAD", "api"), ("GET", "cdn")]
+    # Ours (what the hub says the file is) and huggingface_hub's HEAD, each relayed; one GET.
+    assert [(m, p.split("/")[1]) for m, p, _, _ in fake_hub.requests] == [("HEAD", "test"), ("HEAD", "api")] * 2 + [("GET", "cdn")]
     entry = _blob_entry("1" * 40)
     fake_hub.add(entry.repo, entry.revision, data, etag=hashlib.sha256(b"other").hexdigest(), relay=True)
-    with pytest.raises(hub.ChecksumError):
-        hub.download(entry, progress=False)
+    with pytest.raises(downloads.ChecksumError):
+        downloads.download(entry, progress=False)
     assert hub_blobs(entry.repo) == [hashlib.sha256(data).hexdigest()]
 
 
@@ -735,8 +738,8 @@ def test_download_verifies_a_git_file_by_its_blob_id(fake_hub):
     assert _download(entry)[0] == data
     entry = dataclasses.replace(_blob_entry("1" * 40), filename="config.json")
     fake_hub.add(entry.repo, entry.revision, data, etag=git_blob_id(b"{}"), filename="config.json")
-    with pytest.raises(hub.ChecksumError, match="Git blob"):
-        hub.download(entry, progress=False)
+    with pytest.raises(downloads.ChecksumError, match="Git blob"):
+        downloads.download(entry, progress=False)
     assert hub_blobs(entry.repo) == [git_blob_id(data)]
 
 
@@ -744,8 +747,8 @@ def test_download_reads_etag_when_no_linked_etag(fake_hub):
     data = b"z" * 1000
     entry = _blob_entry()
     fake_hub.add(entry.repo, entry.revision, data, etag=hashlib.sha256(b"other").hexdigest(), linked_etag=False)
-    with pytest.raises(hub.ChecksumError) as error:
-        hub.download(entry, progress=False)
+    with pytest.raises(downloads.ChecksumError) as error:
+        downloads.download(entry, progress=False)
     assert hashlib.sha256(b"other").hexdigest() in str(error.value)
     assert hub_blobs(entry.repo) == [] and hub_partials() == []
 
@@ -754,80 +757,86 @@ def test_private_repo_needs_hf_token(fake_hub, monkeypatch):
     data = b"p" * 1000
     entry = _blob_entry()
     fake_hub.add(entry.repo, entry.revision, data, token="hf_secret")
-    with pytest.raises(hub.NotFoundError, match="HF_TOKEN"):
-        hub.download(entry, progress=False)
+    with pytest.raises(downloads.NotFoundError, match="HF_TOKEN"):
+        downloads.download(entry, progress=False)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     assert _download(entry)[0] == data
     assert ("HEAD", f"/{entry.repo}/resolve/{entry.revision}/tf_model.h5", None, "Bearer hf_secret") in fake_hub.requests
 
 
 def test_trickling_server_meets_the_overall_deadline(fake_hub, monkeypatch):
-    # 2 KB every 50 ms: never idle long enough for HF_HUB_DOWNLOAD_TIMEOUT, far from done in 1 s.
+    # 2 KB every 50 ms: never idle long enough for HF_HUB_DOWNLOAD_TIMEOUT, far from done in 1 s
+    # (10 s in all). The deadline is checked at each chunk huggingface_hub reads: 16 KB here.
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
     monkeypatch.setenv("KERAS_CVT_DOWNLOAD_DEADLINE_S", "1")
     entry = _blob_entry()
     fake_hub.add(entry.repo, entry.revision, b"t" * 400_000, trickle=0.05)
-    with pytest.raises(hub.DeadlineError, match="longer than 1 s") as error:
-        hub.download(entry, progress=False)
+    started = time.monotonic()
+    with pytest.raises(downloads.DeadlineError, match="longer than 1 s") as error:
+        downloads.download(entry, progress=False)
+    # Cut at the first chunk after the deadline (16 KB take 0.4 s), not at the end (10 s).
+    assert time.monotonic() - started < 4
     assert_names_the_file(error.value, entry)
     # Not retried (it would only take as long again), and the partial is gone.
     assert len(fake_hub.get_requests("/cdn/")) == 1
     assert hub_partials() == [] and hub_blobs(entry.repo) == []
     monkeypatch.setenv("KERAS_CVT_DOWNLOAD_DEADLINE_S", "soon")
     with pytest.raises(ValueError, match="KERAS_CVT_DOWNLOAD_DEADLINE_S"):
-        hub.download(entry, progress=False)
+        downloads.download(entry, progress=False)
 
 
 _KILLED_DOWNLOAD = """
-from keras_cvt import hub, pretrained
-hub.download(pretrained.Pretrained("cvt13", "blob", "test/blob", "0" * 40, None, 224, "none", 0.0), progress=False)
+from keras_cvt import downloads, pretrained
+downloads.download(pretrained.Pretrained("cvt13", "blob", "test/blob", "0" * 40, None, 224, "none", 0.0), progress=False)
 """
 
 
-def test_partial_left_by_a_killed_download_is_removed_next_time(fake_hub, tmp_path):
+def test_download_after_a_killed_one_succeeds(fake_hub, tmp_path):
+    # A process killed mid-download leaves its partial file (huggingface_hub names each
+    # process's own); the next download is not disturbed by it and gives the verified bytes.
     data = np.random.RandomState(2).bytes(200_000)
     entry = _blob_entry()
     served_file = fake_hub.add(entry.repo, entry.revision, data, trickle=0.05)
-    environment = {**os.environ, "HF_HUB_CACHE": hub.hub_cache_dir()}
+    environment = {**os.environ, "HF_HUB_CACHE": downloads.hub_cache_dir()}
     child = subprocess.Popen([sys.executable, "-c", _KILLED_DOWNLOAD], env=environment, cwd=ROOT)
     try:
         for _ in range(600):
-            # huggingface_hub writes whole chunks (10 MB): this one is still empty, and abandoned.
-            if hub_partials():
+            if fake_hub.get_requests("/cdn/"):
                 break
             assert child.poll() is None, "the download ended before it could be killed"
             threading.Event().wait(0.05)
         else:
-            raise AssertionError("no partial download appeared")
+            raise AssertionError("the download never started")
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait()
-    assert len(hub_partials()) == 1
     served_file.trickle = 0.0
-    assert _download(entry)[0] == data
-    assert hub_partials() == []
+    assert _download(entry) == (data, hashlib.sha256(data).hexdigest())
 
 
 def test_progress_off_a_terminal_is_a_few_lines_ending_at_100(fake_hub, capfd):
     data = np.random.RandomState(3).bytes(1_000_000)
     entry = _blob_entry()
     fake_hub.add(entry.repo, entry.revision, data)
-    hub.download(entry, progress=True)
+    downloads.download(entry, progress=True)
     err = capfd.readouterr().err
     lines = [line for line in err.split("\n") if line.strip()]
     assert lines and "\r" not in err
-    assert "tf_model.h5" in lines[-1] and "100%" in lines[-1]
+    # Named by the file, not by the URL it came from.
+    assert all(line.startswith("tf_model.h5: ") for line in lines), lines
+    assert "100%" in lines[-1]
     assert len(lines) <= 12
 
 
 def test_endpoint_and_offline_settings(monkeypatch):
     entry = entry_of(*PINNED)
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example/")
-    assert hub.url_for(entry) == f"https://mirror.example/microsoft/cvt-13/resolve/{entry.revision}/tf_model.h5"
+    assert downloads.url_for(entry) == f"https://mirror.example/microsoft/cvt-13/resolve/{entry.revision}/tf_model.h5"
     monkeypatch.delenv("HF_ENDPOINT")
-    assert hub.url_for(entry).startswith("https://huggingface.co/microsoft/cvt-13/resolve/")
+    assert downloads.url_for(entry).startswith("https://huggingface.co/microsoft/cvt-13/resolve/")
     for value, expected in (("1", True), ("true", True), ("Yes", True), ("0", False), ("", False)):
         monkeypatch.setenv("HF_HUB_OFFLINE", value)
-        assert hub.offline() is expected
+        assert downloads.offline() is expected
 
 
 # --- the table and the arguments ---

@@ -78,6 +78,9 @@ SCRIPT = textwrap.dedent(
     one_hot = np.zeros((1, 1000))
     one_hot[0, 2] = 1.0
     results["decoded"] = keras_cvt.decode_predictions(one_hot, top=1)[0][0][:2]
+    step = "submodules"
+    results["submodules"] = [callable(keras_cvt.hf.labels), callable(keras_cvt.sources.resolve_weights),
+                             callable(keras_cvt.downloads.download), "keras_hub" in sys.modules]
     step = "optimize_for_inference"
     np.save(out_dir + "/folded.npy", keras.ops.convert_to_numpy(keras_cvt.optimize_for_inference(model)(x)))
     results["attempts"] = attempts
@@ -125,6 +128,8 @@ def test_no_tensorflow_under_another_backend(backend, tiny_reference, tmp_path):
     assert np.abs(np.load(tmp_path / "folded.npy") - logits).max() <= 1e-4
     assert results["cvt13"][0] == [1, 1000] and results["cvt13"][1] == pytest.approx(1.0, abs=1e-4)
     assert results["decoded"] == ["n01484850", "great_white_shark"]
+    # keras_cvt.hf & co. reachable after a plain `import keras_cvt`, without keras-hub.
+    assert results["submodules"] == [True, True, True, False]
 
 
 def test_import_keras_cvt_imports_no_tensorflow_datasets(tmp_path):

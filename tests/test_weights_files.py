@@ -159,3 +159,34 @@ def test_sound_files_still_load(tiny_reference, tmp_path):
     for a, b in zip(backbone.weights, again.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert weights_file.head_classes(path) == 10
+
+
+def test_classes_left_out_take_the_classifier_of_the_weights(tiny_reference):
+    # As HuggingFace's from_pretrained and keras-hub's from_preset do: the weights know their
+    # class count (10 here); an explicit count must agree with it, even keras.applications' 1000.
+    path, x, logits = tiny_reference
+    architecture = {k: v for k, v in TINY_CONFIG.items() if k != "classes"}
+    model = CvT(**architecture, weights=path, input_shape=(None, None, 3), include_preprocessing=False,
+                classifier_activation=None)
+    assert model.output_shape == (None, 10)
+    np.testing.assert_allclose(np.asarray(model(x)), logits, atol=1e-4)
+    with pytest.raises(ValueError, match=r"has a 10-class classifier, got classes=1000; leave `classes` out"):
+        CvT(**architecture, weights=path, classes=1000)
+    # Without weights, or without a classifier, keras.applications' default.
+    assert CvT(**architecture, input_shape=(32, 32, 3)).output_shape == (None, 1000)
+    assert CvT(**architecture, weights=path, include_top=False, pooling="token").output_shape == (None, 48)
+
+
+def test_classes_default_reads_as_keras_applications(tiny_reference):
+    import inspect
+
+    from keras_cvt import CvT13, arguments, sources
+
+    for builder in (CvT, CvT13):
+        parameter = inspect.signature(builder).parameters["classes"]
+        assert parameter.default == 1000 and parameter.default is arguments.DEFAULT_CLASSES
+        assert "classes=1000" in str(inspect.signature(builder))
+    resolved = sources.resolve_weights(str(tiny_reference[0]))
+    assert (resolved.classes, resolved.path, resolved.entry, resolved.repo) == (10, str(tiny_reference[0]), None, None)
+    assert resolved.file() == str(tiny_reference[0])
+    assert sources.resolve_weights(None).file() is None

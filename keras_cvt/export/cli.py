@@ -25,7 +25,7 @@ import argparse
 import os
 import sys
 
-from keras_cvt import architectures, builder, pretrained, variants, weights_file
+from keras_cvt import architectures, pretrained, sources, variants
 from keras_cvt.export import export
 from keras_cvt.export import saved_model as serving
 from keras_cvt.export.formats import DEFAULT_FORMAT, DEFAULT_ONNX_OPSET, FORMATS
@@ -48,19 +48,10 @@ def evaluation_settings(variant, weights, size=None, crop_ratio=_UNSET):
 
 def classifier_for_export(variant, weights):
     """The classifier to export, taking images of any size (for `predict_pixels`)."""
-    if pretrained.is_pretrained_name(weights):
-        return variants.BUILDERS[variant](weights=weights, input_shape=(None, None, 3))
-    path = weights_file.resolve_path(weights)
-    classes = weights_file.head_classes(path)
-    if classes is None:
-        raise ValueError(f"`--weights` file {path!r} has no classifier to serve")
-    return builder.CvT(
-        **architectures.VARIANTS[variant].config,
-        weights=path,
-        classes=classes,
-        input_shape=(None, None, 3),
-        name=variant,
-    )
+    resolved = sources.resolve_weights(weights, variant)
+    if resolved.classes is None:
+        raise ValueError(f"`--weights` {weights!r} has no classifier to serve")
+    return variants.BUILDERS[variant](weights=weights, input_shape=(None, None, 3))
 
 
 def _crop_ratio(text):

@@ -7,7 +7,7 @@ import keras
 from keras_hub.models import FeaturePyramidBackbone
 from keras_hub.src.utils.preset_utils import register_presets
 
-from keras_cvt import architectures, cache, hf, pretrained
+from keras_cvt import hf, pretrained, sources, weights_file
 from keras_cvt.architectures import ATTENTION_OPTIONS, PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
 from keras_cvt.builder import CvT
 from keras_cvt.keras_hub import presets
@@ -120,38 +120,18 @@ def is_checkpoint(preset):
 
 
 def load_checkpoint(preset, load_weights=True, **kwargs):
-    """The `Checkpoint` of a preset name or `hf://` repo; the weights are converted by
-    `keras_cvt.cache` (downloads in huggingface_hub's cache, conversions in keras_cvt's)."""
+    """The `Checkpoint` of a preset name or `hf://` repo, resolved by
+    `keras_cvt.sources.resolve_weights`; the weights are converted by `keras_cvt.cache`
+    (downloads in huggingface_hub's cache, conversions in keras_cvt's)."""
     entry = presets.CHECKPOINTS.get(preset)
-    if entry is not None:
-        config, classes, labels, transform = (
-            architectures.get(entry.variant).config,
-            entry.classes,
-            None,
-            entry.transform,
-        )
-    else:
-        model = hf.read_config(preset)
-        config, classes, labels, transform = (
-            model.config,
-            model.classes,
-            model.labels,
-            pretrained.DEFAULT_TRANSFORM,
-        )
-    backbone = CvTBackbone(**config, **kwargs)
+    weights = sources.resolve_weights(*((entry.name, entry.variant) if entry is not None else (preset,)))
+    labels = weights.labels if isinstance(weights.labels, list) else None
+    backbone = CvTBackbone(**weights.config, **kwargs)
     if not load_weights:
-        return Checkpoint(backbone, None, None if labels is None else list(labels), transform)
-    source = CvT(
-        **config,
-        weights=cache.fetch(entry) if entry is not None else hf.fetch_weights(preset, model),
-        include_top=classes is not None,
-        classes=classes or 1000,
-        classifier_activation=None,
-        include_preprocessing=False,
-        input_shape=(None, None, 3),
-    )
-    for layer in backbone.layers:
-        if layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
-    head = source.get_layer("predictions").get_weights() if classes is not None else None
-    return Checkpoint(backbone, head, None if labels is None else list(labels), transform)
+        return Checkpoint(backbone, None, labels, weights.transform)
+    # The backbone's layers are those of keras_cvt's model without its classifier, so the
+    # converted file loads into it as it is; the classifier's weights are read beside.
+    path = weights.file()
+    weights_file.load(backbone, path)
+    head = weights_file.head_weights(path) if weights.classes is not None else None
+    return Checkpoint(backbone, head, labels, weights.transform)

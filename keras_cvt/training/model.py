@@ -1,10 +1,8 @@
 """The model to train: a CvT from scratch, or fine-tuned from weights with a new classifier."""
 
-import os
-
 import keras
 
-from keras_cvt import pretrained, weights_file
+from keras_cvt import pretrained, sources
 from keras_cvt.builder import CvT
 from keras_cvt.variants import BUILDERS
 
@@ -58,10 +56,6 @@ def build_model(architecture, num_classes, image_size, weights=None, drop_path_r
 
 def head_classes(architecture, weights):
     """Classes of the classifier in `weights` (None without weights or without a classifier)."""
-    if weights is None:
-        return None
-    if not pretrained.is_pretrained_name(weights):
-        return weights_file.head_classes(os.fspath(weights))
-    if not isinstance(architecture, str):
+    if weights is not None and pretrained.is_pretrained_name(weights) and not isinstance(architecture, str):
         raise ValueError(f"pretrained `weights`={weights!r} need a variant name as `architecture`")
-    return pretrained.lookup(architecture, weights).classes
+    return sources.resolve_weights(weights, architecture if isinstance(architecture, str) else None).classes
