@@ -3,9 +3,6 @@ rest of the converter speaks."""
 
 import re
 
-# Kept importable from here, where it lived before `keras_cvt.errors`.
-from keras_cvt.errors import describe_error  # noqa: F401
-
 # HuggingFace's CvT names each original module differently but one to one; these rewrite a
 # HuggingFace key into the original's. Order matters: `attention.output.dense` before
 # `output.dense`.
