@@ -54,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32, help="per replica")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak, after one warm-up epoch")
     parser.add_argument("--cpu-replicas", type=int, default=2, help="logical CPU devices when there is no GPU")
-    parser.add_argument("--png-files", type=int, default=8, help="held-out digits to classify as PNG files")
+    parser.add_argument("--png-files", type=int, default=16, help="held-out digits to classify as PNG files")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "cpu_replicas", "png_files"):
@@ -159,7 +159,7 @@ def fine_tune(args, weights, strategy, digits):
         schedule = training.recipe_schedule(args.learning_rate, args.epochs, steps, warmup_epochs=1)
         training.compile_model(model, training.make_optimizer(model, schedule))
     training.prepare_for_strategy(model, strategy, DIGIT_SIZE, 10)
-    training.fit(
+    history, _ = training.fit(
         model,
         train_data,
         epochs=args.epochs,
@@ -170,7 +170,7 @@ def fine_tune(args, weights, strategy, digits):
         verbose=2,
     )
     top1, top5 = training.evaluate(model, val_data)
-    return top1, top5, steps
+    return top1, top5, steps, history
 
 
 def write_pngs(folder, images, labels):
@@ -239,7 +239,7 @@ def run_digits(args, progress, weights):
         f"global batch {args.batch_size * len(devices)}",
         flush=True,
     )
-    top1, top5, steps = fine_tune(args, weights, strategy, digits)
+    top1, top5, steps, history = fine_tune(args, weights, strategy, digits)
     print(f"held-out top-1 {top1:.4f}, top-5 {top5:.4f}", flush=True)
 
     progress.step("Exporting for TF Serving and classifying PNG files through serving_default")
@@ -257,6 +257,7 @@ def run_digits(args, progress, weights):
         print(f"  {pathlib.Path(row['file']).name}: served {row['labels'][0]} ({row['scores'][0]:.3f}), "
               f"Keras {row['keras_classes'][0]}, true {label}", flush=True)
     correct = sum(row["classes"][0] == row["true_class"] for row in served)
+    pictures = draw_digits(args.output_dir / "pictures", history, served, model, digits[1])
     logs = args.output_dir / "training" / "logs"
     summary = {
         "training": {
@@ -275,9 +276,36 @@ def run_digits(args, progress, weights):
             "TensorBoard logs": str(logs) if logs.is_dir() else "none (pip install tensorboard)",
             "SavedModel": str(saved_model),
             "PNG files": str(args.output_dir / "images"),
+            **pictures,
         },
     }
     return summary, 0
+
+
+def draw_digits(folder, history, served, model, held_out):
+    """The pictures of the digits run (needs matplotlib, the `plots` extra): training curves,
+    the digits classified through the SavedModel, and the confusion matrix of the Keras model on
+    every held-out digit. Returns {what: path}."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return {"pictures": "none (pip install matplotlib, or keras-cvt[plots])"}
+    from keras_cvt import images, plots
+
+    images_, labels = held_out
+    paths = {"training curves": plots.save(plots.training_curves(history), folder / "training_curves.png")}
+    digits = [images.load_image(row["file"]).numpy() for row in served]
+    wrong = [row["classes"][0] != row["true_class"] for row in served]
+    titles = [
+        f"served {row['labels'][0]} ({row['scores'][0]:.2f})" + (f"\nWRONG: is {row['true_class']}" if bad else "")
+        for row, bad in zip(served, wrong)
+    ]
+    grid = plots.overlay_grid(digits, None, titles, columns=8, cell=(130, 150), marked=wrong)
+    paths["classified digits"] = plots.save(grid, folder / "served_digits.png")
+    predicted = model.predict(images_.astype("float32"), verbose=0).argmax(axis=1)
+    figure, _ = plots.confusion_matrix(labels, predicted, [str(d) for d in range(10)])
+    paths["confusion matrix"] = plots.save(figure, folder / "confusion_matrix.png")
+    return {name: str(path) for name, path in paths.items()}
 
 
 def run_pretrained(args, progress, weights):
