@@ -20,12 +20,15 @@ there holds the numbers printed at the end.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -56,6 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--cpu-replicas", type=int, default=2, help="logical CPU devices when there is no GPU")
     parser.add_argument("--png-files", type=int, default=16, help="held-out digits to classify as PNG files")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's log lines that are hidden by default")
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "cpu_replicas", "png_files"):
         if getattr(args, name) < 1:
@@ -72,6 +76,61 @@ def parse_args(argv=None):
     if args.output_dir.exists() and (not args.output_dir.is_dir() or any(args.output_dir.iterdir())):
         parser.error(f"--output-dir {args.output_dir} exists and is not empty; give a new one")
     return args
+
+
+# TensorFlow's C++ log lines that say nothing about this run: its start-up notices on a
+# machine without a GPU (absl prints them before TF_CPP_MIN_LOG_LEVEL is read), and tf.data's
+# note that the GeneratorDataset inside tf.distribute's multi-device iterator (TensorFlow's,
+# not ours) cannot be graph-optimised. C++ writes straight to file descriptor 2, where no
+# Python filter reaches: `quiet_stderr` drops exactly these lines and passes everything else.
+TENSORFLOW_NOISE = re.compile(
+    "|".join(
+        [
+            r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+            r"\S+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",
+            r"\S+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)",
+            r"\S+ +\d+ cuda_executor\.cc:\d+\] .*(CUDA_ERROR_NO_DEVICE|no NVIDIA GPU)",
+            r"\S+ +\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use",
+            r"To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.",
+            r"\S+ +\d+ dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized",
+        ]
+    )
+)
+
+
+@contextlib.contextmanager
+def quiet_stderr(verbose):
+    """Drops TENSORFLOW_NOISE lines from everything written to stderr (file descriptor 2, so
+    C++ and subprocesses too) while in the block; prints how many at the end."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    real_stderr = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    dropped = []
+
+    def relay():
+        with os.fdopen(read_end, "rb") as lines, os.fdopen(os.dup(real_stderr), "wb", buffering=0) as out:
+            for line in lines:
+                if TENSORFLOW_NOISE.match(line.decode(errors="replace").strip()):
+                    dropped.append(line)
+                else:
+                    out.write(line)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)  # closes the pipe's last write end: the relay reads to its end
+        os.close(real_stderr)
+        thread.join(timeout=10)
+        if dropped:
+            print(f"({len(dropped)} TensorFlow start-up and tf.data log lines hidden; --verbose shows them)")
 
 
 class Progress:
@@ -152,6 +211,7 @@ def fine_tune(args, weights, strategy, digits):
         strategy, train_source, DIGIT_SIZE, args.batch_size, augmentation, seed=args.seed
     )
     val_data = training.eval_dataset(strategy, val_source, DIGIT_SIZE, 128, crop_ratio=None)
+    val_steps = training.eval_steps(strategy, val_source.num_examples, 128)
     steps = train_source.num_examples // (args.batch_size * strategy.num_replicas_in_sync)
     with strategy.scope():
         model = training.build_model(TINY, 10, DIGIT_SIZE, weights=str(weights), drop_path_rate=0.0)
@@ -167,9 +227,10 @@ def fine_tune(args, weights, strategy, digits):
         output_dir=str(args.output_dir / "training"),
         strategy=strategy,
         validation_data=val_data,
+        validation_steps=val_steps,
         verbose=2,
     )
-    top1, top5 = training.evaluate(model, val_data)
+    top1, top5 = training.evaluate(model, val_data, steps=val_steps)
     return top1, top5, steps, history
 
 
@@ -340,6 +401,11 @@ def run_pretrained(args, progress, weights):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up notices
+    with quiet_stderr(args.verbose):
+        return run_all(args)
+
+
+def run_all(args):
     args.output_dir.mkdir(parents=True, exist_ok=True)
     print(f"Writing everything to {args.output_dir.resolve()}", flush=True)
     progress = Progress(3)

@@ -82,6 +82,30 @@ def test_quickstart_converts_fine_tunes_and_serves(tmp_path):
     assert (out / "serving" / "digits" / "1" / "saved_model.pb").is_file()
     assert str(out / "serving" / "digits" / "1") in result.stdout
 
+    # The pictures: decodable PNG files of their promised sizes, and where they are, printed.
+    from keras_cvt import images
+
+    pictures = {
+        "training curves": ("training_curves.png", (360, 900, 3)),
+        "classified digits": ("served_digits.png", (150, 6 * 130, 3)),  # one row of the 6 served
+        "confusion matrix": ("confusion_matrix.png", (440, 480, 3)),
+    }
+    for name, (file_name, shape) in pictures.items():
+        path = out / "pictures" / file_name
+        assert summary["outputs"][name] == str(path)
+        assert f"  {name}: {path}" in result.stdout
+        assert images.load_image(str(path)).shape == shape
+
+    # What it prints is what it does and found: the library noise is gone (issue 25).
+    for noise in (
+        "Your input ran out of data",
+        "AutoGraph could not transform",
+        "GeneratorDatasetOp",
+        "Could not find cuda drivers",
+        "absl::InitializeLog",
+    ):
+        assert noise not in result.stdout + result.stderr, noise
+
 
 @pytest.mark.parametrize(
     "argv, message",
