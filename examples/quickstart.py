@@ -83,16 +83,17 @@ def parse_args(argv=None):
 # note that the GeneratorDataset inside tf.distribute's multi-device iterator (TensorFlow's,
 # not ours) cannot be graph-optimised. C++ writes straight to file descriptor 2, where no
 # Python filter reaches: `quiet_stderr` drops exactly these lines and passes everything else.
+PREFIX = r"[IWEF]\d{4} [\d:.]+ +\d+ "  # absl's: severity and date, time, thread
 TENSORFLOW_NOISE = re.compile(
     "|".join(
         [
             r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-            r"\S+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",
-            r"\S+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)",
-            r"\S+ +\d+ cuda_executor\.cc:\d+\] .*(CUDA_ERROR_NO_DEVICE|no NVIDIA GPU)",
-            r"\S+ +\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use",
+            PREFIX + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",
+            PREFIX + r"cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)",
+            PREFIX + r"cuda_executor\.cc:\d+\] .*(CUDA_ERROR_NO_DEVICE|no NVIDIA GPU)",
+            PREFIX + r"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use",
             r"To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.",
-            r"\S+ +\d+ dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized",
+            PREFIX + r"dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized",
         ]
     )
 )
@@ -110,10 +111,10 @@ def quiet_stderr(verbose):
     real_stderr = os.dup(2)
     os.dup2(write_end, 2)
     os.close(write_end)
-    dropped = []
+    dropped, relay_to = [], os.dup(real_stderr)
 
     def relay():
-        with os.fdopen(read_end, "rb") as lines, os.fdopen(os.dup(real_stderr), "wb", buffering=0) as out:
+        with os.fdopen(read_end, "rb") as lines, os.fdopen(relay_to, "wb", buffering=0) as out:
             for line in lines:
                 if TENSORFLOW_NOISE.match(line.decode(errors="replace").strip()):
                     dropped.append(line)
