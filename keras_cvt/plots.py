@@ -71,6 +71,8 @@ def overlay_grid(images, heats, titles, columns=4, cell=(300, 340), marked=None)
 def training_curves(history, accuracy="top1", size=(900, 360)):
     """Loss and accuracy per epoch, training and held out, from a Keras `History.history`:
     keys `loss`, `val_loss`, `accuracy` (the metric's name) and `val_` + `accuracy`."""
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(size)
     panels = [("loss", "loss")] + ([(accuracy, f"{accuracy} accuracy")] if accuracy in history else [])
     for index, (key, label) in enumerate(panels):
@@ -78,8 +80,10 @@ def training_curves(history, accuracy="top1", size=(900, 360)):
         for name, style in ((key, "-o"), (f"val_{key}", "--s")):
             if name in history:
                 values = history[name]
-                axes.plot(range(1, len(values) + 1), values, style, markersize=3, label=name.replace(key, "training" if name == key else "held out"))
+                legend = "training" if name == key else "held out"
+                axes.plot(range(1, len(values) + 1), values, style, markersize=3, label=legend)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(label, fontsize=10)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
