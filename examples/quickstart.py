@@ -20,12 +20,15 @@ there holds the numbers printed at the end.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -54,8 +57,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32, help="per replica")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak, after one warm-up epoch")
     parser.add_argument("--cpu-replicas", type=int, default=2, help="logical CPU devices when there is no GPU")
-    parser.add_argument("--png-files", type=int, default=8, help="held-out digits to classify as PNG files")
+    parser.add_argument("--png-files", type=int, default=16, help="held-out digits to classify as PNG files")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's log lines that are hidden by default")
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "cpu_replicas", "png_files"):
         if getattr(args, name) < 1:
@@ -72,6 +76,62 @@ def parse_args(argv=None):
     if args.output_dir.exists() and (not args.output_dir.is_dir() or any(args.output_dir.iterdir())):
         parser.error(f"--output-dir {args.output_dir} exists and is not empty; give a new one")
     return args
+
+
+# TensorFlow's C++ log lines that say nothing about this run: its start-up notices on a
+# machine without a GPU (absl prints them before TF_CPP_MIN_LOG_LEVEL is read), and tf.data's
+# note that the GeneratorDataset inside tf.distribute's multi-device iterator (TensorFlow's,
+# not ours) cannot be graph-optimised. C++ writes straight to file descriptor 2, where no
+# Python filter reaches: `quiet_stderr` drops exactly these lines and passes everything else.
+PREFIX = r"[IWEF]\d{4} [\d:.]+ +\d+ "  # absl's: severity and date, time, thread
+TENSORFLOW_NOISE = re.compile(
+    "|".join(
+        [
+            r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+            PREFIX + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",
+            PREFIX + r"cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)",
+            PREFIX + r"cuda_executor\.cc:\d+\] .*(CUDA_ERROR_NO_DEVICE|no NVIDIA GPU)",
+            PREFIX + r"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use",
+            r"To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.",
+            PREFIX + r"dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized",
+        ]
+    )
+)
+
+
+@contextlib.contextmanager
+def quiet_stderr(verbose):
+    """Drops TENSORFLOW_NOISE lines from everything written to stderr (file descriptor 2, so
+    C++ and subprocesses too) while in the block; prints how many at the end."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    real_stderr = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    dropped, relay_to = [], os.dup(real_stderr)
+
+    def relay():
+        with os.fdopen(read_end, "rb") as lines, os.fdopen(relay_to, "wb", buffering=0) as out:
+            for line in lines:
+                if TENSORFLOW_NOISE.match(line.decode(errors="replace").strip()):
+                    dropped.append(line)
+                else:
+                    out.write(line)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)  # closes the pipe's last write end: the relay reads to its end
+        os.close(real_stderr)
+        thread.join(timeout=10)
+        if dropped:
+            print(f"({len(dropped)} TensorFlow start-up and tf.data log lines hidden; --verbose shows them)")
 
 
 class Progress:
@@ -152,6 +212,7 @@ def fine_tune(args, weights, strategy, digits):
         strategy, train_source, DIGIT_SIZE, args.batch_size, augmentation, seed=args.seed
     )
     val_data = training.eval_dataset(strategy, val_source, DIGIT_SIZE, 128, crop_ratio=None)
+    val_steps = training.eval_steps(strategy, val_source.num_examples, 128)
     steps = train_source.num_examples // (args.batch_size * strategy.num_replicas_in_sync)
     with strategy.scope():
         model = training.build_model(TINY, 10, DIGIT_SIZE, weights=str(weights), drop_path_rate=0.0)
@@ -159,7 +220,7 @@ def fine_tune(args, weights, strategy, digits):
         schedule = training.recipe_schedule(args.learning_rate, args.epochs, steps, warmup_epochs=1)
         training.compile_model(model, training.make_optimizer(model, schedule))
     training.prepare_for_strategy(model, strategy, DIGIT_SIZE, 10)
-    training.fit(
+    history, _ = training.fit(
         model,
         train_data,
         epochs=args.epochs,
@@ -167,10 +228,11 @@ def fine_tune(args, weights, strategy, digits):
         output_dir=str(args.output_dir / "training"),
         strategy=strategy,
         validation_data=val_data,
+        validation_steps=val_steps,
         verbose=2,
     )
-    top1, top5 = training.evaluate(model, val_data)
-    return top1, top5, steps
+    top1, top5 = training.evaluate(model, val_data, steps=val_steps)
+    return top1, top5, steps, history
 
 
 def write_pngs(folder, images, labels):
@@ -239,7 +301,7 @@ def run_digits(args, progress, weights):
         f"global batch {args.batch_size * len(devices)}",
         flush=True,
     )
-    top1, top5, steps = fine_tune(args, weights, strategy, digits)
+    top1, top5, steps, history = fine_tune(args, weights, strategy, digits)
     print(f"held-out top-1 {top1:.4f}, top-5 {top5:.4f}", flush=True)
 
     progress.step("Exporting for TF Serving and classifying PNG files through serving_default")
@@ -257,6 +319,7 @@ def run_digits(args, progress, weights):
         print(f"  {pathlib.Path(row['file']).name}: served {row['labels'][0]} ({row['scores'][0]:.3f}), "
               f"Keras {row['keras_classes'][0]}, true {label}", flush=True)
     correct = sum(row["classes"][0] == row["true_class"] for row in served)
+    pictures = draw_digits(args.output_dir / "pictures", history, served, model, digits[1])
     logs = args.output_dir / "training" / "logs"
     summary = {
         "training": {
@@ -275,9 +338,36 @@ def run_digits(args, progress, weights):
             "TensorBoard logs": str(logs) if logs.is_dir() else "none (pip install tensorboard)",
             "SavedModel": str(saved_model),
             "PNG files": str(args.output_dir / "images"),
+            **pictures,
         },
     }
     return summary, 0
+
+
+def draw_digits(folder, history, served, model, held_out):
+    """The pictures of the digits run (needs matplotlib, the `plots` extra): training curves,
+    the digits classified through the SavedModel, and the confusion matrix of the Keras model on
+    every held-out digit. Returns {what: path}."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return {"pictures": "none (pip install matplotlib, or keras-cvt[plots])"}
+    from keras_cvt import images, plots
+
+    images_, labels = held_out
+    paths = {"training curves": plots.save(plots.training_curves(history), folder / "training_curves.png")}
+    digits = [images.load_image(row["file"]).numpy() for row in served]
+    wrong = [row["classes"][0] != row["true_class"] for row in served]
+    titles = [
+        f"served {row['labels'][0]} ({row['scores'][0]:.2f})" + (f"\nWRONG: is {row['true_class']}" if bad else "")
+        for row, bad in zip(served, wrong)
+    ]
+    grid = plots.overlay_grid(digits, None, titles, columns=8, cell=(130, 150), marked=wrong)
+    paths["classified digits"] = plots.save(grid, folder / "served_digits.png")
+    predicted = model.predict(images_.astype("float32"), verbose=0).argmax(axis=1)
+    figure, _ = plots.confusion_matrix(labels, predicted, [str(d) for d in range(10)])
+    paths["confusion matrix"] = plots.save(figure, folder / "confusion_matrix.png")
+    return {name: str(path) for name, path in paths.items()}
 
 
 def run_pretrained(args, progress, weights):
@@ -312,6 +402,11 @@ def run_pretrained(args, progress, weights):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up notices
+    with quiet_stderr(args.verbose):
+        return run_all(args)
+
+
+def run_all(args):
     args.output_dir.mkdir(parents=True, exist_ok=True)
     print(f"Writing everything to {args.output_dir.resolve()}", flush=True)
     progress = Progress(3)

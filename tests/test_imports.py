@@ -48,7 +48,14 @@ LAYERS = [
     ("inference", ["keras_cvt.inference.*"]),
     (
         "applications",
-        ["keras_cvt.export.*", "keras_cvt.serving", "keras_cvt.training.*", "keras_cvt.keras_hub.*"],
+        [
+            "keras_cvt.export.*",
+            "keras_cvt.serving",
+            "keras_cvt.training.*",
+            "keras_cvt.keras_hub.*",
+            "keras_cvt.explain.*",
+            "keras_cvt.plots",
+        ],
     ),
     ("facade", ["keras_cvt"]),
 ]
@@ -73,6 +80,11 @@ OPTIONAL_IMPORTS = {
     "openvino": "running exported OpenVINO models",
     "keras_hub": "keras-hub presets",
     "huggingface_hub": "hf:// downloads",
+    "matplotlib": "pictures (keras_cvt.plots, the `plots` extra)",
+    # keras_cvt.explain.gradient: Keras has no backend-neutral gradient; each branch imports
+    # the backend it runs on, so that the others need not be installed.
+    "tensorflow": "the gradient of Grad-CAM under the TensorFlow backend",
+    "jax": "the gradient of Grad-CAM under the JAX backend",
 }
 
 

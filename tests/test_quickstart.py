@@ -82,6 +82,30 @@ def test_quickstart_converts_fine_tunes_and_serves(tmp_path):
     assert (out / "serving" / "digits" / "1" / "saved_model.pb").is_file()
     assert str(out / "serving" / "digits" / "1") in result.stdout
 
+    # The pictures: decodable PNG files of their promised sizes, and where they are, printed.
+    from keras_cvt import images
+
+    pictures = {
+        "training curves": ("training_curves.png", (360, 900, 3)),
+        "classified digits": ("served_digits.png", (150, 6 * 130, 3)),  # one row of the 6 served
+        "confusion matrix": ("confusion_matrix.png", (440, 480, 3)),
+    }
+    for name, (file_name, shape) in pictures.items():
+        path = out / "pictures" / file_name
+        assert summary["outputs"][name] == str(path)
+        assert f"  {name}: {path}" in result.stdout
+        assert images.load_image(str(path)).shape == shape
+
+    # What it prints is what it does and found: the library noise is gone (issue 25).
+    for noise in (
+        "Your input ran out of data",
+        "AutoGraph could not transform",
+        "GeneratorDatasetOp",
+        "Could not find cuda drivers",
+        "absl::InitializeLog",
+    ):
+        assert noise not in result.stdout + result.stderr, noise
+
 
 @pytest.mark.parametrize(
     "argv, message",
@@ -144,3 +168,31 @@ def test_pretrained_path_serves_cvt13_on_the_sample_photos(cvt13_reference, tmp_
     transform = pretrained.transform_for("cvt13", str(weights))
     files = [row["file"] for row in rows]
     assert_served_like_keras(rows, keras_probabilities(model, files, transform.size, transform.crop_ratio))
+
+
+def test_quiet_stderr_drops_exactly_the_known_tensorflow_lines(capfd):
+    quickstart = load_quickstart()
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796611136.459711   24749 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+        "GPU will not be used.",
+        "E0000 00:00:1796611152.814628   24749 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+        "Failed call to cuInit: UNKNOWN ERROR (303)",
+        "W0000 00:00:1796611189.162699   24749 dataset.cc:997] Input of GeneratorDatasetOp::Dataset will not be "
+        "optimized because the dataset does not implement the AsGraphDefInternal() method needed to apply "
+        "optimizations.",
+    ]
+    kept = [
+        "E0000 00:00:1796611152.814628   24749 cuda_platform.cc:52] failed call to cuInit: CUDA_ERROR_OUT_OF_MEMORY",
+        "W0000 00:00:1796611189.162699   24749 dataset.cc:997] something else about GeneratorDatasetOp",
+        "Traceback (most recent call last):",
+    ]
+    with quickstart.quiet_stderr(verbose=False):
+        for line in noise + kept:
+            os.write(2, (line + "\n").encode())
+    captured = capfd.readouterr()
+    assert captured.err.splitlines() == kept
+    assert "(4 TensorFlow start-up and tf.data log lines hidden; --verbose shows them)" in captured.out
+    with quickstart.quiet_stderr(verbose=True):
+        os.write(2, (noise[0] + "\n").encode())
+    assert capfd.readouterr().err == noise[0] + "\n"

@@ -53,7 +53,13 @@ from keras_cvt.training.fit import (
 )
 from keras_cvt.variants import BUILDERS
 from keras_cvt.training.model import build_model, head_classes
-from keras_cvt.training.pipeline import Augmentation, eval_dataset, random_resized_crop, train_dataset
+from keras_cvt.training.pipeline import (
+    Augmentation,
+    eval_dataset,
+    eval_steps,
+    random_resized_crop,
+    train_dataset,
+)
 from keras_cvt.training.recipe import (
     ADAM_BETAS,
     ADAM_EPSILON,

@@ -60,8 +60,14 @@ class SyncBatchNormStatistics(keras.callbacks.Callback):
                 for variable, mean in zip(variables, means):
                     variable.assign(mean)
 
-            self._sync = tf.function(lambda: self.strategy.run(average)) if variables else (lambda: None)
-        self._sync()
+            def run_average():
+                self.strategy.run(average)
+
+            # A named function: AutoGraph reads a function's source, and cannot tell two
+            # lambdas on one line apart (it warned "could not transform" on every run).
+            self._sync = tf.function(run_average) if variables else None
+        if self._sync is not None:
+            self._sync()
 
     def on_test_begin(self, logs=None):
         self.sync()
@@ -506,7 +512,9 @@ def _completed(model, output_dir, record, epochs, keep_backup, chief):
     return {}, (epochs, 0)
 
 
-def evaluate(model, dataset):
-    """`(top1, top5)` of a model compiled with `compile_model` (or `metrics()`) on `dataset`."""
-    results = model.evaluate(dataset, return_dict=True, verbose=0)
+def evaluate(model, dataset, steps=None):
+    """`(top1, top5)` of a model compiled with `compile_model` (or `metrics()`) on `dataset`
+    (`steps` batches: `keras_cvt.training.eval_steps`, for a distributed dataset whose length
+    Keras cannot read, or all of it)."""
+    results = model.evaluate(dataset, steps=steps, return_dict=True, verbose=0)
     return float(results["top1"]), float(results["top5"])

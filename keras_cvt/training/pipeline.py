@@ -143,6 +143,19 @@ def _batch_augmentation(augmentation):
     return apply
 
 
+def eval_steps(strategy, num_examples, per_replica_batch_size, input_pipelines=1):
+    """The steps of `eval_dataset` over `num_examples` (each step one batch per replica).
+
+    Keras cannot read the length of a distributed dataset: without `steps` it runs until the
+    data ends and warns "Your input ran out of data; interrupting training" at every
+    evaluation. With several replicas each of the `input_pipelines` pads its shard to this
+    many batches per local replica (`eval_dataset`)."""
+    local_replicas = strategy.num_replicas_in_sync // input_pipelines
+    largest_shard = -(-num_examples // input_pipelines)
+    batches = -(-largest_shard // per_replica_batch_size)
+    return -(-batches // local_replicas)
+
+
 def eval_dataset(
     strategy,
     source,
@@ -175,10 +188,8 @@ def eval_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         if replicas > 1:
-            local_replicas = replicas // context.num_input_pipelines
-            largest_shard = -(-source.num_examples // context.num_input_pipelines)
-            batches = -(-largest_shard // per_replica_batch_size)
-            batches = -(-batches // local_replicas) * local_replicas
+            batches = eval_steps(strategy, source.num_examples, per_replica_batch_size, context.num_input_pipelines)
+            batches *= replicas // context.num_input_pipelines
             blank = (tf.zeros((image_size, image_size, 3)), tf.zeros((source.num_classes,)), 0.0)
             ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat())
             ds = ds.take(batches * per_replica_batch_size)
