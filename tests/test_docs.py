@@ -235,10 +235,10 @@ def test_command_lines_use_options_their_programs_define():
     assert missing == []
 
 
-LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
+LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)|src=\"([^\"]+)\"")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_point_at_files(page):
-    targets = [m.group(1) for m in LINK.finditer(page.read_text()) if "://" not in m.group(1)]
+    targets = [t for m in LINK.finditer(page.read_text()) if "://" not in (t := m.group(1) or m.group(3))]
     assert [t for t in targets if not (page.parent / t).exists()] == []
