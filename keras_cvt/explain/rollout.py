@@ -8,8 +8,9 @@ not, and that is what `U` and the stage steps handle:
 
 - Keys and values are taken from the block's input map by a strided (2 by default)
   depthwise convolution: a key token at (i, j) is made from the input tokens in its window
-  (3x3 around (2i, 2j)). `U` spreads each key's weight evenly over those input tokens (the
-  ones inside the map: the zero padding carries nothing). Evenly, because the depthwise
+  (3x3 around (2i, 2j)). `U` spreads each key's weight evenly over the 9 positions of its
+  window and drops the share of those on the zero padding (zeros carry nothing; giving it
+  to the positions inside would make borders hot). Evenly, because the depthwise
   kernels weigh each channel differently and no one channel-free weight exists; the window
   itself is exact. Without this, strided keys would have no place on the query grid, and
   a resize would misplace them by up to half a cell.
@@ -49,12 +50,15 @@ class Rollout:
 
 def spread(values, in_size, kernel, stride, padding):
     """`values` `(batch, h, w)` over a convolution's outputs, each split evenly over the
-    positions of its window inside the `in_size` input (not the zero padding): `(batch,
-    in_height, in_width)`, the same total."""
+    kernel² positions of its window, of which those on the zero padding are dropped: `(batch,
+    in_height, in_width)`."""
     batch, out_h, out_w = values.shape
     rows, row_ok = _window(out_h, in_size[0], kernel, stride, padding)
     cols, col_ok = _window(out_w, in_size[1], kernel, stride, padding)
-    share = values / (row_ok.sum(axis=1)[:, None] * col_ok.sum(axis=1)[None, :])
+    # Each of the window's kernel² taps gets its share; the taps on the zero padding take
+    # theirs away (zeros carry nothing). Sharing among the taps inside the map instead would
+    # heap a border window's weight on its few pixels: hot borders and corners.
+    share = values / kernel**2
     out = np.zeros((batch, *in_size), dtype=np.float64)
     for a in range(kernel):
         for b in range(kernel):
