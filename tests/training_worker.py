@@ -12,12 +12,14 @@ event named in `KERAS_CVT_KILL_AT` when the optimizer has made STEP steps:
 
 - `step@N`: as step N+1 begins; `validation@N`: as fit's validation begins;
 - `write:NAME@N`: while `keras_cvt.atomic.publish_file` writes NAME (the temporary file is
-  complete, not yet renamed); `published:NAME@N`: right after NAME is published.
+  complete, not yet renamed); `published:NAME@N`: right after NAME is published. NAME is an
+  `fnmatch` pattern (`backup-*.weights.h5`).
 
 Results are written atomically.
 """
 
 import contextlib
+import fnmatch
 import importlib.util
 import json
 import os
@@ -116,7 +118,7 @@ def killable(result_path, train_args):
 
     class Kill(keras.callbacks.Callback):
         def kill_if(self, name):
-            if name == event and int(self.model.optimizer.iterations.numpy()) == at:
+            if fnmatch.fnmatchcase(name, event) and int(self.model.optimizer.iterations.numpy()) == at:
                 sys.stdout.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
 

@@ -1,0 +1,78 @@
+"""One writer at a time: an OS lock (`fcntl.flock`) on a lock file, released when its process ends.
+
+A training run directory and an export target each have one writer at a time. The lock is
+the kernel's, on an open file, so a process that is killed (SIGKILL, a crash, a lost node)
+releases it with no stale lock to clean up; the lock file itself stays (removing it would let
+two processes lock two different files of the same name) and holds the pid of its last holder,
+for the message of the process that finds it taken.
+"""
+
+import contextlib
+import fcntl
+import os
+
+# Locks this process holds, by lock file: taking one again (fit inside train.py) nests.
+_HELD = {}
+
+
+class LockedError(RuntimeError):
+    """What a process is told when another one writes where it means to write."""
+
+
+def lock_path(target, inside=False):
+    """The lock file of `target`: beside it (`.<name>.lock`), or `<target>/.lock` with `inside`.
+
+    Inside suits a directory that is written into (a run directory: its parent may not be
+    ours); beside suits a target that is replaced whole (an export).
+    """
+    target = os.path.abspath(os.fspath(target))
+    if inside:
+        return os.path.join(target, ".lock")
+    parent, name = os.path.split(target)
+    return os.path.join(parent, f".{name}.lock")
+
+
+def _holder(path):
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(32).strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def exclusive(target, what, inside=False):
+    """Holds the lock of `target` for the block; raises LockedError at once if another process does.
+
+    Args:
+        target: the directory or file to write (it need not exist yet).
+        what: what it is, for the message ("training run directory", "export target").
+        inside: where the lock file is (`lock_path`).
+    """
+    path = lock_path(target, inside)
+    if path in _HELD:
+        _HELD[path][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[path][1] -= 1
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"{os.fspath(target)} ({what}) is in use by process {_holder(path)} (lock file {path}): "
+                "wait for it to finish or stop it; two writers would overwrite each other's files"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        _HELD[path] = [descriptor, 1]
+        try:
+            yield path
+        finally:
+            del _HELD[path]
+    finally:
+        os.close(descriptor)  # releases the lock
