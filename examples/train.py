@@ -285,14 +285,14 @@ def _run(args, strategy, callbacks):
     return model, history, (top1, top5)
 
 
-def main(argv=None):
+def main(argv=None, callbacks=()):
     """Exit status: 0 done; 2 refused (data, arguments, the output directory, or another process
     training there); 1 a file could not be written (full disk: the previous files are kept);
     143 (SIGTERM) or 130 (SIGINT) pre-empted, with a backup at the step it stopped: run the same
     command again to resume."""
     args = parse_args(argv)
     try:
-        run(args)
+        run(args, callbacks)
     # ImportError: --dataset without tensorflow-datasets, whose message names the extra.
     except (ValueError, ImportError, LockedError) as error:
         # The checks of data, arguments and the output directory say what to do; a traceback

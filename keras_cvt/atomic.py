@@ -95,21 +95,21 @@ def publish_file(path):
 
 
 def reserve_space(path, size):
-    """Allocates `size` bytes at `path` (a file about to be overwritten), or raises WriteError.
+    """Allocates `size` bytes at `path` (a temporary file about to be overwritten), or raises OSError.
 
     For writers that cannot survive a full disk themselves: HDF5 (through h5py 3.14) crashes
     the process (SIGSEGV) when it closes a file whose last writes failed, so h5py files are
     written only after the file system has granted their size (quotas included, which a free
-    space query does not see). Where `os.posix_fallocate` is missing this does nothing.
+    space query does not see). Inside `publish_file`, the error becomes a WriteError naming
+    the target. Where `os.posix_fallocate` is missing this does nothing.
     """
     if not hasattr(os, "posix_fallocate"):
         return
-    with _as_write_error(path):
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.posix_fallocate(descriptor, 0, max(int(size), 1))
-        finally:
-            os.close(descriptor)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(descriptor, 0, max(int(size), 1))
+    finally:
+        os.close(descriptor)
 
 
 def write_bytes(path, content):

@@ -2,9 +2,11 @@
 
 A training run directory and an export target each have one writer at a time. The lock is
 the kernel's, on an open file, so a process that is killed (SIGKILL, a crash, a lost node)
-releases it with no stale lock to clean up; the lock file itself stays (removing it would let
-two processes lock two different files of the same name) and holds the pid of its last holder,
-for the message of the process that finds it taken.
+releases it with no stale lock to clean up (its lock file may stay: the next holder takes it
+over). The file holds the holder's pid, for the message of the process that finds it taken,
+and is removed when the lock is released; a process that locked a file just removed that way
+sees that the name now points elsewhere and locks again (the lock belongs to the file under
+the name, not to a removed one).
 """
 
 import contextlib
@@ -58,15 +60,8 @@ def exclusive(target, what, inside=False):
             _HELD[path][1] -= 1
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = _lock(path, target, what)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(
-                f"{os.fspath(target)} ({what}) is in use by process {_holder(path)} (lock file {path}): "
-                "wait for it to finish or stop it; two writers would overwrite each other's files"
-            ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         _HELD[path] = [descriptor, 1]
@@ -74,5 +69,31 @@ def exclusive(target, what, inside=False):
             yield path
         finally:
             del _HELD[path]
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # while still locked: no one else holds this file
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def _lock(path, target, what):
+    """A descriptor of the file at `path`, locked; LockedError if another process holds it."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise LockedError(
+                f"{os.fspath(target)} ({what}) is in use by process {_holder(path)} (lock file {path}): "
+                "wait for it to finish or stop it; two writers would overwrite each other's files"
+            ) from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        try:
+            named, held = os.stat(path), os.fstat(descriptor)
+            if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                return descriptor
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)  # its holder removed it as we opened it: lock the new one

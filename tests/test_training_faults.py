@@ -69,9 +69,7 @@ def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_s
         args += flags(learning_rate=1e-3, warmup_epochs=1, output_dir=output_dir, backup_every=2)
         return args + flags(strategy="none", seed=3, verbose=0)
 
-    # Its result file is never written: every run it starts is killed.
-    result = tmp_path / "result.json"
-    command = [sys.executable, "-m", "tests.training_worker", "killable", str(result), "--", *train_args(out)]
+    command = [sys.executable, "-m", "tests.training_worker", "killable", "-", "--", *train_args(out)]
 
     def run(kill_at):
         env = subprocess_env(KERAS_CVT_KILL_AT=kill_at)

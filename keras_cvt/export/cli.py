@@ -18,14 +18,17 @@ See `keras_cvt.export.saved_model` for the signatures.
 width, 3]`, RGB in [0, 255], already transformed) and returns probabilities: any batch, and
 any height and width unless `--size` fixes them. The transform to apply is printed.
 
-An existing output is replaced only with `--overwrite`. Errors are one line, exit status 2.
+An existing output is replaced only with `--overwrite`; a second export to the same output
+while one runs stops at once, naming the process that holds it. Errors (a full disk included:
+what was there stays) are one line, exit status 2.
 """
 
 import argparse
 import os
 import sys
 
-from keras_cvt import architectures, builder, pretrained, variants, weights_file
+from keras_cvt import architectures, builder, locks, pretrained, variants, weights_file
+from keras_cvt.locks import LockedError
 from keras_cvt.export import export
 from keras_cvt.export import saved_model as serving
 from keras_cvt.export.formats import DEFAULT_FORMAT, DEFAULT_ONNX_OPSET, FORMATS
@@ -184,21 +187,23 @@ def main(argv=None):
     spec = FORMATS[args.format]
     options = _options(parser, args, spec)
     try:
-        if spec.suffix is None:
-            options["overwrite"] = args.overwrite
-            size, options["crop_ratio"] = evaluation_settings(
-                args.model, args.weights, args.size, options["crop_ratio"]
-            )
-            if options["labels"] is not None:
-                with open(options["labels"], encoding="utf-8") as f:
-                    options["labels"] = f.read().splitlines()
-        else:
-            _check_output_file(args.output, spec, args.overwrite)
-            size = args.size
-            transform = pretrained.transform_for(args.model, args.weights)
-        model = classifier_for_export(args.model, args.weights)
-        path = export(model, args.output, format=spec.name, **{spec.size_option: size}, **options)
-    except (ValueError, OSError) as error:
+        # Before the weights are read or converted: a second export to the same output stops at once.
+        with locks.exclusive(args.output, "export target"):
+            if spec.suffix is None:
+                options["overwrite"] = args.overwrite
+                size, options["crop_ratio"] = evaluation_settings(
+                    args.model, args.weights, args.size, options["crop_ratio"]
+                )
+                if options["labels"] is not None:
+                    with open(options["labels"], encoding="utf-8") as f:
+                        options["labels"] = f.read().splitlines()
+            else:
+                _check_output_file(args.output, spec, args.overwrite)
+                size = args.size
+                transform = pretrained.transform_for(args.model, args.weights)
+            model = classifier_for_export(args.model, args.weights)
+            path = export(model, args.output, format=spec.name, **{spec.size_option: size}, **options)
+    except (ValueError, OSError, LockedError) as error:
         parser.error(str(error))
     if spec.suffix is None:
         _report_saved_model(path, size, options)

@@ -246,6 +246,7 @@ class ResumableBackupAndRestore(keras.callbacks.Callback):
         self.before_save = before_save
         self.step_offset = 0
         self.last_saved = None
+        self._saved_at = None
         self._epoch = 0
         self._step = 0
         self._steps_since_backup = 0
@@ -344,7 +345,9 @@ class ResumableBackupAndRestore(keras.callbacks.Callback):
         self._save(epoch + 1, 0)
 
     def save_now(self):
-        """Backs up at the current epoch and step (mid-epoch); returns the path written."""
+        """Backs up at the current epoch and step (mid-epoch) unless done; returns the path."""
+        if self._saved_at == self.current:
+            return self.last_saved
         return self._save(*self.current)
 
     def _save(self, epoch, step):
@@ -353,7 +356,7 @@ class ResumableBackupAndRestore(keras.callbacks.Callback):
         self._steps_since_backup = 0
         path = os.path.join(self.write_dir, self.filename(epoch, step))
         save_weights(self.model, path, {**self.attributes, "epoch": epoch, "step": step})
-        self.last_saved = path
+        self.last_saved, self._saved_at = path, (epoch, step)
         for old in self.backups(self.write_dir)[self.GENERATIONS :]:
             atomic.remove_verified(old)
         return path
