@@ -12,6 +12,7 @@ that checkpoint was evaluated (`keras_cvt.pretrained.transform_for`); `--size` a
 `--crop-ratio` override it; with a `.weights.h5` file they default to `DEFAULT_TRANSFORM`'s,
 and the number of classes is read from the file. `--max-pixels` bounds the pixels (height x
 width) the server decodes per image, and resizes it to; larger images are refused by name.
+`--max-request-pixels` bounds them per request.
 See `keras_cvt.export.saved_model` for the signatures.
 
 `--format tflite|onnx|openvino` writes a file that takes pixels (`float32`, `[batch, height,
@@ -91,6 +92,7 @@ _DEFAULTS = {
     "top_k": 5,
     "labels": None,
     "max_pixels": serving.DEFAULT_MAX_PIXELS,
+    "max_request_pixels": serving.DEFAULT_MAX_REQUEST_PIXELS,
     "quantization": None,
     "opset": DEFAULT_ONNX_OPSET,
 }
@@ -153,6 +155,14 @@ def _parser():
         default=_UNSET,
         help="saved_model: the most pixels (height x width) decoded per image, and produced by its resize "
         f"before the centre crop; larger images are refused (default: {serving.DEFAULT_MAX_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--max-request-pixels",
+        type=_positive_int,
+        default=_UNSET,
+        help="saved_model: the most pixels per request, summed over its images (each image's pixels and "
+        "those of its resize before the centre crop), checked from the headers before decoding "
+        f"(default: {serving.DEFAULT_MAX_REQUEST_PIXELS:,})",
     )
     parser.add_argument(
         "--quantization",
@@ -231,7 +241,7 @@ def _check_output_file(output, spec, overwrite):
 def _report_saved_model(path, size, options):
     print(
         f"SavedModel written to {path} (images transformed to {size} x {size}, crop_ratio={options['crop_ratio']}, "
-        f"at most {options['max_pixels']:,} pixels per image)"
+        f"at most {options['max_pixels']:,} pixels per image, {options['max_request_pixels']:,} per request)"
     )
     print(
         f"signatures: {serving.IMAGES_SIGNATURE} (images -> classes, labels, scores), "

@@ -15,6 +15,9 @@ from keras_cvt.pretrained import DEFAULT_TRANSFORM
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range")
 # The signature the TFLite file is called through.
 SIGNATURE = "serving_default"
+# A signature without inputs that returns what the file's input must satisfy (`min_size`: the
+# smallest height and width its patch embeddings leave a token of), for `TFLiteClassifier`.
+LIMITS_SIGNATURE = "input_limits"
 
 
 def export_tflite(model, path, quantization=None, input_size=DEFAULT_TRANSFORM.size):
@@ -56,9 +59,11 @@ def export_tflite(model, path, quantization=None, input_size=DEFAULT_TRANSFORM.s
 class TFLiteClassifier:
     """A file of `export_tflite` as a function: pixels `[batch, height, width, 3]` -> probabilities.
 
-    This checks `pixels` against the height and width the file takes (any, for a file exported
-    with `input_size=None`), with an error that says what is expected, before the runtime sees
-    them. Files of keras_cvt 0.2, whose batch is fixed at one image, are run one image at a time.
+    This checks `pixels` against the height and width the file takes (any from the smallest its
+    architecture allows, for a file exported with `input_size=None`), with an error that says
+    what is expected, before the runtime sees them. Files of keras_cvt 0.2, whose batch is
+    fixed at one image, are run one image at a time; files written before the `input_limits`
+    signature are not checked for the smallest size.
 
     Args:
         path: the `.tflite` file.
@@ -66,6 +71,7 @@ class TFLiteClassifier:
 
     Attributes:
         input_shape: `(height, width, 3)`, None for a dimension the file leaves free.
+        min_size: the smallest height and width the file takes (None: not recorded).
     """
 
     def __init__(self, path, num_threads=None):
@@ -80,6 +86,9 @@ class TFLiteClassifier:
         self._one_at_a_time = shape[0] == 1
         self.input_shape = tuple(None if d < 0 else d for d in shape[1:])
         self.classes = int(self._run.get_output_details()["probabilities"]["shape"][-1])
+        self.min_size = None
+        if LIMITS_SIGNATURE in interpreter.get_signature_list():
+            self.min_size = int(interpreter.get_signature_runner(LIMITS_SIGNATURE)()["min_size"])
 
     def __call__(self, pixels):
         """`pixels`: RGB in [0, 255], as `keras_cvt.transforms.evaluation_transform` makes them."""
@@ -93,6 +102,12 @@ class TFLiteClassifier:
                 f"takes {height} x {width} images and the runtime cannot resize it; got shape "
                 f"{pixels.shape}. Transform images with keras_cvt.transforms.evaluation_transform({height}, "
                 "...), or export another input_size (None for any)"
+            )
+        if self.min_size is not None and min(pixels.shape[1:3]) < self.min_size:
+            raise ValueError(
+                f"`pixels`[0] is {pixels.shape[1]} x {pixels.shape[2]} (height x width; every image of the "
+                f"batch has that shape): this TFLite model ({self.path}) takes images of at least "
+                f"{self.min_size} x {self.min_size}, the smallest its patch embeddings leave a token of"
             )
         if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
             raise TypeError(f"`pixels` must be numbers (RGB in [0, 255]), got dtype {pixels.dtype}")
@@ -118,12 +133,17 @@ def _tflite_converter(model, quantization, input_size):
     archive.add_endpoint(
         SIGNATURE, lambda pixels: {"probabilities": classifier.probabilities(pixels)}, input_signature=[spec]
     )
+    archive.add_endpoint(
+        LIMITS_SIGNATURE, lambda: {"min_size": tf.constant(classifier.min_size, tf.int32)}, input_signature=[]
+    )
     # Through a SavedModel, TFLite's standard route: the converter then freezes every Keras
     # variable into a constant (from a concrete function some stay TFLite resource variables
     # that nothing initialises).
     with tempfile.TemporaryDirectory() as directory:
         archive.write_out(directory, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=[SIGNATURE])
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            directory, signature_keys=[SIGNATURE, LIMITS_SIGNATURE]
+        )
         # Select TF ops would need the Flex delegate, which most TFLite runtimes lack:
         # conversion fails instead of silently depending on it.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
