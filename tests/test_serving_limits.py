@@ -221,14 +221,14 @@ def test_a_request_is_bounded_as_a_whole_before_decoding(serve):
     cost = 6000 * 7200 + 256 * 307
     assert saved_model.DEFAULT_MAX_REQUEST_PIXELS == 2 * serving.DEFAULT_MAX_PIXELS
     assert _refusal(serve, [photo, claim, claim, claim]) == (
-        f"assertion failed: [`images`[3] brings the request to {120000 + 87296 + 3 * cost} pixels (each image's "
-        "pixels and its resize's, summed over `images`[0] to `images`[3]), more than the limit of 100000000 "
+        f"assertion failed: [`images`[3] brings the request to {120000 + 87296 + 3 * cost} pixels (the pixels of "
+        "each image and of its resize, summed over `images`[0] to `images`[3]), more than the limit of 100000000 "
         "pixels per request this model was exported with (max_request_pixels): send fewer or smaller images "
         "per request]"
     )
     assert "`images`[1] could not be decoded" in _refusal(serve, [photo, claim, claim])
-    # An image over the per-image limit gets its own message, whatever the request's sum.
-    assert "`images`[1] is 10000 x 5001" in _refusal(serve, [photo, _png_claiming(10000, 5001), claim])
+    # An image over the per-image limit is not counted: it gets its own message.
+    assert "`images`[1] is 10000 x 5001" in _refusal(serve, [photo, _png_claiming(10000, 5001), photo])
 
 
 def test_palette_bmp_is_served_in_its_colours(serve):

@@ -210,7 +210,7 @@ def _check_request(indices, images, image_size, crop_ratio, max_pixels, max_requ
     count = tf.shape(images)[0]
     costs = (
         tf.data.Dataset.from_tensor_slices((indices, images))
-        .map(cost, deterministic=True)
+        .map(cost)
         .ignore_errors()
         .concatenate(tf.data.Dataset.from_tensors((tf.constant(-1), tf.constant(0, tf.int64))))
     )
@@ -224,7 +224,7 @@ def _check_request(indices, images, image_size, crop_ratio, max_pixels, max_requ
         tf.logical_not(tf.reduce_any(over)),
         [
             tf.strings.format(
-                "`images`[{}] brings the request to {} pixels (each image's pixels and its resize's, "
+                "`images`[{}] brings the request to {} pixels (the pixels of each image and of its resize, "
                 "summed over `images`[0] to `images`[{}]), more than the limit of {} pixels per request this "
                 "model was exported with (max_request_pixels): send fewer or smaller images per request",
                 (first, total[first], first, max_request_pixels),
