@@ -8,13 +8,14 @@ the variant except on norms, biases and the class token, 5 warm-up epochs then c
 over 300 epochs, label smoothing 0.1, stochastic depth of the variant, random resized
 crops and flips); see `keras_cvt.training`.
 
-Run the same command again after a kill or a crash and it resumes from its last backup, at the
-same epoch and step, and ends after as many optimizer steps as an uninterrupted run; with other
-arguments (batch size, epochs, model, ...) it refuses and says what changed. SIGTERM or SIGINT
-(a pre-emption, Ctrl-C) finishes the step, writes a backup there and exits with status 143 or
-130: run the same command again to resume. A second process into the same --output-dir stops
-at once, naming the process that holds it. Run again after it
-completed, it leaves the checkpoints as they are and says so; `--restart` trains again (and
+Run the same command again after a kill or a crash and it resumes from its last intact backup,
+at the same epoch and step, and ends after as many optimizer steps as an uninterrupted run;
+with other arguments (batch size, epochs, model, ...) it refuses and says what changed. SIGTERM
+or SIGINT (a pre-emption, Ctrl-C) finishes the step, writes a backup there and exits with
+status 143 or 130 (run the same command again to resume); a full disk exits with status 1 and
+one line naming the file, the previous files kept. A second process into the same
+--output-dir stops at once, naming the process that holds it. Run again after it completed,
+it leaves the checkpoints as they are and says so; `--restart` trains again (and
 `checkpoints/best.weights.h5` is only replaced by a better model). Image folders are decoded
 once before training: unreadable files are listed in one error (`--skip-bad-images` skips them
 with a warning). The last line printed is the validation top-1 / top-5 accuracy.
