@@ -16,9 +16,12 @@ import errno
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
+
+import numpy
 
 
 class WriteError(OSError):
@@ -110,6 +113,23 @@ def reserve_space(path, size):
         os.posix_fallocate(descriptor, 0, max(int(size), 1))
     finally:
         os.close(descriptor)
+
+
+def reserve_for_variables(path, variables, previous=None, extra=0):
+    """`reserve_space` for an HDF5 file of `variables` (anything with `.shape` and `.dtype`).
+
+    Their bytes, HDF5's headers (under 2 KiB per array; 4 KiB are counted), `extra` bytes (of
+    attributes) and 1 MiB for the file's own structures, or the size of `previous` (the file
+    this one replaces, of the same arrays) when that is larger.
+    """
+    arrays = sum(
+        math.prod(int(d) for d in v.shape) * numpy.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
+        for v in variables
+    )
+    size = arrays + 4096 * len(variables) + extra + 2**20
+    if previous is not None and os.path.isfile(previous):
+        size = max(size, os.path.getsize(previous))
+    reserve_space(path, size)
 
 
 def write_bytes(path, content):

@@ -320,6 +320,43 @@ def test_a_full_disk_is_one_named_error_keeping_the_previous_file(small_disk):
     assert sorted(os.listdir(small_disk)) == ["filler", "out.bin", "out.bin.sha256.json"]
 
 
+# The conversion that fills the pretrained cache (KERAS_HOME on a small disk), in a process of
+# its own: h5py's crash would end it with SIGSEGV rather than raise.
+CONVERT = textwrap.dedent(
+    f"""
+    import sys
+    sys.path.insert(0, {str(ROOT)!r})
+    from keras_cvt import atomic
+    from weights_conversion import convert
+    try:
+        convert(sys.argv[1], sys.argv[2])
+    except atomic.WriteError as error:
+        print(error)
+        sys.exit(1)
+    """
+)
+
+
+@pytest.mark.slow
+def test_converting_onto_a_full_disk_is_one_error_not_a_crash(small_disk):
+    fill(small_disk)
+    output = small_disk / "cache" / "tiny.weights.h5"
+    checkpoint = ROOT / "tests" / "fixtures" / "cvt_tiny_official_perturbed.pth"
+    result = subprocess.run(
+        [sys.executable, "-c", CONVERT, str(checkpoint), str(output)], capture_output=True, text=True,
+        env=subprocess_env(), timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]  # not -11 (SIGSEGV)
+    assert result.stdout.strip() == f"could not write {output}: No space left on device (ENOSPC); nothing was written at {output}"
+    assert os.listdir(small_disk / "cache") == []
+    (small_disk / "filler").unlink()
+    result = subprocess.run(
+        [sys.executable, "-c", CONVERT, str(checkpoint), str(output)], capture_output=True, text=True,
+        env=subprocess_env(), timeout=300,
+    )
+    assert result.returncode == 0 and os.listdir(small_disk / "cache") == ["tiny.weights.h5"]
+
+
 @pytest.mark.slow
 def test_training_on_a_full_disk_stops_with_one_error_and_resumes_once_there_is_space(tmp_path, small_disk, capsys):
     data = write_image_folder(tmp_path / "images", per_class=9, classes=2, size=(16, 16))

@@ -8,7 +8,6 @@ model's weight layout), so a rerun can tell whether it is the same run before lo
 import contextlib
 import importlib.util
 import json
-import math
 import os
 import re
 import shutil
@@ -17,7 +16,6 @@ import warnings
 
 import h5py
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_cvt import atomic, locks
@@ -142,26 +140,19 @@ def build_optimizer(model):
             model.optimizer.build(model.trainable_variables)
 
 
-def _expected_size(model, path, attributes):
-    """Bytes `save_weights` is about to write: the previous version's, or the arrays' and their headers'."""
-    variables = list(model.weights)
-    if model.optimizer is not None and model.optimizer.built:
-        variables += list(model.optimizer.variables)
-    arrays = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
-    # HDF5's headers and groups take under 2 KiB per array; the attributes are stored once.
-    estimate = arrays + 4096 * len(variables) + sum(len(str(v)) for v in attributes.values()) + 2**20
-    return max(estimate, os.path.getsize(path) if os.path.isfile(path) else 0)
-
-
 def save_weights(model, path, attributes):
     """`model.save_weights(path)` published with `atomic.publish_verified`, `attributes` on its root.
 
-    The file system must first grant the file's size (`atomic.reserve_space`): a full disk is
+    The file system must first grant the file's size (`atomic.reserve_for_variables`): a full disk is
     then a `keras_cvt.atomic.WriteError` naming the file, with the previous file kept, instead
     of HDF5's crash on closing a file it could not write.
     """
+    variables = list(model.weights)
+    if model.optimizer is not None and model.optimizer.built:
+        variables += list(model.optimizer.variables)
     with atomic.publish_verified(path) as temporary:
-        atomic.reserve_space(temporary, _expected_size(model, path, attributes))
+        extra = sum(len(str(value)) for value in attributes.values())
+        atomic.reserve_for_variables(temporary, variables, previous=path, extra=extra)
         model.save_weights(temporary)
         with h5py.File(temporary, "a") as f:
             for key, value in attributes.items():
@@ -437,10 +428,10 @@ def fit(
     - `backup/backup-<epoch>-<step>.weights.h5` (the two newest): weights, optimizer state,
       epoch and step, every `backup_every` steps (0: at the end of each epoch only; always at
       the end of each epoch, and at the step where SIGTERM or SIGINT arrived, after which
-      `Preempted` is raised: `keras_cvt.training.preemption`). Run again with the same arguments after a kill at any point (mid-step, during a
-      backup or checkpoint write, during validation), it resumes at the backup's epoch and
-      step with its optimizer state and ends after the same number of optimizer steps as an
-      uninterrupted run. A backup of another run (other `epochs`, `steps_per_epoch`,
+      `Preempted` is raised: `keras_cvt.training.preemption`). Run again with the same
+      arguments after a kill at any point (mid-step, during a backup or checkpoint write,
+      during validation), it resumes at the backup's epoch and step with its optimizer state
+      and ends after the same number of optimizer steps as an uninterrupted run. A backup of another run (other `epochs`, `steps_per_epoch`,
       `parameters`, or another model) is refused with what differs, before anything is loaded.
       A damaged backup is refused by name and the one before it used. Deleted when training
       completes unless `keep_backup`.
