@@ -59,7 +59,7 @@ def exclusive(target, what, inside=False):
         finally:
             _HELD[path][1] -= 1
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    created = _make_directories(os.path.dirname(path))
     descriptor = _lock(path, target, what)
     try:
         os.ftruncate(descriptor, 0)
@@ -71,8 +71,25 @@ def exclusive(target, what, inside=False):
             del _HELD[path]
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)  # while still locked: no one else holds this file
+            for directory in created:  # those the lock file needed, unless filled meanwhile
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def _make_directories(directory):
+    """Makes `directory` and its missing parents; returns those it made, deepest first."""
+    missing = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    if missing:
+        os.makedirs(missing[0], exist_ok=True)
+    return missing
 
 
 def _lock(path, target, what):
