@@ -8,10 +8,14 @@ the variant except on norms, biases and the class token, 5 warm-up epochs then c
 over 300 epochs, label smoothing 0.1, stochastic depth of the variant, random resized
 crops and flips); see `keras_cvt.training`.
 
-Run the same command again after a kill or a crash and it resumes from its last backup, at the
-same epoch and step, and ends after as many optimizer steps as an uninterrupted run; with other
-arguments (batch size, epochs, model, ...) it refuses and says what changed. Run again after it
-completed, it leaves the checkpoints as they are and says so; `--restart` trains again (and
+Run the same command again after a kill or a crash and it resumes from its last intact backup,
+at the same epoch and step, and ends after as many optimizer steps as an uninterrupted run;
+with other arguments (batch size, epochs, model, ...) it refuses and says what changed. SIGTERM
+or SIGINT (a pre-emption, Ctrl-C) finishes the step, writes a backup there and exits with
+status 143 or 130 (run the same command again to resume); a full disk exits with status 1 and
+one line naming the file, the previous files kept. A second process into the same
+--output-dir stops at once, naming the process that holds it. Run again after it completed,
+it leaves the checkpoints as they are and says so; `--restart` trains again (and
 `checkpoints/best.weights.h5` is only replaced by a better model). Image folders are decoded
 once before training: unreadable files are listed in one error (`--skip-bad-images` skips them
 with a warning). The last line printed is the validation top-1 / top-5 accuracy.
@@ -24,6 +28,8 @@ import sys
 import keras
 
 from keras_cvt import pretrained, training
+from keras_cvt.atomic import WriteError
+from keras_cvt.locks import LockedError
 from keras_cvt.training import cli
 
 
@@ -173,6 +179,12 @@ def run(args, callbacks=()):
     """Trains as `args` say (with `callbacks` too); returns `(model, history, (top1, top5))`."""
     # First: MultiWorkerMirroredStrategy must configure collectives before any TF op runs.
     strategy = training.make_strategy(args.strategy, args.tpu)
+    # Then the run directory's lock: a second process into it stops before reading any data.
+    with training.run_directory_lock(args.output_dir, strategy):
+        return _run(args, strategy, callbacks)
+
+
+def _run(args, strategy, callbacks):
     multi_worker = training.is_multi_worker(strategy)
     if args.seed is not None:
         keras.utils.set_random_seed(args.seed)
@@ -274,16 +286,26 @@ def run(args, callbacks=()):
     return model, history, (top1, top5)
 
 
-def main(argv=None):
+def main(argv=None, callbacks=()):
+    """Exit status: 0 done; 2 refused (data, arguments, the output directory, or another process
+    training there); 1 a file could not be written (full disk: the previous files are kept);
+    143 (SIGTERM) or 130 (SIGINT) pre-empted, with a backup at the step it stopped: run the same
+    command again to resume."""
     args = parse_args(argv)
     try:
-        run(args)
+        run(args, callbacks)
     # ImportError: --dataset without tensorflow-datasets, whose message names the extra.
-    except (ValueError, ImportError) as error:
+    except (ValueError, ImportError, LockedError) as error:
         # The checks of data, arguments and the output directory say what to do; a traceback
         # would bury that.
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    except WriteError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
+    except training.Preempted as preempted:
+        print(f"train.py: {preempted}", file=sys.stderr, flush=True)
+        return preempted.exit_status
     return 0
 
 

@@ -3,6 +3,7 @@
 
 from keras_cvt.export.saved_model import (  # noqa: F401
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
     IMAGES_SIGNATURE,
     PIXELS_SIGNATURE,
     PIXELS_UINT8_SIGNATURE,

@@ -14,6 +14,7 @@ from keras_cvt import CvT, architectures, atomic
 from keras_cvt.export import FORMATS, TFLiteClassifier, export
 from keras_cvt.export import cli as export_cli
 from keras_cvt.export import openvino as openvino_export
+from keras_cvt.export.classifier import min_input_size
 from tests.conftest import TINY_CONFIG
 
 # Two input sizes for the files with a free height and width; the second is not square.
@@ -125,7 +126,7 @@ def test_openvino_bfloat16(files, expected):
 
 
 @pytest.mark.slow  # the exports: tens of seconds on two cores
-def test_tflite_free_batch_and_size(files, expected):
+def test_tflite_free_batch_and_size(files, expected, tiny_model):
     interpreter = litert.Interpreter(
         model_path=files["tflite"],
         experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
@@ -142,6 +143,20 @@ def test_tflite_free_batch_and_size(files, expected):
     assert classifier(expected[0][0][:0]).shape == (0, TINY_CONFIG["classes"])
     with pytest.raises(ValueError, match=r"\(batch, height, width, 3\) \(RGB\), got shape \(1, 64, 64, 4\)"):
         classifier(np.zeros((1, 64, 64, 4), np.float32))
+    # The smallest size the architecture takes, recorded in the file: smaller is refused first
+    # (the runtime would fail in a DEPTHWISE_CONV_2D's or XNNPack's reshape).
+    assert classifier.min_size == min_input_size(tiny_model) == 3
+    assert classifier(np.zeros((2, 3, 5, 3), np.float32)).shape == (2, TINY_CONFIG["classes"])
+    for height, width in ((1, 1), (2, 64)):
+        with pytest.raises(ValueError) as error:
+            classifier(np.zeros((2, height, width, 3), np.float32))
+        assert str(error.value) == (
+            f"`pixels`[0] is {height} x {width} (height x width; every image of the batch has that shape): this "
+            f"TFLite model ({files['tflite']}) takes images of at least 3 x 3, the smallest its patch "
+            "embeddings leave a token of"
+        )
+        with pytest.raises(RuntimeError, match="failed to prepare"):  # what it spares users
+            runner(pixels=np.zeros((2, height, width, 3), np.float32))
 
 
 @pytest.mark.slow  # the exports: tens of seconds on two cores

@@ -26,7 +26,14 @@ PACKAGES = ("keras_cvt", "weights_conversion")
 LAYERS = [
     (
         "records",
-        ["keras_cvt._version", "keras_cvt.architectures", "keras_cvt.pretrained", "keras_cvt.atomic", "keras_cvt.errors"],
+        [
+            "keras_cvt._version",
+            "keras_cvt.architectures",
+            "keras_cvt.pretrained",
+            "keras_cvt.atomic",
+            "keras_cvt.errors",
+            "keras_cvt.locks",
+        ],
     ),
     ("inputs", ["keras_cvt.preprocessing", "keras_cvt.images", "keras_cvt.transforms"]),
     ("layers", ["keras_cvt.layers", "keras_cvt.layer_norm_ops"]),

@@ -116,6 +116,8 @@ def test_hostile_images_are_refused_with_bounded_memory(exported, tmp_path):
         "long.png": _encode(np.zeros((1, 16000, 3), np.uint8), "PNG"),
         "claims-60000.png": _png_claiming(60000, 60000),
         "claims-20000.png": _png_claiming(20000, 20000),
+        # 43 megapixels each, under the per-image limit: three of them exceed the request's.
+        "claims-43mp.png": _png_claiming(6000, 7200),
     }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
@@ -127,6 +129,7 @@ def test_hostile_images_are_refused_with_bounded_memory(exported, tmp_path):
         # Several hostile images in one request, decoded in parallel: each is bounded.
         "several": ["photo.jpg"] + ["long.png"] * 4 + ["photo.jpg"],
         "several-claims": ["photo.jpg", "claims-20000.png", "claims-60000.png", "claims-20000.png"],
+        "request": ["photo.jpg"] + ["claims-43mp.png"] * 3,
     }
     request = {
         "model": str(exported),
@@ -146,6 +149,10 @@ def test_hostile_images_are_refused_with_bounded_memory(exported, tmp_path):
     )
     assert "`images`[1] (1 x 16000 pixels" in errors["several"]
     assert "`images`[1] is 20000 x 20000 = 400000000 pixels" in errors["several-claims"]
+    # Refused from the headers, before decoding: 300 x 400 + 256 x 341, then 3 x (6000 x 7200 + 256 x 307).
+    assert errors["request"].startswith(
+        f"assertion failed: [`images`[3] brings the request to {120000 + 87296 + 3 * (43200000 + 78592)} pixels"
+    )
     grown = report["peak"] - report["start"]
     print(f"peak resident memory grew by {grown / 2**20:.0f} MB over the refused requests")
     assert grown < MEMORY_ALLOWANCE
@@ -180,8 +187,10 @@ def test_limit_set_at_export_bounds_decoded_images(tiny_reference, tmp_path):
         export_for_serving(model, tmp_path / "1", image_size=64, max_pixels=5328)
     with pytest.raises(ValueError, match="max_pixels"):
         export_for_serving(model, tmp_path / "1", image_size=64, max_pixels=1e6)
+    with pytest.raises(ValueError, match=r"`max_request_pixels` must be an integer of at least 10658 \(a 73 x 73"):
+        export_for_serving(model, tmp_path / "1", image_size=64, max_request_pixels=10657)
     assert os.listdir(tmp_path) == []
-    export_for_serving(model, tmp_path / "1", image_size=64, crop_ratio=None, max_pixels=120_000)
+    export_for_serving(model, tmp_path / "1", image_size=64, crop_ratio=None, max_pixels=120_000, max_request_pixels=250_000)
     signature = tf.saved_model.load(str(tmp_path / "1")).signatures["serving_default"]
     serve = lambda images: signature(images=tf.constant(images))  # noqa: E731
     # Each format's header (lossy WebP is VP8, lossless VP8L, with Exif VP8X): 300 x 400 is at the
@@ -194,10 +203,32 @@ def test_limit_set_at_export_bounds_decoded_images(tiny_reference, tmp_path):
         at_limit = _encode(_photo(300, 400), fmt, **options)
         over = _encode(_photo(301, 400), fmt, **options)
         assert serve([at_limit, at_limit])["scores"].shape == (2, 5), fmt
+        # Each 300 x 400 image and its 64 x 64 resize: two fit in 250,000 pixels, three do not.
+        assert _refusal(serve, [at_limit, at_limit, at_limit]).startswith(
+            "assertion failed: [`images`[2] brings the request to 372288 pixels"
+        ), fmt
         assert _refusal(serve, [at_limit, over]).startswith(
             "assertion failed: [`images`[1] is 301 x 400 = 120400 pixels (height x width), more than the "
             "limit of 120000 pixels"
         ), (fmt, options)
+
+
+def test_a_request_is_bounded_as_a_whole_before_decoding(serve):
+    photo = _encode(_photo(300, 400), "JPEG")
+    # Headers alone: an image within the budget would reach the decoder and be found truncated;
+    # the request's budget is checked first, from the headers.
+    claim = _png_claiming(6000, 7200)  # 43 megapixels, and 256 x 307 after the short-side resize
+    cost = 6000 * 7200 + 256 * 307
+    assert saved_model.DEFAULT_MAX_REQUEST_PIXELS == 2 * serving.DEFAULT_MAX_PIXELS
+    assert _refusal(serve, [photo, claim, claim, claim]) == (
+        f"assertion failed: [`images`[3] brings the request to {120000 + 87296 + 3 * cost} pixels (the pixels of "
+        "each image and of its resize, summed over `images`[0] to `images`[3]), more than the limit of 100000000 "
+        "pixels per request this model was exported with (max_request_pixels): send fewer or smaller images "
+        "per request]"
+    )
+    assert "`images`[1] could not be decoded" in _refusal(serve, [photo, claim, claim])
+    # An image over the per-image limit is not counted: it gets its own message.
+    assert "`images`[1] is 10000 x 5001" in _refusal(serve, [photo, _png_claiming(10000, 5001), photo])
 
 
 def test_palette_bmp_is_served_in_its_colours(serve):
@@ -236,11 +267,13 @@ def test_cli_max_pixels(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(saved_model, "export_for_serving", record)
     argv = ["--model", "cvt13", "--weights", "imagenet", "--output", str(tmp_path / "1")]
     assert export_cli.main(argv) == 0
-    assert export_cli.main(argv + ["--max-pixels", "20000000"]) == 0
+    assert export_cli.main(argv + ["--max-pixels", "20000000", "--max-request-pixels", "60000000"]) == 0
     assert [call["max_pixels"] for call in calls] == [serving.DEFAULT_MAX_PIXELS, 20_000_000]
-    assert "at most 20,000,000 pixels per image" in capsys.readouterr().out
-    for bad in ("0", "-5", "1e6"):
-        with pytest.raises(SystemExit) as exit_info:
-            export_cli.main(argv + ["--max-pixels", bad])
-        assert exit_info.value.code == 2
-        assert f"--max-pixels: expected a positive integer, got {bad!r}" in capsys.readouterr().err
+    assert [call["max_request_pixels"] for call in calls] == [serving.DEFAULT_MAX_REQUEST_PIXELS, 60_000_000]
+    assert "at most 20,000,000 pixels per image, 60,000,000 per request" in capsys.readouterr().out
+    for flag in ("--max-pixels", "--max-request-pixels"):
+        for bad in ("0", "-5", "1e6"):
+            with pytest.raises(SystemExit) as exit_info:
+                export_cli.main(argv + [flag, bad])
+            assert exit_info.value.code == 2
+            assert f"{flag}: expected a positive integer, got {bad!r}" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_cvt import training
+from keras_cvt import atomic, training
 from tests.conftest import ROOT
 from tests.test_training import SMALL, SMALL_ARGS, TINY, flags, subprocess_env, write_image_folder
 from tests.training_worker import load_example
@@ -49,14 +49,14 @@ PHASES = [
     ("validation@4", 2),  # validation of epoch 0, after its last step (the backup due there)
     ("write:best.weights.h5@4", 2),  # while the best checkpoint is written
     ("published:best.weights.h5@4", 2),  # after the checkpoints, before the end-of-epoch backup
-    ("write:latest.weights.h5@4", 2),  # while the end-of-epoch backup is written
-    ("published:latest.weights.h5@6", 2),  # right after the periodic backup at step 6
+    ("write:backup-*.weights.h5@4", 2),  # while the end-of-epoch backup is written
+    ("published:backup-*.weights.h5@6", 2),  # right after the periodic backup at step 6
     ("published:completed.json@8", 6),  # after the completion record, before the backup is deleted
 ]
 
 
 # The phase whose backup (epoch 1, step 2: optimizer step 6) is also run to the end unkilled.
-RESUMED_IN_EPOCH_1 = "published:latest.weights.h5@6"
+RESUMED_IN_EPOCH_1 = "published:backup-*.weights.h5@6"
 
 
 @pytest.mark.slow
@@ -69,9 +69,7 @@ def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_s
         args += flags(learning_rate=1e-3, warmup_epochs=1, output_dir=output_dir, backup_every=2)
         return args + flags(strategy="none", seed=3, verbose=0)
 
-    # Its result file is never written: every run it starts is killed.
-    result = tmp_path / "result.json"
-    command = [sys.executable, "-m", "tests.training_worker", "killable", str(result), "--", *train_args(out)]
+    command = [sys.executable, "-m", "tests.training_worker", "killable", "-", "--", *train_args(out)]
 
     def run(kill_at):
         env = subprocess_env(KERAS_CVT_KILL_AT=kill_at)
@@ -85,8 +83,10 @@ def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_s
         assert f"Starting at optimizer step {start}" in killed.stdout, (kill_at, output)
         if kill_at == RESUMED_IN_EPOCH_1:
             shutil.copytree(out, tmp_path / "resumed")
-    backup = out / "backup" / "latest.weights.h5"
-    assert backup.is_file()  # the last kill came before its removal
+    # The last kill came before their removal: the two newest generations, each intact.
+    backups = training.ResumableBackupAndRestore.backups(out / "backup")
+    assert [os.path.basename(p) for p in backups] == ["backup-00002-00000000.weights.h5", "backup-00001-00000002.weights.h5"]
+    assert all(atomic.verify(p) is None for p in backups)
     record = json.loads((out / "completed.json").read_text())
     assert record["optimizer_steps"] == 8
     with h5py.File(out / "checkpoints" / "best.weights.h5", "r") as f:
@@ -104,7 +104,7 @@ def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_s
     assert printed.strip().splitlines()[-1].startswith("Validation top-1 ")
     assert int(model.optimizer.iterations.numpy()) == 8
     assert {p.name: digest(p) for p in (out / "checkpoints").iterdir()} == checkpoints
-    assert not backup.exists()
+    assert os.listdir(out / "backup") == []
     assert leftovers(out) == []
 
     # The copy of the backup in epoch 1, run to the end: from its epoch, step and optimizer
@@ -116,7 +116,7 @@ def test_a_run_killed_at_every_phase_resumes_and_ends_after_the_same_optimizer_s
     assert "Optimizer steps: 8" in printed
     assert printed.strip().splitlines()[-1].startswith("Validation top-1 ")
     assert json.loads((resumed / "completed.json").read_text())["optimizer_steps"] == 8
-    assert not (resumed / "backup" / "latest.weights.h5").exists()
+    assert os.listdir(resumed / "backup") == []
     assert (resumed / "checkpoints" / "last.weights.h5").is_file() and leftovers(resumed) == []
 
 
@@ -172,7 +172,8 @@ def test_a_rerun_with_other_arguments_or_another_model_is_refused_before_anythin
             callbacks=[Crash(3)],
             **common,
         )
-    backup = tmp_path / "run" / "backup" / "latest.weights.h5"
+    backup = tmp_path / "run" / "backup" / "backup-00000-00000002.weights.h5"
+    assert training.ResumableBackupAndRestore.backups(tmp_path / "run" / "backup") == [str(backup)]
     with h5py.File(backup, "r") as f:
         assert (int(f.attrs["epoch"]), int(f.attrs["step"])) == (0, 2)
     before = digest(backup)
@@ -204,7 +205,7 @@ def test_a_rerun_with_other_arguments_or_another_model_is_refused_before_anythin
     )
     assert resumed == (0, 2) and len(history["loss"]) == 2
     assert int(model.optimizer.iterations.numpy()) == 8
-    assert not backup.exists()
+    assert os.listdir(tmp_path / "run" / "backup") == []
 
 
 @pytest.mark.slow

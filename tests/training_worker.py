@@ -2,22 +2,27 @@
 
     python -m tests.training_worker mirrored RESULT.json -- TRAIN_ARGS...
     python -m tests.training_worker multiworker RESULT.npz -- TRAIN_ARGS...
-    KERAS_CVT_KILL_AT=EVENT@STEP python -m tests.training_worker killable RESULT.json -- TRAIN_ARGS...
+    KERAS_CVT_KILL_AT=EVENT@STEP [KERAS_CVT_ACTION=...] python -m tests.training_worker killable - -- TRAIN_ARGS...
 
 `mirrored` splits the CPU into two logical devices (possible only before TensorFlow starts,
 hence a process of its own), trains with examples/train.py on them, and records the
 replicas' copies of every variable. `multiworker` trains as one worker of the cluster in
-`TF_CONFIG` and records its final weights. `killable` trains and SIGKILLs itself at the
-event named in `KERAS_CVT_KILL_AT` when the optimizer has made STEP steps:
+`TF_CONFIG` and records its final weights (with `KERAS_CVT_KILL_AT`, it acts as `killable`
+and exits with train.py's status). `killable` runs examples/train.py's `main` (exiting with
+its status) and at the event named in `KERAS_CVT_KILL_AT`, when the optimizer has made STEP
+steps, does `KERAS_CVT_ACTION`: `SIGKILL` (the default), `SIGTERM` or `SIGINT` sends that
+signal to itself; `fill:PATH` fills PATH's file system, leaving 16 KiB:
 
 - `step@N`: as step N+1 begins; `validation@N`: as fit's validation begins;
 - `write:NAME@N`: while `keras_cvt.atomic.publish_file` writes NAME (the temporary file is
-  complete, not yet renamed); `published:NAME@N`: right after NAME is published.
+  complete, not yet renamed); `published:NAME@N`: right after NAME is published. NAME is an
+  `fnmatch` pattern (`backup-*.weights.h5`).
 
-Results are written atomically.
+Results (of `mirrored` and `multiworker`) are written atomically.
 """
 
 import contextlib
+import fnmatch
 import importlib.util
 import json
 import os
@@ -99,6 +104,8 @@ def mirrored(result_path, train_args):
 
 def multiworker(result_path, train_args):
     train = load_example("train")
+    if "KERAS_CVT_KILL_AT" in os.environ:
+        sys.exit(train.main([*train_args, "--strategy", "multiworker"], callbacks=[event_callback()]))
     model, _, (top1, top5) = train.run(train.parse_args([*train_args, "--strategy", "multiworker"]))
     arrays = {v.path: v.numpy() for v in model.weights}
     arrays["__iterations__"] = np.asarray(int(model.optimizer.iterations.numpy()))
@@ -106,19 +113,39 @@ def multiworker(result_path, train_args):
     write_atomically(result_path, lambda f: np.savez(f, **arrays))
 
 
-def killable(result_path, train_args):
+def fill_file_system(path):
+    """Fills the file system of `path` with a file there, leaving 16 KiB free."""
+    stat = os.statvfs(os.path.dirname(path))
+    free = stat.f_bavail * stat.f_frsize
+    with open(path, "wb") as f:
+        f.write(b"\0" * max(free - 16 * 1024, 0))
+
+
+def event_callback():
+    """The callback that acts at `KERAS_CVT_KILL_AT` (see the module's docstring), patching
+    `keras_cvt.atomic.publish_file` for its `write:` and `published:` events."""
     import keras
 
     from keras_cvt import atomic
 
     event, _, at = os.environ["KERAS_CVT_KILL_AT"].rpartition("@")
     at = int(at)
+    action = os.environ.get("KERAS_CVT_ACTION", "SIGKILL")
 
-    class Kill(keras.callbacks.Callback):
+    class Act(keras.callbacks.Callback):
+        done = False
+
         def kill_if(self, name):
-            if name == event and int(self.model.optimizer.iterations.numpy()) == at:
-                sys.stdout.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
+            if self.done or not fnmatch.fnmatchcase(name, event):
+                return
+            if int(self.model.optimizer.iterations.numpy()) != at:
+                return
+            self.done = True
+            sys.stdout.flush()
+            if action.startswith("fill:"):
+                fill_file_system(action[len("fill:") :])
+            else:
+                os.kill(os.getpid(), getattr(signal, action))
 
         def on_train_batch_begin(self, batch, logs=None):
             self.kill_if("step")
@@ -126,7 +153,7 @@ def killable(result_path, train_args):
         def on_test_begin(self, logs=None):
             self.kill_if("validation")
 
-    kill = Kill()
+    act = Act()
     publish_file = atomic.publish_file
 
     @contextlib.contextmanager
@@ -134,14 +161,16 @@ def killable(result_path, train_args):
         name = os.path.basename(path)
         with publish_file(path) as temporary:
             yield temporary
-            kill.kill_if(f"write:{name}")
-        kill.kill_if(f"published:{name}")
+            act.kill_if(f"write:{name}")
+        act.kill_if(f"published:{name}")
 
     atomic.publish_file = killable_publish_file
+    return act
+
+
+def killable(result_path, train_args):
     train = load_example("train")
-    model, _, (top1, _) = train.run(train.parse_args(train_args), callbacks=[kill])
-    result = {"iterations": int(model.optimizer.iterations.numpy()), "top1": top1}
-    write_atomically(result_path, lambda f: f.write(json.dumps(result).encode()))
+    sys.exit(train.main(train_args, callbacks=[event_callback()]))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import os
 import tempfile
 
 from keras_cvt import architectures
-from keras_cvt.atomic import publish_file
+from keras_cvt.atomic import publish_file, reserve_for_variables
 from keras_cvt.builder import CvT
 from keras_cvt.errors import describe_error
 from weights_conversion.checkpoints import read_checkpoint
@@ -89,6 +89,9 @@ def convert(input_path, output_path, model=None):
     mapping = variable_map(keras_model)
     assign(state, mapping)
     with publish_file(output_path) as temporary:
+        # A full disk must stop before h5py writes: HDF5 crashes the process closing a file
+        # whose writes failed. It is then a WriteError naming `output_path`.
+        reserve_for_variables(temporary, keras_model.weights, previous=output_path)
         keras_model.save_weights(temporary)
     return {"variant": variant, "config": config, "tensors": len(mapping)}
 

@@ -8,7 +8,9 @@
 - `openvino`: an OpenVINO IR, the same input and output (`export_openvino`).
 
 `export(model, path, format=...)` writes any of them. Each writes through `keras_cvt.atomic`,
-so a failed export leaves nothing behind, and wraps the model in `classifier.Classifier` (its
+so a failed export leaves nothing behind (a full disk is a `keras_cvt.atomic.WriteError`), and
+`export` holds the target's lock (`keras_cvt.locks`), so two exports to one path do not
+interleave: the second stops at once with `LockedError`. Each wraps the model in `classifier.Classifier` (its
 folded inference form, pixels in [0, 255] in, probabilities out). The command line is
 `python -m keras_cvt.export` (`keras_cvt.export.cli`).
 
@@ -19,6 +21,7 @@ use.
 import importlib
 import os
 
+from keras_cvt import locks
 from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS
 from keras_cvt.export.saved_model import export_for_serving
 from keras_cvt.export.tflite import TFLiteClassifier, export_tflite
@@ -51,6 +54,9 @@ def export(model, path, format=DEFAULT_FORMAT, **options):
     Raises:
         ValueError: an unknown format, an option the format does not take, or a path without
             its suffix, before the model is traced.
+        keras_cvt.locks.LockedError: another process is exporting to `path`.
+        keras_cvt.atomic.WriteError: `path` could not be written (a full disk); what was there
+            before stays.
     """
     try:
         spec = FORMATS[format]
@@ -63,7 +69,8 @@ def export(model, path, format=DEFAULT_FORMAT, **options):
     if spec.suffix is not None and not os.fspath(path).endswith(spec.suffix):
         raise ValueError(f"`path` of a {format} export must end with {spec.suffix}, got {os.fspath(path)!r}")
     writer = getattr(importlib.import_module(spec.module), spec.function)
-    return writer(model, path, **options)
+    with locks.exclusive(path, "export target"):
+        return writer(model, path, **options)
 
 
 def __getattr__(name):

@@ -12,20 +12,24 @@ that checkpoint was evaluated (`keras_cvt.pretrained.transform_for`); `--size` a
 `--crop-ratio` override it; with a `.weights.h5` file they default to `DEFAULT_TRANSFORM`'s,
 and the number of classes is read from the file. `--max-pixels` bounds the pixels (height x
 width) the server decodes per image, and resizes it to; larger images are refused by name.
+`--max-request-pixels` bounds them per request.
 See `keras_cvt.export.saved_model` for the signatures.
 
 `--format tflite|onnx|openvino` writes a file that takes pixels (`float32`, `[batch, height,
 width, 3]`, RGB in [0, 255], already transformed) and returns probabilities: any batch, and
 any height and width unless `--size` fixes them. The transform to apply is printed.
 
-An existing output is replaced only with `--overwrite`. Errors are one line, exit status 2.
+An existing output is replaced only with `--overwrite`; a second export to the same output
+while one runs stops at once, naming the process that holds it. Errors (a full disk included:
+what was there stays) are one line, exit status 2.
 """
 
 import argparse
 import os
 import sys
 
-from keras_cvt import architectures, pretrained, sources, variants
+from keras_cvt import architectures, locks, pretrained, sources, variants
+from keras_cvt.locks import LockedError
 from keras_cvt.export import export
 from keras_cvt.export import saved_model as serving
 from keras_cvt.export.formats import DEFAULT_FORMAT, DEFAULT_ONNX_OPSET, FORMATS
@@ -79,6 +83,7 @@ _DEFAULTS = {
     "top_k": 5,
     "labels": None,
     "max_pixels": serving.DEFAULT_MAX_PIXELS,
+    "max_request_pixels": serving.DEFAULT_MAX_REQUEST_PIXELS,
     "quantization": None,
     "opset": DEFAULT_ONNX_OPSET,
 }
@@ -143,6 +148,14 @@ def _parser():
         f"before the centre crop; larger images are refused (default: {serving.DEFAULT_MAX_PIXELS:,})",
     )
     parser.add_argument(
+        "--max-request-pixels",
+        type=_positive_int,
+        default=_UNSET,
+        help="saved_model: the most pixels per request, summed over its images (each image's pixels and "
+        "those of its resize before the centre crop), checked from the headers before decoding "
+        f"(default: {serving.DEFAULT_MAX_REQUEST_PIXELS:,})",
+    )
+    parser.add_argument(
         "--quantization",
         choices=[q for q in TFLITE_QUANTIZATIONS if q is not None],
         default=_UNSET,
@@ -175,21 +188,23 @@ def main(argv=None):
     spec = FORMATS[args.format]
     options = _options(parser, args, spec)
     try:
-        if spec.suffix is None:
-            options["overwrite"] = args.overwrite
-            size, options["crop_ratio"] = evaluation_settings(
-                args.model, args.weights, args.size, options["crop_ratio"]
-            )
-            if options["labels"] is not None:
-                with open(options["labels"], encoding="utf-8") as f:
-                    options["labels"] = f.read().splitlines()
-        else:
-            _check_output_file(args.output, spec, args.overwrite)
-            size = args.size
-            transform = pretrained.transform_for(args.model, args.weights)
-        model = classifier_for_export(args.model, args.weights)
-        path = export(model, args.output, format=spec.name, **{spec.size_option: size}, **options)
-    except (ValueError, OSError) as error:
+        # Before the weights are read or converted: a second export to the same output stops at once.
+        with locks.exclusive(args.output, "export target"):
+            if spec.suffix is None:
+                options["overwrite"] = args.overwrite
+                size, options["crop_ratio"] = evaluation_settings(
+                    args.model, args.weights, args.size, options["crop_ratio"]
+                )
+                if options["labels"] is not None:
+                    with open(options["labels"], encoding="utf-8") as f:
+                        options["labels"] = f.read().splitlines()
+            else:
+                _check_output_file(args.output, spec, args.overwrite)
+                size = args.size
+                transform = pretrained.transform_for(args.model, args.weights)
+            model = classifier_for_export(args.model, args.weights)
+            path = export(model, args.output, format=spec.name, **{spec.size_option: size}, **options)
+    except (ValueError, OSError, LockedError) as error:
         parser.error(str(error))
     if spec.suffix is None:
         _report_saved_model(path, size, options)
@@ -217,7 +232,7 @@ def _check_output_file(output, spec, overwrite):
 def _report_saved_model(path, size, options):
     print(
         f"SavedModel written to {path} (images transformed to {size} x {size}, crop_ratio={options['crop_ratio']}, "
-        f"at most {options['max_pixels']:,} pixels per image)"
+        f"at most {options['max_pixels']:,} pixels per image, {options['max_request_pixels']:,} per request)"
     )
     print(
         f"signatures: {serving.IMAGES_SIGNATURE} (images -> classes, labels, scores), "

@@ -39,7 +39,7 @@ FORMATS = {
             "export_for_serving",
             None,
             "image_size",
-            ("crop_ratio", "top_k", "labels", "max_pixels", "overwrite"),
+            ("crop_ratio", "top_k", "labels", "max_pixels", "max_request_pixels", "overwrite"),
             "a TF Serving SavedModel directory: encoded images in, top-k classes, labels and scores out",
         ),
         Format(

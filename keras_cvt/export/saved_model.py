@@ -22,7 +22,10 @@ zero-sized image) fails the whole request with an `InvalidArgumentError` that na
 as "`images`[2] could not be decoded: ..."; the decoder's own message goes to the server's
 log. Too small `pixels` fail the same way. An empty batch gets empty outputs.
 
-The work per image is bounded by `max_pixels`, fixed at export: an image whose header declares
+The work per request is bounded by `max_request_pixels`, fixed at export: the pixels the
+headers of a request's images declare, plus those their resizes before the centre crop would
+produce, added up in order; the image that takes the sum over the limit fails the request,
+before any image is decoded. The work per image is bounded by `max_pixels`, fixed at export: an image whose header declares
 more pixels (height x width) is refused before it is decoded, and one whose resize before the
 centre crop would exceed it (a long thin image: the short side is scaled up to 256) is refused
 before it is resized, each with an `InvalidArgumentError` naming it. 8-bit (palette) BMPs are
@@ -48,6 +51,10 @@ PIXELS_UINT8_SIGNATURE = "predict_pixels_uint8"
 # megapixel PNG, 3.7 GB for an 89 megapixel one, PIL's decompression-bomb threshold), so this
 # bounds one image to about 2 GB.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Two images of the largest size, or eight 12-megapixel photos, or about 1,500 small images
+# (each is resized to at least 256 x 256): a request then peaks at about 4 GB however many cores
+# decode it in parallel, where per-image limits alone let the peak grow with the cores.
+DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_PIXELS
 # The status of a refused image (0: transformed), and what the request's error says of it.
 _TOO_MANY_PIXELS, _RESIZE_TOO_LARGE, _UNREADABLE_BMP = 1, 2, 3
 _REFUSALS = {
@@ -71,6 +78,7 @@ def export_for_serving(
     top_k=5,
     labels=None,
     max_pixels=DEFAULT_MAX_PIXELS,
+    max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS,
     overwrite=False,
 ):
     """Writes `model` as a SavedModel for TF Serving that classifies encoded images.
@@ -99,6 +107,11 @@ def export_for_serving(
             request naming it. Decoding and transforming an image peaks at 30 to 40 bytes per
             pixel, so the default (50,000,000) bounds an image to about 2 GB; the images of a
             request are decoded in parallel (up to one per CPU core).
+        max_request_pixels: the most pixels a request may bring: for each image, those its
+            header declares plus those its resize before the centre crop produces, summed over
+            the request. Checked from the headers before any image is decoded; the image that
+            takes the sum over it fails the request, naming it. The default (100,000,000)
+            bounds a request to about 4 GB.
         overwrite: whether to replace an existing non-empty directory at `path`.
 
     Returns:
@@ -107,11 +120,11 @@ def export_for_serving(
     # Entering it checks `path` (before the minutes that tracing a large model can take), and
     # whatever fails inside leaves nothing behind.
     with atomic.publish_directory(path, overwrite) as staging:
-        _export_for_serving(model, staging, image_size, crop_ratio, top_k, labels, max_pixels)
+        _export_for_serving(model, staging, image_size, crop_ratio, top_k, labels, max_pixels, max_request_pixels)
     return os.path.abspath(os.fspath(path))
 
 
-def _export_for_serving(model, directory, image_size, crop_ratio, top_k, labels, max_pixels):
+def _export_for_serving(model, directory, image_size, crop_ratio, top_k, labels, max_pixels, max_request_pixels):
     classifier = Classifier(model)
     if not isinstance(top_k, int) or not 1 <= top_k <= classifier.classes:
         raise ValueError(
@@ -133,6 +146,13 @@ def _export_for_serving(model, directory, image_size, crop_ratio, top_k, labels,
             f"`max_pixels` must be an integer of at least {square**2} (the {square} x {square} that a "
             f"square image is resized to), got max_pixels={max_pixels!r}"
         )
+    # One square image brings its own pixels and those of its resize.
+    least = 2 * square**2
+    if isinstance(max_request_pixels, bool) or not isinstance(max_request_pixels, int) or max_request_pixels < least:
+        raise ValueError(
+            f"`max_request_pixels` must be an integer of at least {least} (a {square} x {square} image and its "
+            f"resize), got max_request_pixels={max_request_pixels!r}"
+        )
 
     height, width = classifier.input_size
     # One trace of the network that every signature calls: the SavedModel then holds it once,
@@ -142,7 +162,7 @@ def _export_for_serving(model, directory, image_size, crop_ratio, top_k, labels,
     )
 
     def serve_images(images):
-        pixels = _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels)
+        pixels = _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels, max_request_pixels)
         scores, classes = tf.math.top_k(predict(pixels), k=top_k)
         return {
             "classes": tf.cast(classes, tf.int32),
@@ -172,11 +192,53 @@ def _first(mask):
     return tf.argmax(tf.concat([mask, [True]], axis=0), output_type=tf.int32)
 
 
-def _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels):
+def _check_request(indices, images, image_size, crop_ratio, max_pixels, max_request_pixels):
+    """An Assert that the request's images stay within `max_request_pixels`, read from their headers.
+
+    Images that their own checks will refuse (over `max_pixels`, or no size in the header)
+    count for nothing here, so that they get their own message; so do those whose header
+    cannot be read (the decoding step names them).
+    """
+
+    def cost(index, encoded):
+        height_width, _ = inspect_encoded_image(encoded)
+        declared = tf.reduce_prod(height_width)
+        produced = tf.reduce_prod(transforms.evaluation_resize_size(height_width, image_size, crop_ratio))
+        counted = (declared > 0) & (declared <= max_pixels) & (produced <= max_pixels)
+        return index, tf.where(counted, declared + produced, tf.constant(0, tf.int64))
+
+    count = tf.shape(images)[0]
+    costs = (
+        tf.data.Dataset.from_tensor_slices((indices, images))
+        .map(cost)
+        .ignore_errors()
+        .concatenate(tf.data.Dataset.from_tensors((tf.constant(-1), tf.constant(0, tf.int64))))
+    )
+    counted_indices, counted = costs.batch(tf.cast(count, tf.int64) + 1).get_single_element()
+    per_image = tf.scatter_nd(counted_indices[:-1, None], counted[:-1], [count])
+    # The sentinel keeps `total` non-empty for an empty request.
+    total = tf.concat([tf.cumsum(per_image), [0]], axis=0)
+    over = total[:-1] > max_request_pixels
+    first = _first(over)
+    return tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(over)),
+        [
+            tf.strings.format(
+                "`images`[{}] brings the request to {} pixels (the pixels of each image and of its resize, "
+                "summed over `images`[0] to `images`[{}]), more than the limit of {} pixels per request this "
+                "model was exported with (max_request_pixels): send fewer or smaller images per request",
+                (first, total[first], first, max_request_pixels),
+            )
+        ],
+    )
+
+
+def _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels, max_request_pixels):
     """Encoded images `[batch]` -> transformed pixels `[batch, size, size, 3]`, or a clean error.
 
     A bad element fails the whole request with an InvalidArgumentError that names it: dropping
-    it would shift every later result onto the wrong image.
+    it would shift every later result onto the wrong image. The request's size is checked
+    first (`_check_request`), before any image is decoded.
     """
     empty = tf.equal(tf.strings.length(images), 0)
     check_empty = tf.debugging.Assert(
@@ -186,6 +248,9 @@ def _decode_and_transform(images, transform, image_size, crop_ratio, max_pixels)
     with tf.control_dependencies([check_empty]):
         count = tf.shape(images)[0]
         indices = tf.range(count)
+    check_request = _check_request(indices, images, image_size, crop_ratio, max_pixels, max_request_pixels)
+    with tf.control_dependencies([check_request]):
+        indices = tf.identity(indices)
     no_pixels = tf.zeros([image_size, image_size, 3])
 
     def refusal(height_width):

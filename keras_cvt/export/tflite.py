@@ -15,6 +15,8 @@ from keras_cvt.pretrained import DEFAULT_TRANSFORM
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range")
 # The signature the TFLite file is called through.
 SIGNATURE = "serving_default"
+# The largest smallest-size `TFLiteClassifier` looks for (CvT's default stem takes 3 x 3).
+_MAX_MIN_SIZE = 1024
 
 
 def export_tflite(model, path, quantization=None, input_size=DEFAULT_TRANSFORM.size):
@@ -56,9 +58,10 @@ def export_tflite(model, path, quantization=None, input_size=DEFAULT_TRANSFORM.s
 class TFLiteClassifier:
     """A file of `export_tflite` as a function: pixels `[batch, height, width, 3]` -> probabilities.
 
-    This checks `pixels` against the height and width the file takes (any, for a file exported
-    with `input_size=None`), with an error that says what is expected, before the runtime sees
-    them. Files of keras_cvt 0.2, whose batch is fixed at one image, are run one image at a time.
+    This checks `pixels` against the height and width the file takes (any from the smallest its
+    architecture allows, for a file exported with `input_size=None`), with an error that says
+    what is expected, before the runtime sees them. Files of keras_cvt 0.2, whose batch is
+    fixed at one image, are run one image at a time.
 
     Args:
         path: the `.tflite` file.
@@ -66,20 +69,20 @@ class TFLiteClassifier:
 
     Attributes:
         input_shape: `(height, width, 3)`, None for a dimension the file leaves free.
+        min_size: the smallest height and width the file takes: the smallest its patch
+            embeddings' kernels and strides leave a token of, found once by the runtime's own
+            shape inference on the file's graph (None for a file of fixed size).
     """
 
     def __init__(self, path, num_threads=None):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:  # TensorFlow's own copy of the runtime, deprecated in its favour
-            Interpreter = tf.lite.Interpreter
         self.path = os.path.abspath(os.fspath(path))
-        interpreter = Interpreter(model_path=self.path, num_threads=num_threads)
+        interpreter = _runtime().Interpreter(model_path=self.path, num_threads=num_threads)
         self._run = interpreter.get_signature_runner(SIGNATURE)
         shape = [int(d) for d in self._run.get_input_details()["pixels"]["shape_signature"]]
         self._one_at_a_time = shape[0] == 1
         self.input_shape = tuple(None if d < 0 else d for d in shape[1:])
         self.classes = int(self._run.get_output_details()["probabilities"]["shape"][-1])
+        self.min_size = None if self.input_shape[0] is not None else _smallest_input(self.path)
 
     def __call__(self, pixels):
         """`pixels`: RGB in [0, 255], as `keras_cvt.transforms.evaluation_transform` makes them."""
@@ -94,6 +97,12 @@ class TFLiteClassifier:
                 f"{pixels.shape}. Transform images with keras_cvt.transforms.evaluation_transform({height}, "
                 "...), or export another input_size (None for any)"
             )
+        if self.min_size is not None and min(pixels.shape[1:3]) < self.min_size:
+            raise ValueError(
+                f"`pixels`[0] is {pixels.shape[1]} x {pixels.shape[2]} (height x width; every image of the "
+                f"batch has that shape): this TFLite model ({self.path}) takes images of at least "
+                f"{self.min_size} x {self.min_size}, the smallest its patch embeddings leave a token of"
+            )
         if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
             raise TypeError(f"`pixels` must be numbers (RGB in [0, 255]), got dtype {pixels.dtype}")
         if len(pixels) == 0:
@@ -102,6 +111,41 @@ class TFLiteClassifier:
         if self._one_at_a_time:
             return np.concatenate([self._run(pixels=image[None])["probabilities"] for image in pixels])
         return self._run(pixels=pixels)["probabilities"]
+
+
+def _runtime():
+    """The LiteRT interpreter module: ai_edge_litert's, else TensorFlow's own copy."""
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError:  # TensorFlow's own copy of the runtime, deprecated in its favour
+        return _TensorFlowRuntime
+    return interpreter
+
+
+class _TensorFlowRuntime:
+    Interpreter = tf.lite.Interpreter
+    OpResolverType = tf.lite.experimental.OpResolverType
+
+
+def _smallest_input(path):
+    """The smallest height and width that the free-size file at `path` can be run on, or None.
+
+    The runtime runs one image of each size from 1 x 1 up (a few pixels: next to no work) until
+    its shape inference through every convolution leaves a token: below the size the patch
+    embeddings' kernels and strides allow, an operation's input is empty and preparing it
+    fails. Without XNNPack, which would repack the weights for every try.
+    """
+    runtime = _runtime()
+    interpreter = runtime.Interpreter(
+        model_path=path, experimental_op_resolver_type=runtime.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    for size in range(1, _MAX_MIN_SIZE + 1):
+        try:
+            interpreter.get_signature_runner(SIGNATURE)(pixels=np.zeros([1, size, size, 3], np.float32))
+        except RuntimeError:
+            continue
+        return size
+    return None
 
 
 @contextlib.contextmanager
@@ -118,6 +162,7 @@ def _tflite_converter(model, quantization, input_size):
     archive.add_endpoint(
         SIGNATURE, lambda pixels: {"probabilities": classifier.probabilities(pixels)}, input_signature=[spec]
     )
+
     # Through a SavedModel, TFLite's standard route: the converter then freezes every Keras
     # variable into a constant (from a concrete function some stay TFLite resource variables
     # that nothing initialises).

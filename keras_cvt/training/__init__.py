@@ -20,8 +20,10 @@ together; each piece also works on its own:
   resume at the same epoch *and step* (a rerun with other parameters or another model is
   refused, saying what differs), best/last checkpoints (`best` never replaced by a worse model),
   a completion record (a completed run is not trained again without `restart=True`) and
-  TensorBoard logs, all published atomically by the chief worker only, and BatchNorm
-  statistics kept identical on all replicas.
+  TensorBoard logs, all published atomically by the chief worker only, each file with a size
+  and SHA-256 record checked before use; one writer per run directory (an OS lock); SIGTERM
+  and SIGINT back up at the current step and raise `Preempted`; BatchNorm statistics kept
+  identical on all replicas.
 
 The recipe is the original's (microsoft/CvT `experiments/imagenet/cvt/cvt-13-224x224.yaml`,
 `lib/config/default.py`, `lib/optim/build.py`, timm's cosine scheduler): AdamW, learning rate
@@ -50,7 +52,9 @@ from keras_cvt.training.fit import (
     fit,
     model_signature,
     read_completed,
+    run_directory_lock,
 )
+from keras_cvt.training.preemption import Preempted, PreemptionCallback
 from keras_cvt.variants import BUILDERS
 from keras_cvt.training.model import build_model, head_classes
 from keras_cvt.training.pipeline import (

@@ -5,9 +5,11 @@ complete) and carries a record of the run that wrote it (its defining parameters
 model's weight layout), so a rerun can tell whether it is the same run before loading anything.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -16,8 +18,9 @@ import h5py
 import keras
 import tensorflow as tf
 
-from keras_cvt import atomic
+from keras_cvt import atomic, locks
 from keras_cvt.arguments import check_integer
+from keras_cvt.training.preemption import PreemptionCallback
 from keras_cvt.training.strategy import is_chief, task
 
 MONITOR = "val_top1"
@@ -144,12 +147,32 @@ def build_optimizer(model):
 
 
 def save_weights(model, path, attributes):
-    """`model.save_weights(path)` published atomically, with `attributes` on the file's root."""
-    with atomic.publish_file(path) as temporary:
+    """`model.save_weights(path)` published with `atomic.publish_verified`, `attributes` on its root.
+
+    The file system must first grant the file's size (`atomic.reserve_for_variables`): a full disk is
+    then a `keras_cvt.atomic.WriteError` naming the file, with the previous file kept, instead
+    of HDF5's crash on closing a file it could not write.
+    """
+    variables = list(model.weights)
+    if model.optimizer is not None and model.optimizer.built:
+        variables += list(model.optimizer.variables)
+    with atomic.publish_verified(path) as temporary:
+        extra = sum(len(str(value)) for value in attributes.values())
+        atomic.reserve_for_variables(temporary, variables, previous=path, extra=extra)
         model.save_weights(temporary)
         with h5py.File(temporary, "a") as f:
             for key, value in attributes.items():
                 f.attrs[key] = value
+
+
+def _check_intact(path, what):
+    """Refuses a file of ours that no longer matches its size and SHA-256 record."""
+    problem = atomic.verify(path)
+    if problem is not None:
+        raise ValueError(
+            f"{what} {path} is damaged: {problem}. Move it away (with {atomic.record_path(path)}), "
+            "or use another output directory"
+        )
 
 
 class Checkpoints(keras.callbacks.Callback):
@@ -183,12 +206,16 @@ class ResumableBackupAndRestore(keras.callbacks.Callback):
 
     Keras' `BackupAndRestore` restarts the interrupted epoch from its first step, so a job
     killed mid-epoch ends with more optimizer steps than an uninterrupted one. This one records
-    the epoch and the step within it next to the weights and optimizer state (one file,
-    published atomically: a kill while writing leaves the previous backup), every
+    the epoch and the step within it next to the weights and optimizer state, every
     `backup_every` steps and at the end of every epoch, after the checkpoints (a kill between
     them repeats the epoch's end rather than losing its checkpoints). A backup due on an
     epoch's last step is left to the end-of-epoch one, which follows validation: resuming
     there would leave no step of the epoch to run.
+
+    Each backup is one file, `backup-<epoch>-<step>.weights.h5`, published atomically with a
+    size and SHA-256 record (`keras_cvt.atomic.publish_verified`); the two newest are kept. A
+    restore takes the newest that matches its record: a damaged one is refused by name (and
+    renamed `<name>.damaged`), and the one before it is used, with a warning saying so.
 
     Args:
         backup_dir: where backups are read from.
@@ -201,7 +228,8 @@ class ResumableBackupAndRestore(keras.callbacks.Callback):
         before_save: called before each backup (e.g. `SyncBatchNormStatistics.sync`).
     """
 
-    FILENAME = "latest.weights.h5"
+    GENERATIONS = 2
+    PATTERN = re.compile(r"backup-(\d+)-(\d+)\.weights\.h5")
 
     def __init__(
         self, backup_dir, steps_per_epoch, backup_every=0, write_dir=None, attributes=None, before_save=None
@@ -214,32 +242,70 @@ class ResumableBackupAndRestore(keras.callbacks.Callback):
         self.attributes = dict(attributes or {})
         self.before_save = before_save
         self.step_offset = 0
+        self.last_saved = None
+        self._saved_at = None
         self._epoch = 0
         self._step = 0
         self._steps_since_backup = 0
 
-    @property
-    def read_path(self):
-        return os.path.join(self.backup_dir, self.FILENAME)
+    @staticmethod
+    def filename(epoch, step):
+        return f"backup-{epoch:05d}-{step:08d}.weights.h5"
+
+    @classmethod
+    def backups(cls, directory):
+        """Paths of the backups in `directory`, newest (by epoch, then step) first."""
+        found = []
+        if os.path.isdir(directory):
+            for name in os.listdir(directory):
+                match = cls.PATTERN.fullmatch(name)
+                if match:
+                    found.append(((int(match[1]), int(match[2])), os.path.join(directory, name)))
+        return [path for _, path in sorted(found, reverse=True)]
+
+    @classmethod
+    def remove_all(cls, directory):
+        for path in cls.backups(directory):
+            atomic.remove_verified(path)
 
     @property
-    def write_path(self):
-        return os.path.join(self.write_dir, self.FILENAME)
+    def current(self):
+        """`(epoch, step)` training has reached."""
+        return self._epoch, self._step
 
     def restore(self, model, run, epochs):
-        """Loads the backup into `model`; returns `(epoch, step)` to resume at, `(0, 0)` without one.
+        """Loads the newest intact backup into `model`; returns `(epoch, step)`, `(0, 0)` without one.
 
         The backup's record is checked against `run` (and the model's weight layout) first:
         a backup of another run is refused with what differs, before anything is loaded.
         """
-        attributes = _read_attributes(self.read_path, "the backup")
-        if attributes is None:
+        candidates = self.backups(self.backup_dir)
+        refused = []
+        for path in candidates:
+            problem = atomic.verify(path)
+            if problem is None:
+                break
+            refused.append(f"{path}: {problem}")
+            os.replace(path, path + ".damaged")
+        else:
+            if refused:
+                raise ValueError(
+                    "every backup is damaged, refused:\n  " + "\n  ".join(refused) + "\nTo train from step 0, "
+                    "pass restart=True (--restart); the damaged files were renamed *.damaged"
+                )
             return 0, 0
-        recorded_run, recorded_model = _recorded(attributes, self.read_path, "the backup")
+        if refused:
+            warnings.warn(
+                "refused the damaged backup " + "; ".join(refused) + f" (renamed *.damaged): resuming from the "
+                f"previous one, {path}",
+                stacklevel=3,
+            )
+        attributes = _read_attributes(path, "the backup")
+        recorded_run, recorded_model = _recorded(attributes, path, "the backup")
         differences = _differences(recorded_run, recorded_model, run, model_signature(model))
         if differences:
             raise ValueError(
-                f"{self.read_path} holds the backup of another run, which differs from this one in\n  "
+                f"{path} holds the backup of another run, which differs from this one in\n  "
                 + "\n  ".join(differences)
                 + "\nTo resume it, run again with its arguments (its model, batch size, epochs, ...); "
                 "to discard it and start this run from step 0, pass restart=True (--restart); "
@@ -248,11 +314,11 @@ class ResumableBackupAndRestore(keras.callbacks.Callback):
         epoch, step = int(attributes["epoch"]), int(attributes["step"])
         if not (0 <= step < self.steps_per_epoch and 0 <= epoch <= epochs and (epoch < epochs or step == 0)):
             raise ValueError(
-                f"{self.read_path} says epoch {epoch} step {step}, outside {epochs} epochs of "
+                f"{path} says epoch {epoch} step {step}, outside {epochs} epochs of "
                 f"{self.steps_per_epoch} steps: delete it, or pass restart=True (--restart)"
             )
         build_optimizer(model)
-        model.load_weights(self.read_path)
+        model.load_weights(path)
         return epoch, step
 
     def on_train_begin(self, logs=None):
@@ -272,13 +338,25 @@ class ResumableBackupAndRestore(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.step_offset = self._step = 0
+        self._epoch = epoch + 1
         self._save(epoch + 1, 0)
+
+    def save_now(self):
+        """Backs up at the current epoch and step (mid-epoch) unless done; returns the path."""
+        if self._saved_at == self.current:
+            return self.last_saved
+        return self._save(*self.current)
 
     def _save(self, epoch, step):
         if self.before_save is not None:
             self.before_save()
         self._steps_since_backup = 0
-        save_weights(self.model, self.write_path, {**self.attributes, "epoch": epoch, "step": step})
+        path = os.path.join(self.write_dir, self.filename(epoch, step))
+        save_weights(self.model, path, {**self.attributes, "epoch": epoch, "step": step})
+        self.last_saved, self._saved_at = path, (epoch, step)
+        for old in self.backups(self.write_dir)[self.GENERATIONS :]:
+            atomic.remove_verified(old)
+        return path
 
 
 def read_completed(output_dir):
@@ -286,6 +364,7 @@ def read_completed(output_dir):
     path = os.path.join(output_dir, COMPLETED)
     if not os.path.exists(path):
         return None
+    _check_intact(path, "the completion record")
     try:
         with open(path) as f:
             return json.load(f)
@@ -298,9 +377,10 @@ def _check_checkpoints(directory, signature, monitor):
     best = None
     for name in (LAST, BEST):
         path = os.path.join(directory, name)
-        attributes = _read_attributes(path, "the checkpoint")
-        if attributes is None:
+        if not os.path.exists(path):
             continue
+        _check_intact(path, "the checkpoint")
+        attributes = _read_attributes(path, "the checkpoint")
         _, recorded_model = _recorded(attributes, path, "the checkpoint")
         if recorded_model["weights"] != signature["weights"]:
             raise ValueError(
@@ -351,14 +431,16 @@ def fit(
     published atomically with a record of the run (`epochs`, `steps_per_epoch`, `parameters`)
     and of the model's weight layout:
 
-    - `backup/latest.weights.h5`: weights, optimizer state, epoch and step, every
-      `backup_every` steps (0: at the end of each epoch only; always at the end of each
-      epoch). Run again with the same arguments after a kill at any point (mid-step, during a
-      backup or checkpoint write, during validation), it resumes at the backup's epoch and
-      step with its optimizer state and ends after the same number of optimizer steps as an
-      uninterrupted run. A backup of another run (other `epochs`, `steps_per_epoch`,
+    - `backup/backup-<epoch>-<step>.weights.h5` (the two newest): weights, optimizer state,
+      epoch and step, every `backup_every` steps (0: at the end of each epoch only; always at
+      the end of each epoch, and at the step where SIGTERM or SIGINT arrived, after which
+      `Preempted` is raised: `keras_cvt.training.preemption`). Run again with the same
+      arguments after a kill at any point (mid-step, during a backup or checkpoint write,
+      during validation), it resumes at the backup's epoch and step with its optimizer state
+      and ends after the same number of optimizer steps as an uninterrupted run. A backup of another run (other `epochs`, `steps_per_epoch`,
       `parameters`, or another model) is refused with what differs, before anything is loaded.
-      Deleted when training completes unless `keep_backup`.
+      A damaged backup is refused by name and the one before it used. Deleted when training
+      completes unless `keep_backup`.
     - `checkpoints/last.weights.h5` after every epoch, `checkpoints/best.weights.h5` when the
       validation top-1 accuracy (with `validation_data`) beats the best value recorded in
       that file, so it is never replaced by a worse model, across resumes and restarts.
@@ -367,6 +449,14 @@ def fit(
       run's record. Run again, a completed run is not trained again: its checkpoints are left
       as they are, the model gets the final weights (`last.weights.h5`) and a warning says so.
     - `logs/`: TensorBoard logs (when the `tensorboard` package is installed).
+
+    Every weights file and `completed.json` carries a size and SHA-256 record
+    (`<file>.sha256.json`, `keras_cvt.atomic.publish_verified`), checked before it is used:
+    a damaged checkpoint is refused by name. The chief holds `output_dir`'s lock
+    (`keras_cvt.locks`, `<output_dir>/.lock`) throughout: a second process training there
+    stops at once with `LockedError`, naming the process that holds it; staging files that a
+    killed writer left are removed first. A full disk is a `keras_cvt.atomic.WriteError`
+    naming the file, with the previous files kept.
 
     Args:
         parameters: a JSON-serialisable dict of what else defines the run (batch size,
@@ -390,11 +480,39 @@ def fit(
     attributes = {"run": json.dumps(run), "model": json.dumps(signature)}
     strategy = strategy or tf.distribute.get_strategy()
     chief = is_chief(strategy)
+    with run_directory_lock(output_dir, strategy):
+        return _fit(
+            model, train_data, epochs, steps_per_epoch, output_dir, strategy, chief, run, signature,
+            attributes, validation_data, validation_steps, backup_every, keep_backup, restart,
+            callbacks, verbose,
+        )
+
+
+@contextlib.contextmanager
+def run_directory_lock(output_dir, strategy=None):
+    """Holds `output_dir`'s lock on the chief (`keras_cvt.locks`), and removes dead writers' staging.
+
+    `fit` takes it; a program that prepares a run before `fit` (examples/train.py) takes it
+    first, so that a second process stops before loading data or building a model (`fit`
+    then nests in it).
+    """
+    if not is_chief(strategy or tf.distribute.get_strategy()):
+        yield
+        return
+    with locks.exclusive(output_dir, "training run directory", inside=True):
+        for directory in (output_dir, *(os.path.join(output_dir, d) for d in ("checkpoints", "backup"))):
+            atomic.remove_stale_staging(directory)
+        yield
+
+
+def _fit(
+    model, train_data, epochs, steps_per_epoch, output_dir, strategy, chief, run, signature,
+    attributes, validation_data, validation_steps, backup_every, keep_backup, restart, callbacks, verbose,
+):
     monitor = MONITOR if validation_data is not None else None
     checkpoint_dir = os.path.join(output_dir, "checkpoints")
     backup_dir = os.path.join(output_dir, "backup")
     completed_path = os.path.join(output_dir, COMPLETED)
-    backup_path = os.path.join(backup_dir, ResumableBackupAndRestore.FILENAME)
 
     # Everything is checked before anything is written or deleted.
     best = _check_checkpoints(checkpoint_dir, signature, monitor)
@@ -410,13 +528,9 @@ def fit(
             )
         return _completed(model, output_dir, completed, epochs, keep_backup, chief)
     if chief:
-        checkpoint_paths = [os.path.join(checkpoint_dir, name) for name in (LAST, BEST)]
-        for path in (completed_path, *checkpoint_paths, backup_path):
-            atomic.remove_leftovers(path)
         if restart:
-            for path in (completed_path, backup_path):
-                if os.path.exists(path):
-                    os.remove(path)
+            atomic.remove_verified(completed_path)
+            ResumableBackupAndRestore.remove_all(backup_dir)
         write_root = output_dir
     else:
         task_type, task_id = task(strategy)
@@ -436,7 +550,9 @@ def fit(
         attributes=attributes,
         before_save=before_save,
     )
-    standard += [checkpoints, backup]  # the end-of-epoch backup after the checkpoints it vouches for
+    preemption = PreemptionCallback(backup, strategy)
+    # The end-of-epoch backup after the checkpoints it vouches for; pre-emption after the backup.
+    standard += [checkpoints, backup, preemption]
     if importlib.util.find_spec("tensorboard") is not None:
         standard.append(keras.callbacks.TensorBoard(os.path.join(write_root, "logs")))
     else:
@@ -465,6 +581,7 @@ def fit(
         for key, values in h.history.items():
             history.setdefault(key, []).extend(values)
 
+    preemption.install()
     try:
         if step:
             # The rest of the interrupted epoch (at least one step), then the following epochs.
@@ -481,10 +598,12 @@ def fit(
                 "run": run,
                 "model": signature,
             }
-            atomic.write_bytes(completed_path, json.dumps(record, indent=1).encode())
-        if not keep_backup and os.path.exists(backup.write_path):
-            os.remove(backup.write_path)
+            with atomic.publish_verified(completed_path) as temporary, open(temporary, "wb") as f:
+                f.write(json.dumps(record, indent=1).encode())
+        if not keep_backup:
+            ResumableBackupAndRestore.remove_all(backup.write_dir)
     finally:
+        preemption.uninstall()
         if not chief:
             shutil.rmtree(write_root, ignore_errors=True)
     return history, resumed
@@ -497,11 +616,12 @@ def _completed(model, output_dir, record, epochs, keep_backup, chief):
             f"{output_dir} holds a completed run but not its {last}: pass restart=True (--restart) "
             "to train again, or use another output directory"
         )
+    _check_intact(last, "the checkpoint")
     build_optimizer(model)
     model.load_weights(last)
-    backup = os.path.join(output_dir, "backup", ResumableBackupAndRestore.FILENAME)
-    if chief and not keep_backup and os.path.exists(backup):
-        os.remove(backup)  # left by a kill between the completion record and its removal
+    if chief and not keep_backup:
+        # Left by a kill between the completion record and their removal.
+        ResumableBackupAndRestore.remove_all(os.path.join(output_dir, "backup"))
     best = f", best {record['monitor']} {record['best']:.4f}" if record["best"] is not None else ""
     warnings.warn(
         f"{output_dir} holds a completed run ({record['optimizer_steps']} optimizer steps{best}): "
