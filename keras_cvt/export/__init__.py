@@ -5,7 +5,9 @@
 - `tflite`: a LiteRT (TFLite) file, pixels in, probabilities out (`export_tflite`,
   `TFLiteClassifier`);
 - `onnx`: an ONNX file, the same input and output (`export_onnx`);
-- `openvino`: an OpenVINO IR, the same input and output (`export_openvino`).
+- `openvino`: an OpenVINO IR, the same input and output (`export_openvino`);
+- with `quantize="int8"`, the last three with int8 weights and activations, calibrated on
+  images (`keras_cvt.export.int8`).
 
 `export(model, path, format=...)` writes any of them. Each writes through `keras_cvt.atomic`,
 so a failed export leaves nothing behind, and wraps the model in `classifier.Classifier` (its
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 
-def export(model, path, format=DEFAULT_FORMAT, **options):
+def export(model, path, format=DEFAULT_FORMAT, quantize=None, calibration=None, **options):
     """Writes `model` in `format` to `path`; returns the absolute path written.
 
     Args:
@@ -45,6 +47,11 @@ def export(model, path, format=DEFAULT_FORMAT, **options):
         path: the output: a directory for `"saved_model"`, else a file ending in the format's
             suffix (`.tflite`, `.onnx`, `.xml`).
         format: one of `FORMATS` (`"saved_model"`, `"tflite"`, `"onnx"`, `"openvino"`).
+        quantize: None (float32), or `"int8"` for an int8 onnx, openvino or tflite file
+            (`keras_cvt.export.int8`), which needs `calibration`.
+        calibration: with `quantize="int8"`, the calibration images: pixels `[n, height, width,
+            3]` in [0, 255] as the file takes them, or a folder of images
+            (`keras_cvt.export.int8.calibration_pixels`).
         **options: the options of the format's function (`export_for_serving`,
             `export_tflite`, `export_onnx`, `export_openvino`), such as `input_size`.
 
@@ -62,6 +69,12 @@ def export(model, path, format=DEFAULT_FORMAT, **options):
         raise ValueError(f"format={format!r} takes the options {list(known)}, got {unknown}")
     if spec.suffix is not None and not os.fspath(path).endswith(spec.suffix):
         raise ValueError(f"`path` of a {format} export must end with {spec.suffix}, got {os.fspath(path)!r}")
+    if quantize is not None or calibration is not None:
+        from keras_cvt.export import int8
+
+        if quantize not in int8.QUANTIZATIONS:
+            raise ValueError(f"`quantize` must be None or one of {list(int8.QUANTIZATIONS)}, got quantize={quantize!r}")
+        return int8.export_int8(model, path, format, calibration, **options)
     writer = getattr(importlib.import_module(spec.module), spec.function)
     return writer(model, path, **options)
 
