@@ -21,7 +21,7 @@ use.
 import importlib
 import os
 
-from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS
+from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS, QUANTIZERS
 from keras_cvt.export.saved_model import export_for_serving
 from keras_cvt.export.tflite import TFLiteClassifier, export_tflite
 
@@ -70,11 +70,9 @@ def export(model, path, format=DEFAULT_FORMAT, quantize=None, calibration=None, 
     if spec.suffix is not None and not os.fspath(path).endswith(spec.suffix):
         raise ValueError(f"`path` of a {format} export must end with {spec.suffix}, got {os.fspath(path)!r}")
     if quantize is not None or calibration is not None:
-        from keras_cvt.export import int8
-
-        if quantize not in int8.QUANTIZATIONS:
-            raise ValueError(f"`quantize` must be None or one of {list(int8.QUANTIZATIONS)}, got quantize={quantize!r}")
-        return int8.export_int8(model, path, format, calibration, **options)
+        if quantize not in QUANTIZERS:
+            raise ValueError(f"`quantize` must be None or one of {list(QUANTIZERS)}, got quantize={quantize!r}")
+        return importlib.import_module(QUANTIZERS[quantize]).export_int8(model, path, format, calibration, **options)
     writer = getattr(importlib.import_module(spec.module), spec.function)
     return writer(model, path, **options)
 

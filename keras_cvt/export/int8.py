@@ -25,10 +25,10 @@ import tensorflow as tf
 
 from keras_cvt import atomic, images
 from keras_cvt.export.formats import FORMATS
+from keras_cvt.export.tflite import _tflite_converter
 from keras_cvt.pretrained import DEFAULT_TRANSFORM
 from keras_cvt.transforms import evaluation_transform
 
-QUANTIZATIONS = ("int8",)
 # The formats with an int8 form.
 INT8_FORMATS = ("onnx", "openvino", "tflite")
 DEFAULT_CALIBRATION_SIZE = 300  # NNCF's default subset
@@ -141,11 +141,16 @@ def export_int8(model, path, format, calibration, **options):
     if format not in INT8_FORMATS:
         raise ValueError(f"quantize='int8' is for the formats {list(INT8_FORMATS)}, not {format!r}")
     spec = FORMATS[format]
-    writer = getattr(importlib.import_module(spec.module), spec.function)
-    input_size = options.pop(spec.size_option, inspect.signature(writer).parameters[spec.size_option].default)
+    input_size = options.pop(spec.size_option, inspect.signature(_writer(format)).parameters[spec.size_option].default)
     pixels = _calibration_array(calibration, input_size)
-    writer = {"onnx": _onnx_int8, "openvino": _openvino_int8, "tflite": _tflite_int8}[format]
-    return writer(model, os.fspath(path), pixels, input_size, options)
+    quantizer = {"onnx": _onnx_int8, "openvino": _openvino_int8, "tflite": _tflite_int8}[format]
+    return quantizer(model, os.fspath(path), pixels, input_size, options)
+
+
+def _writer(format):
+    """The float export function of `format` (its module imported on first use)."""
+    spec = FORMATS[format]
+    return getattr(importlib.import_module(spec.module), spec.function)
 
 
 def _batches(pixels):
@@ -153,8 +158,6 @@ def _batches(pixels):
 
 
 def _tflite_int8(model, path, pixels, input_size, options):
-    from keras_cvt.export.tflite import _tflite_converter
-
     if options.get("quantization") is not None:
         raise ValueError("quantize='int8' replaces `quantization`: pass one of them")
     with _tflite_converter(model, "dynamic_range", input_size) as converter:
@@ -166,10 +169,8 @@ def _tflite_int8(model, path, pixels, input_size, options):
 @contextlib.contextmanager
 def _float_file(model, format, suffix, input_size, options):
     """Yields the path of `model`'s float32 `format` file, in a temporary folder."""
-    from keras_cvt.export import export
-
     with tempfile.TemporaryDirectory() as directory:
-        yield export(model, os.path.join(directory, "float32" + suffix), format=format, input_size=input_size, **options)
+        yield _writer(format)(model, os.path.join(directory, "float32" + suffix), input_size=input_size, **options)
 
 
 def _onnx_int8(model, path, pixels, input_size, options):
@@ -210,8 +211,6 @@ def _openvino_int8(model, path, pixels, input_size, options):
     import nncf
     import openvino
 
-    from keras_cvt.export.openvino import save_ir
-
     if not path.endswith(".xml"):
         raise ValueError(f"`path` must end with .xml (its weights go to the .bin beside it), got {path!r}")
     with _float_file(model, "openvino", ".xml", input_size, options) as float_path:
@@ -222,5 +221,6 @@ def _openvino_int8(model, path, pixels, input_size, options):
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(pixels),
         )
-        save_ir(quantized, path)
+        # The float export's module, which imports openvino (and so is imported on first use).
+        importlib.import_module(FORMATS["openvino"].module).save_ir(quantized, path)
     return os.path.abspath(path)
