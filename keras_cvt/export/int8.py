@@ -174,10 +174,18 @@ def _float_file(model, format, suffix, input_size, options):
 
 
 def _onnx_int8(model, path, pixels, input_size, options):
-    from onnxruntime import quantization
-
     if not path.endswith(".onnx"):
         raise ValueError(f"`path` must end with .onnx, got {path!r}")
+    with _float_file(model, "onnx", ".onnx", input_size, options) as float_path:
+        with atomic.publish_file(path) as temporary:
+            quantize_onnx_file(float_path, temporary, pixels)
+    return os.path.abspath(path)
+
+
+def quantize_onnx_file(float_path, path, pixels):
+    """ONNX Runtime's static quantization of the float ONNX file `float_path` (input `pixels`)
+    into `path`, as `export(format="onnx", quantize="int8")` does, calibrated on `pixels`."""
+    from onnxruntime import quantization
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self):
@@ -187,19 +195,16 @@ def _onnx_int8(model, path, pixels, input_size, options):
             batch = next(self._batches, None)
             return None if batch is None else {"pixels": batch}
 
-    with _float_file(model, "onnx", ".onnx", input_size, options) as float_path:
-        with atomic.publish_file(path) as temporary:
-            quantization.quantize_static(
-                float_path,
-                temporary,
-                Reader(),
-                quant_format=quantization.QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=quantization.QuantType.QUInt8,
-                weight_type=quantization.QuantType.QInt8,
-                op_types_to_quantize=ONNX_QUANTIZED_OPS,
-            )
-    return os.path.abspath(path)
+    quantization.quantize_static(
+        float_path,
+        path,
+        Reader(),
+        quant_format=quantization.QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=quantization.QuantType.QUInt8,
+        weight_type=quantization.QuantType.QInt8,
+        op_types_to_quantize=ONNX_QUANTIZED_OPS,
+    )
 
 
 # The operations ONNX Runtime quantizes: the multiply-adds. Softmax, LayerNormalization and the
