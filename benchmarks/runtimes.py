@@ -1,6 +1,7 @@
 """keras_cvt's deployment paths against HuggingFace's CvT on the runtimes users deploy to.
 
     python benchmarks/runtimes.py [--model cvt13] [--size 224] [--rounds 9] [--latency-calls 10]
+        [--groups 0,1,2,3] [--calibration-size 32]
 
 Measures, in one run, batch-1 latency and batch-32 throughput of
 
@@ -9,7 +10,16 @@ Measures, in one run, batch-1 latency and batch-32 throughput of
   and bfloat16 inference precision) and LiteRT (XNNPACK);
 - HuggingFace's `CvtForImageClassification` with the same weights: PyTorch eager,
   `torch.compile`, PyTorch bfloat16 autocast, and its ONNX file (`torch.onnx.export`) on ONNX
-  Runtime and OpenVINO (float32 and bfloat16).
+  Runtime and OpenVINO (float32 and bfloat16);
+- int8, both sides calibrated on the same images (`--calibration-size` of the photos in
+  examples/images, repeated, through the evaluation transform; the speed does not depend on
+  them, the accuracy is tests/test_int8.py's): ours, `export(..., quantize="int8")` on OpenVINO
+  (NNCF), ONNX Runtime (static QDQ) and LiteRT; HF's ONNX file quantized as its users would, by
+  NNCF's transformer preset on OpenVINO and by ONNX Runtime's `quantize_static` (QDQ,
+  per-channel weights).
+
+The CPU's int8 and bfloat16 features (AVX-512 VNNI, AVX-VNNI, AVX-512 BF16, AMX) are printed
+with the results and stored in the JSON: the int8 speed-ups depend on them.
 
 Both sides have every weight moved off its initial value (as trained weights are: see
 `bench.perturb`); ours are converted from HF's by `weights_conversion.convert`, and the run
@@ -27,7 +37,7 @@ round: the systems of a group meet the same states of the machine, and the faste
 both sides, which the targets compare, share a group. A batch-1 sample is the median of
 `--latency-calls` calls; a batch-32 sample is one call. The table gives each system's median
 sample and the median of its bracketed ratios; "time / ours" and "images/s / ours" are against
-the reference. Written as JSON to benchmarks/results/runtimes_<model>_<size>.json.
+the reference. Written as JSON to benchmarks/results/runtimes_<model>_<size>.json (or `--results`).
 """
 
 import argparse
@@ -64,11 +74,23 @@ SYSTEMS = (
     ("hf_onnxruntime", "hf", "f32", "torch.onnx.export on ONNX Runtime"),
     ("hf_openvino_f32", "hf", "f32", "the same ONNX file, OpenVINO float32"),
     ("hf_openvino_bf16", "hf", "bf16", "the same, OpenVINO bfloat16"),
+    ("ours_openvino_int8", "ours", "int8", "export(format='openvino', quantize='int8') (NNCF) on OpenVINO"),
+    ("ours_onnxruntime_int8", "ours", "int8", "export(format='onnx', quantize='int8') (static QDQ) on ONNX Runtime"),
+    ("ours_litert_int8", "ours", "int8", "export(format='tflite', quantize='int8') on LiteRT (XNNPACK)"),
+    ("hf_openvino_int8", "hf", "int8", "its ONNX file quantized by NNCF (transformer preset), OpenVINO"),
+    ("hf_onnxruntime_int8", "hf", "int8", "its ONNX file quantized by ONNX Runtime (static QDQ, per channel)"),
 )
 # The groups, in the order of measurement: the slowest to start (torch.compile: minutes) last, so
 # that a run cut short still has the rest; a report is written after each group.
 GROUPS = (
     (REFERENCE,),
+    (
+        "ours_openvino_int8",
+        "hf_openvino_int8",
+        "ours_onnxruntime_int8",
+        "hf_onnxruntime_int8",
+        "ours_litert_int8",
+    ),
     (
         "ours_openvino_f32",
         "hf_openvino_f32",
@@ -84,9 +106,68 @@ BATCHES = (1, 32)
 PAUSE = 0.2  # seconds between two processes' samples: their spinning thread pools go idle
 
 
-def prepare(directory, variant, size):
-    """Writes HF's perturbed checkpoint, our converted weights, our export files and HF's ONNX
-    file into `directory`; returns the largest logit difference between the two models."""
+# The int8 and bfloat16 features of x86 CPUs, as /proc/cpuinfo names them.
+CPU_FEATURES = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_features():
+    """{feature: present} for CPU_FEATURES, from /proc/cpuinfo (None where it is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return {feature: feature in flags for feature in CPU_FEATURES}
+
+
+def calibration_pixels(size, count):
+    """`count` calibration images: the photos of examples/images, in turn, transformed as
+    CvT-13's ImageNet checkpoint was evaluated."""
+    from keras_cvt import images, transforms
+    from keras_cvt.pretrained import DEFAULT_TRANSFORM
+
+    transform = transforms.evaluation_transform(size, DEFAULT_TRANSFORM.crop_ratio)
+    photos = [transform(images.load_image(str(p))).numpy() for p in sorted((ROOT / "examples" / "images").glob("*.jpg"))]
+    return np.stack([photos[i % len(photos)] for i in range(count)])
+
+
+def quantize_hf(directory, calibration):
+    """HF's ONNX file quantized as its users would: NNCF's transformer preset (OpenVINO IR) and
+    ONNX Runtime's static QDQ quantization with per-channel weights."""
+    import nncf
+    import openvino
+    from onnxruntime import quantization
+
+    from keras_cvt.preprocessing import imagenet_normalize
+
+    batches = [np.ascontiguousarray(imagenet_normalize(x[None]).transpose(0, 3, 1, 2)) for x in calibration]
+    model = openvino.Core().read_model(str(directory / "hf.onnx"))
+    quantized = nncf.quantize(
+        model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches)
+    )
+    openvino.save_model(quantized, str(directory / "hf_int8.xml"), compress_to_fp16=False)
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixel_values": batch}
+
+    quantization.quantize_static(
+        str(directory / "hf.onnx"),
+        str(directory / "hf_int8.onnx"),
+        Reader(),
+        quant_format=quantization.QuantFormat.QDQ,
+        per_channel=True,
+    )
+
+
+def prepare(directory, variant, size, calibration_size):
+    """Writes HF's perturbed checkpoint, our converted weights, our export files (float32 and
+    int8) and HF's ONNX files (float32 and int8) into `directory`; returns the largest logit
+    difference between the two models."""
     import torch
     from transformers import CvtConfig, CvtForImageClassification
 
@@ -135,6 +216,10 @@ def prepare(directory, variant, size):
         dynamo=False,
         dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
     )
+    calibration = calibration_pixels(size, calibration_size)
+    for name, suffix in (("openvino", ".xml"), ("onnx", ".onnx"), ("tflite", ".tflite")):
+        export(ours, directory / f"ours_int8{suffix}", format=name, input_size=size, quantize="int8", calibration=calibration)
+    quantize_hf(directory, calibration)
     return difference
 
 
@@ -175,30 +260,30 @@ def load(system, directory, variant, size):
         return run
     ours = system.startswith("ours_")
     feeds = {b: {"pixels": pixels[b]} if ours else {"pixel_values": normalised[b]} for b in BATCHES}
-    if system.endswith("onnxruntime"):
+    int8 = system.endswith("_int8")
+    stem = ("ours" if ours else "hf") + ("_int8" if int8 else "")
+    if "onnxruntime" in system:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        session = onnxruntime.InferenceSession(
-            str(directory / ("ours.onnx" if ours else "hf.onnx")), options, providers=["CPUExecutionProvider"]
-        )
+        session = onnxruntime.InferenceSession(str(directory / f"{stem}.onnx"), options, providers=["CPUExecutionProvider"])
         return lambda b: session.run(None, feeds[b])[0]
     if "openvino" in system:
         import openvino
 
+        # int8 files compute in int8 where NNCF put quantizers, in float32 elsewhere.
         precision = "bf16" if system.endswith("bf16") else "f32"
+        path = directory / (f"{stem}.xml" if ours or int8 else "hf.onnx")
         compiled = openvino.Core().compile_model(
-            str(directory / ("ours.xml" if ours else "hf.onnx")),
-            "CPU",
-            {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"},
+            str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         )
         request = compiled.create_infer_request()
         return lambda b: request.infer(feeds[b])[0]
-    if system == "ours_litert":
+    if system.startswith("ours_litert"):
         from ai_edge_litert.interpreter import Interpreter
 
-        runner = Interpreter(model_path=str(directory / "ours.tflite"), num_threads=threads).get_signature_runner()
+        runner = Interpreter(model_path=str(directory / f"{stem}.tflite"), num_threads=threads).get_signature_runner()
         return lambda b: runner(**feeds[b])["probabilities"]
     raise ValueError(f"unknown system {system!r}")
 
@@ -268,7 +353,9 @@ def measure(args, directory, done):
     ratios = {name: {b: [] for b in BATCHES} for name, *_ in SYSTEMS}
     started = {}
     try:
-        for group in GROUPS:
+        for index, group in enumerate(GROUPS):
+            if index not in args.groups:
+                continue
             systems = {}
             try:
                 for name in group:
@@ -321,31 +408,54 @@ def summary(samples, ratios):
         allowed = ("f32",) if precision == "f32" else ("f32", "bf16")
         ours = [r for r in rows if r["side"] == "ours" and r["precision"] in allowed]
         peers = [r for r in rows if r["side"] == "hf" and r["precision"] in allowed]
-        if not ours or not peers:
-            continue
-        best_ours_b1 = min(ours, key=lambda r: r["batch1_time_vs_reference"])
-        best_peer_b1 = min(peers, key=lambda r: r["batch1_time_vs_reference"])
-        best_ours_b32 = max(ours, key=lambda r: r["batch32_rate_vs_reference"])
-        best_peer_b32 = max(peers, key=lambda r: r["batch32_rate_vs_reference"])
-        b1 = best_ours_b1["batch1_time_vs_reference"] / best_peer_b1["batch1_time_vs_reference"]
-        b32 = best_ours_b32["batch32_rate_vs_reference"] / best_peer_b32["batch32_rate_vs_reference"]
-        targets[precision] = {
-            "batch1": {
-                "ours": best_ours_b1["system"],
-                "peer": best_peer_b1["system"],
-                "time_ratio": b1,
-                "target": "<= 0.9",
-                "met": b1 <= 0.9,
-            },
-            "batch32": {
-                "ours": best_ours_b32["system"],
-                "peer": best_peer_b32["system"],
-                "rate_ratio": b32,
-                "target": ">= 1.2",
-                "met": b32 >= 1.2,
-            },
+        if ours and peers:
+            targets[precision] = _fastest_against(ours, peers, 0.9, 1.2)
+    ours_int8 = [r for r in rows if r["side"] == "ours" and r["precision"] == "int8"]
+    peers_int8 = [r for r in rows if r["side"] == "hf" and r["precision"] == "int8"]
+    if ours_int8 and peers_int8:
+        targets["int8"] = _fastest_against(ours_int8, peers_int8, 0.8, 1.3)
+        ours_f32 = [r for r in rows if r["side"] == "ours" and r["precision"] == "f32"]
+        # Against our fastest float32 path, the reference (1.0 by definition) among them.
+        best = max(ours_int8, key=lambda r: r["batch32_rate_vs_reference"])
+        fastest = max(ours_f32, key=lambda r: r["batch32_rate_vs_reference"], default=None)
+        if fastest is None or fastest["batch32_rate_vs_reference"] < 1.0:
+            fastest = {"system": REFERENCE, "batch32_rate_vs_reference": 1.0}
+        ratio = best["batch32_rate_vs_reference"] / fastest["batch32_rate_vs_reference"]
+        targets["int8"]["batch32_vs_our_float32"] = {
+            "ours": best["system"],
+            "peer": fastest["system"],
+            "rate_ratio": ratio,
+            "target": ">= 1.8",
+            "met": ratio >= 1.8,
         }
     return rows, targets
+
+
+def _fastest_against(ours, peers, batch1_most, batch32_least):
+    """Our fastest of `ours` against the fastest of `peers`: the batch-1 time ratio (target at
+    most `batch1_most`) and the batch-32 images/s ratio (at least `batch32_least`)."""
+    best_ours_b1 = min(ours, key=lambda r: r["batch1_time_vs_reference"])
+    best_peer_b1 = min(peers, key=lambda r: r["batch1_time_vs_reference"])
+    best_ours_b32 = max(ours, key=lambda r: r["batch32_rate_vs_reference"])
+    best_peer_b32 = max(peers, key=lambda r: r["batch32_rate_vs_reference"])
+    b1 = best_ours_b1["batch1_time_vs_reference"] / best_peer_b1["batch1_time_vs_reference"]
+    b32 = best_ours_b32["batch32_rate_vs_reference"] / best_peer_b32["batch32_rate_vs_reference"]
+    return {
+        "batch1": {
+            "ours": best_ours_b1["system"],
+            "peer": best_peer_b1["system"],
+            "time_ratio": b1,
+            "target": f"<= {batch1_most}",
+            "met": b1 <= batch1_most,
+        },
+        "batch32": {
+            "ours": best_ours_b32["system"],
+            "peer": best_peer_b32["system"],
+            "rate_ratio": b32,
+            "target": f">= {batch32_least}",
+            "met": b32 >= batch32_least,
+        },
+    }
 
 
 def main(argv=None):
@@ -360,6 +470,21 @@ def main(argv=None):
         default=None,
         help="where the prepared files are (made there if absent; default: a temporary folder)",
     )
+    parser.add_argument(
+        "--groups",
+        type=lambda text: {int(g) for g in text.split(",")},
+        default=set(range(len(GROUPS))),
+        help="the indices of GROUPS to measure, e.g. 0,1 (default: all)",
+    )
+    parser.add_argument(
+        "--calibration-size", type=int, default=32, help="images the int8 files of both sides are calibrated on"
+    )
+    parser.add_argument(
+        "--results",
+        type=pathlib.Path,
+        default=None,
+        help="the JSON file written (default: benchmarks/results/runtimes_<model>_<size>.json)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
@@ -371,7 +496,7 @@ def main(argv=None):
         marker = directory / "prepared.json"
         if not marker.is_file():
             begin = time.time()
-            difference = prepare(directory, args.model, args.size)
+            difference = prepare(directory, args.model, args.size, args.calibration_size)
             marker.write_text(json.dumps({"max_logit_difference": difference, "seconds": time.time() - begin}))
         prepared = json.loads(marker.read_text())
         # HF's MLP uses exact GELU, the original's (and ours) QuickGELU: tests/test_hf_parity.py
@@ -394,6 +519,8 @@ def report(args, prepared, samples, ratios, started, began):
         f"{args.rounds} rounds, batch 1: median of {args.latency_calls} calls per sample; from {began}, to "
         f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}"
     )
+    features = cpu_features()
+    print("CPU features: " + (", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items()) if features else "unknown"))
     print("| system | batch 1: ms | time / ours f32 | batch 32: images/s | images/s / ours f32 |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -417,6 +544,9 @@ def report(args, prepared, samples, ratios, started, began):
         "ended_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "load_average_at_end": os.getloadavg()[0],
         "cpus": os.cpu_count(),
+        "cpu_features": features,
+        "groups": sorted(args.groups),
+        "calibration_size": args.calibration_size,
         "machine": platform.processor() or platform.machine(),
         "max_logit_difference": prepared["max_logit_difference"],
         "start_seconds": started,
@@ -428,7 +558,8 @@ def report(args, prepared, samples, ratios, started, began):
     # Here, not at the top: the workers import only their own runtime (keras_cvt imports Keras).
     from keras_cvt import atomic
 
-    out = atomic.write_bytes(RESULTS / f"runtimes_{args.model}_{args.size}.json", json.dumps(result, indent=2).encode())
+    path = args.results or RESULTS / f"runtimes_{args.model}_{args.size}.json"
+    out = atomic.write_bytes(path, json.dumps(result, indent=2).encode())
     print(f"wrote {out}", flush=True)
 
 

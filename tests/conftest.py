@@ -1,5 +1,7 @@
 """Shared fixtures: the reference checkpoints produced by the original PyTorch code."""
 
+import argparse
+import importlib.util
 import os
 import pathlib
 
@@ -40,6 +42,14 @@ def reference_file(name):
     return path
 
 
+def load_quickstart():
+    """examples/quickstart.py as a module (its digits, its fine-tuning)."""
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "examples" / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # The tiny original-code model of tests/fixtures.
 TINY_CONFIG = {"depths": (1, 2, 2), "embed_dims": (16, 32, 48), "num_heads": (1, 2, 3), "classes": 10}
 
@@ -53,6 +63,24 @@ def tiny_reference(tmp_path_factory):
     convert(FIXTURES / "cvt_tiny_official_perturbed.pth", path)
     io = np.load(FIXTURES / "cvt_tiny_official_perturbed_io.npz")
     return path, io["x"].transpose(0, 2, 3, 1), io["logits"]
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """`(weights path, (train images, labels), (held-out images, labels))`: the tiny original-code
+    model fine-tuned on scikit-learn's digits as examples/quickstart.py does (6 epochs on one
+    device: held-out top-1 about 0.99), for what must be judged on trained weights (int8)."""
+    from keras_cvt import training
+    from weights_conversion import convert
+
+    quickstart = load_quickstart()
+    directory = tmp_path_factory.mktemp("digits")
+    converted = directory / "tiny.weights.h5"
+    convert(FIXTURES / "cvt_tiny_official_perturbed.pth", converted)
+    digits = quickstart.load_digits(0)
+    args = argparse.Namespace(seed=0, batch_size=32, epochs=6, learning_rate=3e-3, output_dir=directory)
+    quickstart.fine_tune(args, converted, training.make_strategy("none"), digits)
+    return directory / "training" / "checkpoints" / "last.weights.h5", *digits
 
 
 @pytest.fixture(scope="session")

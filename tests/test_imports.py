@@ -74,6 +74,7 @@ LAZY_IMPORTERS = {
     "keras_cvt": "keras_cvt",  # __getattr__ reads _EXPORTS (public name -> module)
     "keras_cvt.inference": "keras_cvt.inference",  # __getattr__ reads _LAZY
     "keras_cvt.export": "keras_cvt.export.formats",  # export() and __getattr__ read the FORMATS records
+    "keras_cvt.export.int8": "keras_cvt.export.formats",  # the float export of each format, from FORMATS
 }
 
 # Third-party packages that only some features need, imported inside the function that needs
@@ -85,6 +86,7 @@ OPTIONAL_IMPORTS = {
     "ai_edge_litert": "the LiteRT interpreter for .tflite files, preferred over tf.lite",
     "onnxruntime": "running exported ONNX models",
     "openvino": "running exported OpenVINO models",
+    "nncf": "int8 OpenVINO exports (the `int8` extra)",
     "keras_hub": "keras-hub presets",
     "huggingface_hub": "hf:// downloads",
     "matplotlib": "pictures (keras_cvt.plots, the `plots` extra)",

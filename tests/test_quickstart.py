@@ -1,6 +1,5 @@
 """examples/quickstart.py, README's first command: conversion, fine-tuning, serving, end to end."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -10,17 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import ROOT, TINY_CONFIG, load_quickstart
 
 QUICKSTART = ROOT / "examples" / "quickstart.py"
 ARCHITECTURE = {key: value for key, value in TINY_CONFIG.items() if key != "classes"}
-
-
-def load_quickstart():
-    spec = importlib.util.spec_from_file_location("quickstart", QUICKSTART)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def keras_probabilities(model, inputs, image_size, crop_ratio):

@@ -5,7 +5,9 @@
 - `tflite`: a LiteRT (TFLite) file, pixels in, probabilities out (`export_tflite`,
   `TFLiteClassifier`);
 - `onnx`: an ONNX file, the same input and output (`export_onnx`);
-- `openvino`: an OpenVINO IR, the same input and output (`export_openvino`).
+- `openvino`: an OpenVINO IR, the same input and output (`export_openvino`);
+- with `quantize="int8"`, the last three with int8 weights and activations, calibrated on
+  images (`keras_cvt.export.int8`).
 
 `export(model, path, format=...)` writes any of them. Each writes through `keras_cvt.atomic`,
 so a failed export leaves nothing behind (a full disk is a `keras_cvt.atomic.WriteError`), and
@@ -22,7 +24,7 @@ import importlib
 import os
 
 from keras_cvt import locks
-from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS
+from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS, QUANTIZERS
 from keras_cvt.export.saved_model import export_for_serving
 from keras_cvt.export.tflite import TFLiteClassifier, export_tflite
 
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 
-def export(model, path, format=DEFAULT_FORMAT, **options):
+def export(model, path, format=DEFAULT_FORMAT, quantize=None, calibration=None, **options):
     """Writes `model` in `format` to `path`; returns the absolute path written.
 
     Args:
@@ -48,6 +50,11 @@ def export(model, path, format=DEFAULT_FORMAT, **options):
         path: the output: a directory for `"saved_model"`, else a file ending in the format's
             suffix (`.tflite`, `.onnx`, `.xml`).
         format: one of `FORMATS` (`"saved_model"`, `"tflite"`, `"onnx"`, `"openvino"`).
+        quantize: None (float32), or `"int8"` for an int8 onnx, openvino or tflite file
+            (`keras_cvt.export.int8`), which needs `calibration`.
+        calibration: with `quantize="int8"`, the calibration images: pixels `[n, height, width,
+            3]` in [0, 255] as the file takes them, or a folder of images
+            (`keras_cvt.export.int8.calibration_pixels`).
         **options: the options of the format's function (`export_for_serving`,
             `export_tflite`, `export_onnx`, `export_openvino`), such as `input_size`.
 
@@ -68,6 +75,11 @@ def export(model, path, format=DEFAULT_FORMAT, **options):
         raise ValueError(f"format={format!r} takes the options {list(known)}, got {unknown}")
     if spec.suffix is not None and not os.fspath(path).endswith(spec.suffix):
         raise ValueError(f"`path` of a {format} export must end with {spec.suffix}, got {os.fspath(path)!r}")
+    if quantize is not None or calibration is not None:
+        if quantize not in QUANTIZERS:
+            raise ValueError(f"`quantize` must be None or one of {list(QUANTIZERS)}, got quantize={quantize!r}")
+        with locks.exclusive(path, "export target"):
+            return importlib.import_module(QUANTIZERS[quantize]).export_int8(model, path, format, calibration, **options)
     writer = getattr(importlib.import_module(spec.module), spec.function)
     with locks.exclusive(path, "export target"):
         return writer(model, path, **options)

@@ -5,6 +5,8 @@
     python -m keras_cvt.export --format openvino --model cvt13 --weights imagenet --output cvt13.xml
     python -m keras_cvt.export --format tflite --model cvt13 --weights my.weights.h5 --output m.tflite \\
         --size 224 --quantization float16
+    python -m keras_cvt.export --format openvino --model cvt13 --weights imagenet --output cvt13_int8.xml \\
+        --size 224 --quantize int8 --calibration my_images/ --calibration-size 300
 
 `--format saved_model` (the default) writes a TF Serving SavedModel that takes encoded images:
 with a pretrained name (see `keras_cvt.available_weights()`) the images are transformed as
@@ -19,6 +21,10 @@ See `keras_cvt.export.saved_model` for the signatures.
 width, 3]`, RGB in [0, 255], already transformed) and returns probabilities: any batch, and
 any height and width unless `--size` fixes them. The transform to apply is printed.
 
+`--quantize int8` (onnx, openvino, tflite) writes the int8 file of `keras_cvt.export.int8`,
+calibrated on `--calibration-size` images drawn from the folder `--calibration`, transformed as
+the weights were evaluated (at `--size`, or the checkpoint's size).
+
 An existing output is replaced only with `--overwrite`; a second export to the same output
 while one runs stops at once, naming the process that holds it. Errors (a full disk included:
 what was there stays) are one line, exit status 2.
@@ -32,7 +38,9 @@ from keras_cvt import architectures, locks, pretrained, sources, variants
 from keras_cvt.locks import LockedError
 from keras_cvt.export import export
 from keras_cvt.export import saved_model as serving
-from keras_cvt.export.formats import DEFAULT_FORMAT, DEFAULT_ONNX_OPSET, FORMATS
+from keras_cvt.export import int8
+from keras_cvt.export.formats import DEFAULT_FORMAT, DEFAULT_ONNX_OPSET, FORMATS, QUANTIZERS
+from keras_cvt.export.int8 import DEFAULT_CALIBRATION_SIZE, INT8_FORMATS, MAX_CALIBRATION_SIZE
 from keras_cvt.export.tflite import TFLITE_QUANTIZATIONS
 
 _UNSET = object()
@@ -164,6 +172,25 @@ def _parser():
     parser.add_argument(
         "--opset", type=_positive_int, default=_UNSET, help=f"onnx: the ONNX opset (default: {DEFAULT_ONNX_OPSET})"
     )
+    parser.add_argument(
+        "--quantize",
+        choices=sorted(QUANTIZERS),
+        default=None,
+        help="onnx, openvino, tflite: int8 weights and activations, calibrated on --calibration "
+        "(OpenVINO: NNCF; ONNX: ONNX Runtime's static QDQ; LiteRT: full-integer where it has kernels)",
+    )
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="with --quantize: a folder of images (searched recursively), transformed as the weights were evaluated",
+    )
+    parser.add_argument(
+        "--calibration-size",
+        type=_positive_int,
+        default=None,
+        help=f"with --quantize: the images drawn from --calibration (default: {DEFAULT_CALIBRATION_SIZE}, at most "
+        f"{MAX_CALIBRATION_SIZE})",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     return parser
 
@@ -182,11 +209,29 @@ def _options(parser, args, spec):
     return options
 
 
+def _check_quantize(parser, args, spec):
+    """Refuses the int8 flags where they do not apply, before anything is read."""
+    if args.quantize is None:
+        for flag in ("calibration", "calibration_size"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} applies with --quantize only")
+        return
+    if spec.name not in INT8_FORMATS:
+        parser.error(f"--quantize applies to --format {' or '.join(INT8_FORMATS)}, not {spec.name}")
+    if args.quantization is not _UNSET:
+        parser.error("--quantize int8 replaces --quantization: pass one of them")
+    if args.calibration is None:
+        parser.error("--quantize needs --calibration, a folder of images like those the model will see")
+    if args.calibration_size is not None and args.calibration_size > MAX_CALIBRATION_SIZE:
+        parser.error(f"--calibration-size must be at most {MAX_CALIBRATION_SIZE}, got {args.calibration_size}")
+
+
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     spec = FORMATS[args.format]
     options = _options(parser, args, spec)
+    _check_quantize(parser, args, spec)
     try:
         # Before the weights are read or converted: a second export to the same output stops at once.
         with locks.exclusive(args.output, "export target"):
@@ -202,6 +247,15 @@ def main(argv=None):
                 _check_output_file(args.output, spec, args.overwrite)
                 size = args.size
                 transform = pretrained.transform_for(args.model, args.weights)
+                if args.quantize is not None:
+                    # Read (and each image checked) before the model is built.
+                    options["quantize"] = args.quantize
+                    options["calibration"] = int8.calibration_pixels(
+                        args.calibration,
+                        transform.size if size is None else size,
+                        transform.crop_ratio,
+                        args.calibration_size or DEFAULT_CALIBRATION_SIZE,
+                    )
             model = classifier_for_export(args.model, args.weights)
             path = export(model, args.output, format=spec.name, **{spec.size_option: size}, **options)
     except (ValueError, OSError, LockedError) as error:
@@ -209,6 +263,8 @@ def main(argv=None):
     if spec.suffix is None:
         _report_saved_model(path, size, options)
         return 0
+    if args.quantize is not None:
+        print(f"{args.quantize}: calibrated on {len(options['calibration'])} images of {args.calibration}")
     print(
         f"{spec.name} written to {path}: input `pixels` float32 [batch, "
         f"{'height, width' if size is None else f'{size}, {size}'}, 3], RGB in [0, 255]; output `probabilities`"

@@ -72,5 +72,8 @@ FORMATS = {
     )
 }
 DEFAULT_FORMAT = "saved_model"
+# What `export(quantize=...)` takes, and the module that writes it (imported on first use: its
+# quantizers are the `int8` extra).
+QUANTIZERS = {"int8": "keras_cvt.export.int8"}
 # ONNX Runtime 1.17 and later run opset 17, in which LayerNormalization is one operation.
 DEFAULT_ONNX_OPSET = 17

@@ -13,6 +13,7 @@ from openvino import opset13
 
 from keras_cvt import atomic, layer_norm_ops
 from keras_cvt.export.classifier import Classifier
+from keras_cvt.export.openvino_projections import batch_first_projections
 
 # What `compile_model`'s INFERENCE_PRECISION_HINT takes: float32, or bfloat16 on CPUs with
 # AVX-512 BF16 or AMX. OpenVINO's CPU plugin picks bfloat16 by itself on those CPUs; ask for
@@ -53,11 +54,18 @@ def export_openvino(model, path, input_size=None):
     function = tf.function(lambda pixels: {"probabilities": classifier.probabilities(pixels)})
     converted = openvino.convert_model(function.get_concrete_function(spec))
     _fuse_layer_norms(converted)
+    batch_first_projections(converted)
+    save_ir(converted, path)
+    return os.path.abspath(path)
+
+
+def save_ir(model, path):
+    """Publishes the OpenVINO `model` as `path` (`.xml`) and its `.bin`, as `export_openvino`
+    says (the int8 export writes through it too)."""
     weights = path[: -len(".xml")] + ".bin"
     with atomic.publish_file(path) as xml, atomic.publish_file(weights) as bin_file:
-        openvino.save_model(converted, xml, compress_to_fp16=False)
+        openvino.save_model(model, xml, compress_to_fp16=False)
         os.replace(xml[: -len(".xml")] + ".bin", bin_file)
-    return os.path.abspath(path)
 
 
 def _constant(values):
