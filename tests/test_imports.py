@@ -29,7 +29,7 @@ LAYERS = [
         ["keras_cvt._version", "keras_cvt.architectures", "keras_cvt.pretrained", "keras_cvt.atomic"],
     ),
     ("inputs", ["keras_cvt.preprocessing", "keras_cvt.images", "keras_cvt.transforms"]),
-    ("layers", ["keras_cvt.layers"]),
+    ("layers", ["keras_cvt.attention", "keras_cvt.layers"]),
     ("checks", ["keras_cvt.arguments", "keras_cvt.weights_file"]),
     ("builder", ["keras_cvt.builder"]),
     ("conversion", ["weights_conversion.*"]),
