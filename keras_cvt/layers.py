@@ -11,6 +11,7 @@ import keras
 from keras import layers, ops
 
 from keras_cvt.architectures import ATTENTION_OPTIONS
+from keras_cvt.attention import attention
 
 # The original uses PyTorch's defaults for LayerNorm/BatchNorm (eps 1e-5) everywhere;
 # Keras' default of 1e-3 visibly changes the logits.
@@ -405,14 +406,7 @@ class ConvAttentionBase(layers.Layer):
             cls_token, x = x[:, :1], x[:, 1:]
         tokens_map = ops.reshape(x, (-1, height, width, self.dim))
         q, k, v = self._qkv(tokens_map, cls_token, training)
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
-        if training or keras.backend.standardize_dtype(scores.dtype) == "float16":
-            # float16 scores can overflow, and training wants float32 softmax gradients. For
-            # bfloat16 inference (float32's range) the two casts of the attention matrix would
-            # cost more than the softmax itself.
-            scores = ops.cast(scores, "float32")
-        weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
-        out = ops.matmul(weights, v)
+        out = attention(q, k, v, training=training)
         if self.num_heads > 1:
             # -> (batch, tokens, heads, head_dim)
             out = ops.transpose(out, (0, 2, 1, 3))

@@ -36,7 +36,7 @@ LAYERS = [
         ],
     ),
     ("inputs", ["keras_cvt.preprocessing", "keras_cvt.images", "keras_cvt.transforms"]),
-    ("layers", ["keras_cvt.layers", "keras_cvt.layer_norm_ops"]),
+    ("layers", ["keras_cvt.attention", "keras_cvt.layers", "keras_cvt.layer_norm_ops"]),
     ("checks", ["keras_cvt.arguments", "keras_cvt.weights_file"]),
     ("builder", ["keras_cvt.builder"]),
     ("conversion", ["weights_conversion.*"]),

@@ -5,7 +5,7 @@ label strings of its classes."""
 import keras
 import tensorflow as tf
 
-from keras_cvt import inference, preprocessing
+from keras_cvt import attention, inference, preprocessing
 from keras_cvt.layers import ConvEmbedding, conv_output_size
 
 
@@ -56,6 +56,14 @@ class Classifier:
         normalised = preprocessing.imagenet_normalize(tf.cast(pixels, tf.float32))
         outputs = tf.cast(self.model(normalised, training=False), tf.float32)
         return tf.nn.softmax(outputs, axis=-1) if self.softmax else outputs
+
+    def file_probabilities(self, pixels):
+        """`probabilities` with every attention score matrix computed whole
+        (`keras_cvt.attention.whole_scores`): the graph the file formats convert. LiteRT's
+        converter cannot lower the loop over blocks of queries with a free batch; ONNX and
+        OpenVINO files keep the graph they had (see docs/memory.md)."""
+        with attention.whole_scores():
+            return self.probabilities(pixels)
 
     def __call__(self, pixels):
         pixels = tf.cast(pixels, tf.float32)
