@@ -242,3 +242,34 @@ LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)|src=\"([^\"]+)\"")
 def test_relative_links_point_at_files(page):
     targets = [t for m in LINK.finditer(page.read_text()) if "://" not in (t := m.group(1) or m.group(3))]
     assert [t for t in targets if not (page.parent / t).exists()] == []
+
+
+# `tests/test_x.py::test_name` (or `test_x.py::test_name`, or `::test_name` after one of them)
+# in a page: the tests a promise cites must exist.
+CITED_TEST = re.compile(r"(?:tests/)?(test_\w+\.py)((?:(?:`, `|, )?::\w+)*)")
+
+
+def cited_tests(text):
+    """`(file, test)` of each test a page cites (test None for a whole file)."""
+    found = []
+    for match in CITED_TEST.finditer(text):
+        names = re.findall(r"::(\w+)", match.group(2))
+        found += [(match.group(1), name) for name in names] or [(match.group(1), None)]
+    return found
+
+
+def test_cited_tests_are_found():
+    text = "`tests/test_a.py::test_x`, `::test_y`; `test_b.py` and test_c.py::test_z"
+    assert cited_tests(text) == [("test_a.py", "test_x"), ("test_a.py", "test_y"), ("test_b.py", None), ("test_c.py", "test_z")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_cited_tests_exist(page):
+    missing = []
+    for file, name in cited_tests(page.read_text()):
+        path = ROOT / "tests" / file
+        if not path.is_file():
+            missing.append(file)
+        elif name is not None and not re.search(rf"^(?:async )?def {name}\b|^{name} = ", path.read_text(), re.M):
+            missing.append(f"{file}::{name}")
+    assert missing == []
