@@ -19,6 +19,7 @@ use.
 import importlib
 import os
 
+from keras_cvt.atomic import check_writable
 from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS
 from keras_cvt.export.saved_model import export_for_serving
 from keras_cvt.export.tflite import TFLiteClassifier, export_tflite
@@ -49,8 +50,8 @@ def export(model, path, format=DEFAULT_FORMAT, **options):
             `export_tflite`, `export_onnx`, `export_openvino`), such as `input_size`.
 
     Raises:
-        ValueError: an unknown format, an option the format does not take, or a path without
-            its suffix, before the model is traced.
+        ValueError: an unknown format, an option the format does not take, a path without
+            its suffix or one that cannot be written, before the model is traced.
     """
     try:
         spec = FORMATS[format]
@@ -62,6 +63,8 @@ def export(model, path, format=DEFAULT_FORMAT, **options):
         raise ValueError(f"format={format!r} takes the options {list(known)}, got {unknown}")
     if spec.suffix is not None and not os.fspath(path).endswith(spec.suffix):
         raise ValueError(f"`path` of a {format} export must end with {spec.suffix}, got {os.fspath(path)!r}")
+    # Before the model is folded, traced or converted (tens of seconds, gigabytes).
+    check_writable(path, "path")
     writer = getattr(importlib.import_module(spec.module), spec.function)
     return writer(model, path, **options)
 

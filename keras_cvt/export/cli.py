@@ -26,6 +26,7 @@ import os
 import sys
 
 from keras_cvt import architectures, pretrained, sources, variants
+from keras_cvt.atomic import check_writable
 from keras_cvt.export import export
 from keras_cvt.export import saved_model as serving
 from keras_cvt.export.formats import DEFAULT_FORMAT, DEFAULT_ONNX_OPSET, FORMATS
@@ -175,6 +176,8 @@ def main(argv=None):
     spec = FORMATS[args.format]
     options = _options(parser, args, spec)
     try:
+        # First: before the weights are read, downloaded or converted.
+        check_writable(args.output, "--output")
         if spec.suffix is None:
             options["overwrite"] = args.overwrite
             size, options["crop_ratio"] = evaluation_settings(
