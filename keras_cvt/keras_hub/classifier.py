@@ -59,7 +59,10 @@ class CvTImageClassifier(ImageClassifier):
             or len(labels) != num_classes
             or not all(isinstance(label, str) for label in labels)
         ):
-            raise ValueError(f"`labels` must be the names (strings) of the {num_classes} classes, got {str(labels)[:200]}")
+            raise ValueError(
+                f"{CLASSIFIER_SOURCE}: `labels` must be the names (strings) of the {num_classes} "
+                f"classes, got {str(labels)[:200]}"
+            )
         head_dtype = head_dtype or backbone.dtype_policy
         self.backbone = backbone
         self.preprocessor = preprocessor

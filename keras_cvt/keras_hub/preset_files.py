@@ -95,10 +95,13 @@ def check_directory(preset, task=False, task_class=None):
 def verify_weights(path):
     """Verifies a weights file that keras-hub loads from a preset against its record: the
     task's file alone, or for the backbone's every recorded file but the task's (verified
-    when the task loads it)."""
+    when the task loads it, if it is there)."""
     path = os.fspath(path)
-    name = os.path.basename(path)
+    directory, name = os.path.split(path)
+    directory = directory or "."
     if name == TASK_WEIGHTS_FILE:
-        verify(os.path.dirname(path) or ".", only={name})
+        verify(directory, only={name})
     else:
-        verify(os.path.dirname(path) or ".", skip={TASK_WEIGHTS_FILE})
+        # A missing task file is refused here: keras-hub would leave the classifier random.
+        present = os.path.isfile(os.path.join(directory, TASK_WEIGHTS_FILE))
+        verify(directory, skip={TASK_WEIGHTS_FILE} if present else ())

@@ -54,6 +54,18 @@ class CvTImageConverter(ImageConverter):
         self.crop_ratio, self.mean, self.std = crop_ratio, tuple(mean), tuple(std)
 
     @classmethod
+    def from_config(cls, config):
+        try:
+            return super().from_config(config)
+        except TypeError as error:
+            # Keras' Layer.from_config turns every error of the constructor into a TypeError of
+            # the whole config, which keras-hub's loaders nest twice more: the refusal of a
+            # field is the one line to show.
+            if isinstance(error.__context__, ValueError):
+                raise error.__context__ from None
+            raise
+
+    @classmethod
     def from_transform(cls, transform, **kwargs):
         """The converter of a `keras_cvt.pretrained.EvaluationTransform`."""
         return cls(
