@@ -281,27 +281,30 @@ def test_cli_refusals_are_one_line(tiny_variant, tmp_path, capsys, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
 
 
-def _unwritable(tmp_path, kind):
-    """An output path that cannot be written, and the words of its refusal."""
+# (format, why its output cannot be written)
+UNWRITABLE = [(format, kind) for format in sorted(FORMATS) for kind in ("parent is a file", "read-only")]
+
+
+def _unwritable(tmp_path, format, kind):
+    """An output path of `format` that cannot be written, and the words of its refusal."""
+    suffix = FORMATS[format].suffix or ""
     if kind == "parent is a file":
         (tmp_path / "plain_file").write_text("x")
-        return tmp_path / "plain_file" / "m", "is not a directory"
+        return f"{tmp_path}/plain_file/m{suffix}", "is not a directory"
     # Permission bits do not stop root; sysfs refuses new entries to everyone.
     if os.geteuid() == 0:
-        return "/sys/keras_cvt_export/m", "Operation not permitted"
+        return f"/sys/keras_cvt_export/m{suffix}", "Operation not permitted"
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    return locked / "sub" / "m", "Permission denied"
+    return f"{locked}/sub/m{suffix}", "Permission denied"
 
 
-@pytest.mark.parametrize("kind", ["parent is a file", "read-only"])
-@pytest.mark.parametrize("format", sorted(FORMATS))
+@pytest.mark.parametrize("format, kind", UNWRITABLE)
 def test_export_refuses_an_unwritable_path_before_converting(tiny_model, tmp_path, monkeypatch, format, kind):
     import importlib
 
-    path, words = _unwritable(tmp_path, kind)
-    path = f"{path}{FORMATS[format].suffix or ''}"
+    path, words = _unwritable(tmp_path, format, kind)
     imported = []
     monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name))
     with pytest.raises(ValueError, match=rf"^cannot write `path` '{path}': .*{words}"):
@@ -309,13 +312,11 @@ def test_export_refuses_an_unwritable_path_before_converting(tiny_model, tmp_pat
     assert imported == []  # no writer was even looked up
 
 
-@pytest.mark.parametrize("kind", ["parent is a file", "read-only"])
-@pytest.mark.parametrize("format", sorted(FORMATS))
+@pytest.mark.parametrize("format, kind", UNWRITABLE)
 def test_cli_refuses_an_unwritable_output_before_reading_weights(tmp_path, capsys, monkeypatch, format, kind):
     from keras_cvt import sources
 
-    path, words = _unwritable(tmp_path, kind)
-    path = f"{path}{FORMATS[format].suffix or ''}"
+    path, words = _unwritable(tmp_path, format, kind)
     resolved = []
     monkeypatch.setattr(sources, "resolve_weights", lambda *a, **k: resolved.append(a))
     with pytest.raises(SystemExit) as exit_info:
