@@ -19,10 +19,12 @@ from keras_cvt.keras_hub import backbone as backbone_module  # noqa: E402
 from keras_cvt.keras_hub.preprocessor.image_converter import CvTImageConverter  # noqa: E402
 from tests.conftest import ROOT, TINY_CONFIG, quick_jax_env  # noqa: E402
 from tests.test_hf_hub import (
+    HOSTILE_CONFIGS,
     LABELS,
     REPO,
     fake_hub,
     publish,
+    tiny_config,
     tiny_files,
     tiny_io,
 )  # noqa: E402, F401 (fixtures)
@@ -395,3 +397,15 @@ def test_keras_hub_reads_a_recorded_preset_with_damaged_configs_only_where_bound
     _edit_json(preset / "task.json", lambda c: _backbone(c).update(depths=[1, 1, 2]))
     with pytest.raises(ValueError, match=rf"preset file {preset / 'task.json'} has"):
         CvTImageClassifier.from_preset(str(preset))
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CONFIGS))
+def test_hostile_hub_config_is_refused_before_any_weights_or_build(fake_hub, tiny_files, monkeypatch, case):
+    change, words = HOSTILE_CONFIGS[case]
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]}, config=tiny_config(**change))
+    built = []
+    monkeypatch.setattr(backbone_module, "CvT", lambda **kwargs: built.append(kwargs))
+    with pytest.raises(ValueError, match=rf"^config\.json of {SOURCE}: {words}"):
+        CvTImageClassifier.from_preset(SOURCE)
+    assert [path for _, path, _, _ in fake_hub.requests if not path.endswith("/config.json")] == []
+    assert built == []

@@ -160,12 +160,14 @@ def load_checkpoint(preset, load_weights=True, **kwargs):
     entry = presets.CHECKPOINTS.get(preset)
     weights = sources.resolve_weights(*((entry.name, entry.variant) if entry is not None else (preset,)))
     labels = weights.labels if isinstance(weights.labels, list) else None
-    backbone = CvTBackbone(**weights.config, **kwargs)
     if not load_weights:
-        return Checkpoint(backbone, None, labels, weights.transform)
-    # The backbone's layers are those of keras_cvt's model without its classifier, so the
-    # converted file loads into it as it is; the classifier's weights are read beside.
+        return Checkpoint(CvTBackbone(**weights.config, **kwargs), None, labels, weights.transform)
+    # Converted first: the converter holds the tensors against the architecture before
+    # anything is built. The backbone's layers are those of keras_cvt's model without its
+    # classifier, so the converted file loads into it as it is; the classifier's weights are
+    # read beside.
     path = weights.file()
+    backbone = CvTBackbone(**weights.config, **kwargs)
     weights_file.load(backbone, path)
     head = weights_file.head_weights(path) if weights.classes is not None else None
     return Checkpoint(backbone, head, labels, weights.transform)
