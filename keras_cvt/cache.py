@@ -49,10 +49,9 @@ def fetch(entry, progress=True, commit=None, config=None):
     revision is resolved to a commit first (a pinned one is already; `commit`, when given, is
     the one to take, e.g. that of the repo's config.json; `config`, the `keras_cvt.CvT`
     arguments it declares, which the tensors must fit before a model is built for them); a
-    cached file is used only if it
-    matches its record (size, SHA-256, source, commit); one that does not is downloaded and
-    converted again, with a warning naming it. Offline, a branch is taken at the commit of its
-    last conversion here.
+    cached file is used only if it matches its record (size, SHA-256, source, commit); one
+    that does not is downloaded and converted again, with a warning naming it. Offline, a
+    branch is taken at the commit of its last conversion here.
 
     Raises:
         keras_cvt.downloads.OfflineError: not cached and `HF_HUB_OFFLINE` is set.

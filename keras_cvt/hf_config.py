@@ -94,7 +94,7 @@ def read(config, source="config.json"):
             f"{source}: qkv_projection_method={methods!r}: keras_cvt's CvT "
             f"implements the convolutional projection {_PROJECTION_METHOD!r} only"
         )
-    _one_value(config, "qkv_projection_method", _PROJECTION_METHOD, source, lists)
+    _one_value(config, "qkv_projection_method", _PROJECTION_METHOD, source, lists)  # kept for its length
     values = {
         field: _one_value(config, field, architectures.ATTENTION_OPTIONS[option], source, lists)
         for field, option in _ATTENTION_FIELDS.items()
@@ -122,9 +122,9 @@ def read(config, source="config.json"):
     )
     count = len(stages["depths"])
     # Sizes now bounded: the per-stage lists must have the stages' count.
-    for field, values_ in lists.items():
-        if isinstance(values_, list) and len(values_) != count:
-            raise ValueError(f"{source}: {count} stages in 'depth' but {len(values_)} in {field!r}")
+    for field, per_stage in lists.items():
+        if isinstance(per_stage, list) and len(per_stage) != count:
+            raise ValueError(f"{source}: {count} stages in 'depth' but {len(per_stage)} in {field!r}")
     cls_token = config.get("cls_token", [False] * (count - 1) + [True])
     if cls_token != [False] * (count - 1) + [True]:
         raise ValueError(
