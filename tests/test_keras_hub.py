@@ -391,7 +391,7 @@ def test_recorded_preset_loads_and_a_preset_without_record_loads_as_keras_hub_wo
     assert plain.labels == [f"c{i}" for i in range(7)]
 
 
-def test_keras_hub_reads_a_recorded_preset_with_damaged_configs_only_where_bounded(saved_preset, tmp_path):
+def test_an_edited_config_of_a_recorded_preset_is_refused_before_keras_hub_reads_it(saved_preset, tmp_path):
     # A recorded preset's configs are verified before keras-hub reads them (our loaders).
     preset = _copy(saved_preset, tmp_path)
     _edit_json(preset / "task.json", lambda c: _backbone(c).update(depths=[1, 1, 2]))
