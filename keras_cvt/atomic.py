@@ -23,6 +23,8 @@ import tempfile
 
 import numpy
 
+from keras_cvt.errors import describe_error
+
 
 class WriteError(OSError):
     """A file or directory could not be written (full disk, quota, I/O error); the previous one stays.
@@ -268,3 +270,23 @@ def remove_verified(path):
     for target in (os.fspath(path), record_path(path)):
         with contextlib.suppress(FileNotFoundError):
             os.remove(target)
+
+
+def check_writable(path, argument):
+    """Refuses an output `path` that cannot be written, before the work that would fill it.
+
+    Tried, not inferred from permission bits (which root ignores and read-only file systems
+    do not show): a private directory is made and removed where the output's first missing
+    directory, or its staging entry (`publish_file`, `publish_directory`), will go. `argument`
+    names the path in the message (`"output_path"`, `"--output"`).
+    """
+    absolute = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(absolute)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot write `{argument}` {os.fspath(path)!r}: {parent!r} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=parent))
+    except OSError as error:
+        raise ValueError(f"cannot write `{argument}` {os.fspath(path)!r}: {describe_error(error)}") from error

@@ -42,15 +42,16 @@ def record_path(path):
     return path + ".json"
 
 
-def fetch(entry, progress=True, commit=None):
+def fetch(entry, progress=True, commit=None, config=None):
     """The converted weights of an entry: from the cache, or downloaded and converted into it.
 
     `entry` is a `keras_cvt.pretrained.Pretrained` record or a `keras_cvt.hf.HubFile`. Its
     revision is resolved to a commit first (a pinned one is already; `commit`, when given, is
-    the one to take, e.g. that of the repo's config.json); a cached file is used only if it
-    matches its record (size, SHA-256, source, commit); one that does not is downloaded and
-    converted again, with a warning naming it. Offline, a branch is taken at the commit of its
-    last conversion here.
+    the one to take, e.g. that of the repo's config.json; `config`, the `keras_cvt.CvT`
+    arguments it declares, which the tensors must fit before a model is built for them); a
+    cached file is used only if it matches its record (size, SHA-256, source, commit); one
+    that does not is downloaded and converted again, with a warning naming it. Offline, a
+    branch is taken at the commit of its last conversion here.
 
     Raises:
         keras_cvt.downloads.OfflineError: not cached and `HF_HUB_OFFLINE` is set.
@@ -116,18 +117,21 @@ def fetch(entry, progress=True, commit=None):
             f"again (it stays until a download succeeds, or delete it): {error}"
         ) from error
     path = cached_path(entry, commit)
-    _convert(entry, raw, path)
+    _convert(entry, raw, path, config)
     write_record(entry, path, source_sha256, commit)
     _remove_superseded(entry, path)
     return path
 
 
-def _convert(entry, raw, path):
+def _convert(entry, raw, path, config=None):
     os.makedirs(cache_dir(), exist_ok=True)
     with atomic.publish_file(path) as converted:
         try:
             weights_conversion.convert(
-                raw, converted, model=entry.variant if entry.variant in VARIANTS else None
+                raw,
+                converted,
+                model=entry.variant if entry.variant in VARIANTS and config is None else None,
+                config=config,
             )
         except ValueError as error:
             raise ValueError(

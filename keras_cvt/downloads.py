@@ -20,6 +20,7 @@ at import). What it does not do, done here through its extension points:
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import re
@@ -45,6 +46,8 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # A server that fails now may not in a second; anything else (404, 401, 403) will not improve.
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+# What writing into a read-only or foreign cache raises.
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class HubError(OSError):
@@ -110,6 +113,13 @@ def describe(entry):
 
 def manual_instructions(entry):
     """How to do by hand what the download does, for machines that cannot reach the hub."""
+    if entry.filename == "config.json":
+        # Not weights: nothing to convert; keras_cvt reads it from huggingface_hub's cache.
+        return (
+            f"To fetch it by hand, run `hf download {entry.repo} config.json --revision "
+            f"{entry.revision}` where the hub is reachable and copy that huggingface_hub cache "
+            f"(HF_HOME) to {hub_cache_dir()}: keras_cvt reads the architecture and labels from it."
+        )
     output = f"{entry.variant}_{entry.name}.weights.h5"
     check = f"; its SHA-256 must be {entry.sha256}" if entry.sha256 else ""
     # A file path does not carry the checkpoint's resolution, which a name makes the default.
@@ -365,6 +375,14 @@ def _fetch(entry, commit, progress):
             raise _Transient() from error
         raise _refused(entry, error) from error
     except OSError as error:
+        if error.errno in _UNWRITABLE:
+            # No attempt will do better: the cache, not the network, is the problem.
+            where = error.filename or hub_cache_dir()
+            raise HubError(
+                f"downloading {describe(entry)}: huggingface_hub's cache cannot be written at "
+                f"{where} ({describe_error(error)}); make it writable, or set HF_HOME (or "
+                "HF_HUB_CACHE) to a writable directory"
+            ) from error
         # huggingface_hub raises a bare OSError for a body shorter than the size the hub reported
         # ("Consistency check failed"), which a second attempt usually mends.
         raise _Transient() from error

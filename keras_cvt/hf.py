@@ -8,13 +8,12 @@ published variants' repos; `keras_cvt.from_hf("hf://...")` any architecture CvT 
 """
 
 import dataclasses
-import json
 import re
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from keras_cvt import architectures, cache, downloads, hf_config
+from keras_cvt import architectures, cache, declared, downloads, hf_config
 
 PREFIX = "hf://"
 # In order of preference: safetensors needs no PyTorch and cannot hold code.
@@ -109,13 +108,17 @@ def read_repo(source, progress=True):
             at = at or cache.last_commit(HubFile(repo, revision, filename), any_variant=True)
     else:
         at = downloads.remote(entry)
-    path, _, commit = downloads.download(entry, at, progress=progress)
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except ValueError as error:
-        raise ValueError(f"config.json of {source} is not JSON: {error}") from error
-    return Repo(source, repo, revision, commit, hf_config.read(config, source=f"config.json of {source}"))
+        path, _, commit = downloads.download(entry, at, progress=progress)
+    except downloads.OfflineError as error:
+        if at is None:
+            raise
+        raise downloads.OfflineError(
+            f"{source}: its weights were converted here (commit {at[:12]}, in {cache.cache_dir()}), "
+            f"but config.json, which gives the architecture and labels, is missing: {error}"
+        ) from error
+    name = f"config.json of {source}"
+    return Repo(source, repo, revision, commit, hf_config.read(declared.read_json(path, name), source=name))
 
 
 def read_config(source, progress=True):
@@ -135,11 +138,14 @@ def fetch_weights(repo, progress=True):
     """The converted `.weights.h5` of a `Repo`'s weights (the first of `WEIGHT_FILES` it has),
     at the commit its config.json was read at."""
     variant = repo.model.variant or "cvt"
+    # What the tensors must fit, checked by the converter before it builds anything.
+    classes = {} if repo.model.classes is None else {"classes": repo.model.classes}
+    declared_config = {**repo.model.config, **classes}
     first_error = None
     for filename in WEIGHT_FILES:
         entry = HubFile(repo.repo, repo.revision, filename, variant=variant)
         try:
-            return cache.fetch(entry, progress=progress, commit=repo.commit)
+            return cache.fetch(entry, progress=progress, commit=repo.commit, config=declared_config)
         except (downloads.NotFoundError, downloads.OfflineError) as error:
             first_error = first_error or error
     raise type(first_error)(

@@ -10,12 +10,13 @@ projection than the convolutional one (`qkv_projection_method` "avg" or "linear"
 options that differ between stages, a query projection that changes the map's size, different
 paddings for q and k/v, a class token before the last stage, per-stage MLP ratios.
 
-Pure data: importing it imports nothing but `keras_cvt.architectures`.
+Every size is bounded by `keras_cvt.declared` before anything else reads it.
 """
 
 import dataclasses
 
-from keras_cvt import architectures
+from keras_cvt import architectures, declared
+from keras_cvt.arguments import is_real
 
 # The attention projection keras_cvt's ConvAttention implements: a depthwise convolution with
 # BatchNorm (the original's, and every Microsoft checkpoint's).
@@ -29,13 +30,21 @@ _ATTENTION_FIELDS = {
     "stride_kv": "kv_stride",
     "qkv_bias": "qkv_bias",
 }
+_REQUIRED = object()
+# CvtConfig's per-stage lists -> (the `keras_cvt.CvT` argument, the default when absent).
 _STAGES = {
-    "depth": "depths",
-    "embed_dim": "embed_dims",
-    "num_heads": "num_heads",
-    "patch_sizes": "patch_sizes",
-    "patch_stride": "patch_strides",
-    "patch_padding": "patch_paddings",
+    "depth": ("depths", _REQUIRED),
+    "embed_dim": ("embed_dims", _REQUIRED),
+    "num_heads": ("num_heads", _REQUIRED),
+    "patch_sizes": ("patch_sizes", list(architectures.PATCH_SIZES)),
+    "patch_stride": ("patch_strides", list(architectures.PATCH_STRIDES)),
+    "patch_padding": ("patch_paddings", list(architectures.PATCH_PADDINGS)),
+}
+# `keras_cvt.CvT` argument -> config.json's field, for `keras_cvt.declared`'s messages.
+_FIELD_NAMES = {
+    **{argument: field for field, (argument, _) in _STAGES.items()},
+    **{option: field for field, option in _ATTENTION_FIELDS.items() if field != "padding_kv"},
+    "classes": "the number of id2label entries",
 }
 
 
@@ -61,7 +70,11 @@ class HubModel:
 
 
 def read(config, source="config.json"):
-    """The `HubModel` of a parsed `config.json`, or ValueError naming `source` and the field."""
+    """The `HubModel` of a parsed `config.json`, or ValueError naming `source` and the field.
+
+    Every size it declares is bounded by `keras_cvt.declared.check_architecture` (the classes
+    counted from `id2label`), so a refusal comes before any weight is downloaded.
+    """
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     model_type = config.get("model_type")
@@ -70,36 +83,57 @@ def read(config, source="config.json"):
             f"{source}: model_type is {model_type!r}, expected 'cvt' (a transformers CvtModel or "
             "CvtForImageClassification repo)"
         )
-    stages = {}
-    for field, argument in _STAGES.items():
-        if field not in config:
-            raise ValueError(f"{source}: the field {field!r} is missing")
-        stages[argument] = _integers(config[field], field, source)
-    count = len(stages["depths"])
-    for field, argument in _STAGES.items():
-        if len(stages[argument]) != count:
-            raise ValueError(f"{source}: {count} stages in 'depth' but {len(stages[argument])} in {field!r}")
     _check_channels(config, source)
-    attention = _attention_options(config, count, source)
-    cls_token = config.get("cls_token", [False] * (count - 1) + [True])
-    if list(cls_token) != [False] * (count - 1) + [True]:
+    # transformers' CvtConfig defaults for the embeddings' lists, which it does not write when unchanged.
+    stages = {argument: config.get(field, default) for field, (argument, default) in _STAGES.items()}
+    stages = {argument: value for argument, value in stages.items() if value is not _REQUIRED}
+    lists = {}
+    methods = config.get("qkv_projection_method", _PROJECTION_METHOD)
+    if any(method != _PROJECTION_METHOD for method in (methods if isinstance(methods, list) else [methods])):
         raise ValueError(
-            f"{source}: cls_token={cls_token!r}: keras_cvt's CvT has a class token in the last stage " "only"
+            f"{source}: qkv_projection_method={methods!r}: keras_cvt's CvT "
+            f"implements the convolutional projection {_PROJECTION_METHOD!r} only"
         )
-    ratios = config.get("mlp_ratio", [4.0] * count)
-    ratios = ratios if isinstance(ratios, list) else [ratios] * count
-    if len(set(ratios)) != 1:
-        raise ValueError(
-            f"{source}: mlp_ratio={ratios!r}: keras_cvt's CvT takes one MLP ratio for all stages"
-        )
-    drop_path = config.get("drop_path_rate", [0.0] * count)
-    drop_path = drop_path if isinstance(drop_path, list) else [drop_path] * count
+    _one_value(config, "qkv_projection_method", _PROJECTION_METHOD, source, lists)  # kept for its length
+    values = {
+        field: _one_value(config, field, architectures.ATTENTION_OPTIONS[option], source, lists)
+        for field, option in _ATTENTION_FIELDS.items()
+    }
+    if not isinstance(values["qkv_bias"], bool):
+        raise ValueError(f"{source}: qkv_bias={config['qkv_bias']!r}: expected true or false, one per stage")
+    ratio = _one_value(config, "mlp_ratio", 4.0, source, lists)
+    drop_path = config.get("drop_path_rate", 0.0)
+    lists["drop_path_rate"] = drop_path
+    drop_path = drop_path if isinstance(drop_path, list) else [drop_path]
+    if not drop_path or not all(is_real(rate) and 0 <= rate < 1 for rate in drop_path):
+        raise ValueError(f"{source}: drop_path_rate must be numbers from 0 to 1 (exclusive), got {lists['drop_path_rate']!r}")
     if any(drop_path[:-1]):
         raise ValueError(
             f"{source}: drop_path_rate={drop_path!r}: keras_cvt's CvT applies stochastic depth to the "
             "last stage only"
         )
-    arguments = {**stages, "mlp_ratio": float(ratios[0]), "drop_path_rate": float(drop_path[-1])}
+    labels = _labels(config, source)
+    options = {_ATTENTION_FIELDS[field]: value for field, value in values.items() if field != "padding_kv"}
+    declared.check_architecture(
+        {**stages, **options, "mlp_ratio": ratio},
+        source,
+        fields=_FIELD_NAMES,
+        classes=None if labels is None else len(labels),
+    )
+    count = len(stages["depths"])
+    # Sizes now bounded: the per-stage lists must have the stages' count.
+    for field, per_stage in lists.items():
+        if isinstance(per_stage, list) and len(per_stage) != count:
+            raise ValueError(f"{source}: {count} stages in 'depth' but {len(per_stage)} in {field!r}")
+    cls_token = config.get("cls_token", [False] * (count - 1) + [True])
+    if cls_token != [False] * (count - 1) + [True]:
+        raise ValueError(
+            f"{source}: cls_token={cls_token!r}: keras_cvt's CvT has a class token in the last stage only"
+        )
+    _check_query(values, source)
+    stages = {argument: tuple(value) for argument, value in stages.items()}
+    arguments = {**stages, "mlp_ratio": float(ratio), "drop_path_rate": float(drop_path[-1])}
+    attention = {name: value for name, value in options.items() if value != architectures.ATTENTION_OPTIONS[name]}
     arguments.update(attention)
     variant = architectures.recognise(stages["depths"], stages["embed_dims"], arguments["mlp_ratio"])
     if variant is not None and (
@@ -109,13 +143,7 @@ def read(config, source="config.json"):
         != (architectures.PATCH_SIZES, architectures.PATCH_STRIDES, architectures.PATCH_PADDINGS)
     ):
         variant = None
-    return HubModel(arguments, _labels(config, source), None if variant is None else variant.name)
-
-
-def _integers(values, field, source):
-    if not isinstance(values, list) or not values or not all(isinstance(v, int) and v >= 0 for v in values):
-        raise ValueError(f"{source}: {field} must be a list of integers, one per stage, got {values!r}")
-    return tuple(values)
+    return HubModel(arguments, labels, None if variant is None else variant.name)
 
 
 def _check_channels(config, source):
@@ -126,31 +154,24 @@ def _check_channels(config, source):
         )
 
 
-def _attention_options(config, count, source):
-    """The `keras_cvt.CvT` attention options that the config's attention fields set, those that
-    differ from the defaults only (a published variant's config gives none)."""
-    methods = _per_stage(config, "qkv_projection_method", _PROJECTION_METHOD, count, source)
-    if any(method != _PROJECTION_METHOD for method in methods):
-        raise ValueError(
-            f"{source}: qkv_projection_method={methods!r}: keras_cvt's CvT implements the "
-            f"convolutional projection {_PROJECTION_METHOD!r} only"
-        )
-    values = {}
-    for field, option in _ATTENTION_FIELDS.items():
-        default = architectures.ATTENTION_OPTIONS[option]
-        stages = _per_stage(config, field, default, count, source)
-        kind = bool if isinstance(default, bool) else int
-        if not all(type(value) is kind and (kind is bool or value >= 0) for value in stages):
-            expected = "true or false" if kind is bool else "integers >= 0"
-            raise ValueError(f"{source}: {field}={stages!r}: expected {expected}, one per stage")
-        if len(set(stages)) != 1:
-            raise ValueError(
-                f"{source}: {field}={stages!r}: keras_cvt's CvT takes one {option} for all stages"
-            )
-        values[field] = stages[0]
+def _one_value(config, field, default, source, lists):
+    """The one value of a field that transformers gives per stage (a single value is every
+    stage's); the list is kept in `lists` for its length to be checked against the stages'."""
+    values = config.get(field, default)
+    if not isinstance(values, list):
+        return values
+    lists[field] = values
+    if not values:
+        raise ValueError(f"{source}: {field} is an empty list, expected one value per stage")
+    if any(type(value) is not type(values[0]) or value != values[0] for value in values):
+        option = _ATTENTION_FIELDS.get(field, field)
+        raise ValueError(f"{source}: {field}={values!r}: keras_cvt's CvT takes one {option} for all stages")
+    return values[0]
+
+
+def _check_query(values, source):
+    """Refuses attention that keras_cvt's blocks cannot add to their input (sizes already bounded)."""
     kernel = values["kernel_qkv"]
-    if kernel < 1:
-        raise ValueError(f"{source}: kernel_qkv={kernel!r}: expected a kernel size of at least 1")
     if values["stride_q"] != 1 or 2 * values["padding_q"] != kernel - 1:
         raise ValueError(
             f"{source}: stride_q={values['stride_q']!r}, padding_q={values['padding_q']!r} with "
@@ -163,19 +184,6 @@ def _attention_options(config, count, source):
             f"{source}: padding_kv={values['padding_kv']!r} but padding_q={values['padding_q']!r}: "
             "keras_cvt's CvT pads the query, key and value maps alike"
         )
-    if values["stride_kv"] < 1:
-        raise ValueError(f"{source}: stride_kv={values['stride_kv']!r}: expected a stride of at least 1")
-    options = {_ATTENTION_FIELDS[field]: value for field, value in values.items()}
-    return {name: value for name, value in options.items() if value != architectures.ATTENTION_OPTIONS[name]}
-
-
-def _per_stage(config, field, default, count, source):
-    """The config's `field` as a list of one value per stage (a single value is every stage's)."""
-    values = config.get(field, [default] * count)
-    values = values if isinstance(values, list) else [values] * count
-    if len(values) != count:
-        raise ValueError(f"{source}: {count} stages in 'depth' but {len(values)} in {field!r}")
-    return values
 
 
 def _labels(config, source):
@@ -186,10 +194,25 @@ def _labels(config, source):
         return None
     if not isinstance(id2label, dict) or not id2label:
         raise ValueError(f"{source}: a CvtForImageClassification config needs id2label, got {id2label!r}")
-    try:
-        ids = sorted(int(key) for key in id2label)
-    except ValueError as error:
-        raise ValueError(f"{source}: the keys of id2label must be class numbers: {error}") from error
-    if ids != list(range(len(ids))):
-        raise ValueError(f"{source}: id2label must number the classes 0 to {len(ids) - 1} without gaps")
-    return tuple(str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in ids)
+    if len(id2label) > declared.MAX_CLASSES:
+        raise ValueError(f"{source}: id2label has {len(id2label):,} entries, more than the {declared.MAX_CLASSES:,} classes a CvT may have here")
+    names = {}
+    for key, name in id2label.items():
+        number = _class_number(key)
+        if number is None:
+            raise ValueError(f"{source}: id2label key {key!r} is not a class number (0, 1, 2, ... without leading zeros)")
+        if not isinstance(name, str):
+            raise ValueError(f"{source}: id2label[{key!r}] must be a class name (a string), got {name!r}")
+        names[number] = name
+    if sorted(names) != list(range(len(id2label))):
+        raise ValueError(f"{source}: id2label must number the classes 0 to {len(id2label) - 1} without gaps")
+    return tuple(names[i] for i in range(len(names)))
+
+
+def _class_number(key):
+    """The class number `key` writes plainly ("3"; an int in a config made in Python), or None."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key if key >= 0 else None
+    if isinstance(key, str) and key.isascii() and key.isdigit() and (key == "0" or not key.startswith("0")):
+        return int(key)
+    return None

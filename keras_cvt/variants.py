@@ -255,7 +255,10 @@ def from_hf(
     return CvT(
         **resolved.config,
         include_top=include_top,
+        # The converter held the tensors against config.json's architecture before building
+        # anything; the repo's labels must name the classifier's classes.
         weights=resolved.file(),
+        classes=resolved.classes if include_top else arguments.DEFAULT_CLASSES,
         input_tensor=input_tensor,
         input_shape=input_shape,
         pooling=pooling,

@@ -87,3 +87,13 @@ def test_sha256_file_reads_in_chunks(tmp_path):
     path.write_bytes(b"abc" * 1000)
     expected = hashlib.sha256(b"abc" * 1000).hexdigest()
     assert atomic.sha256_file(path, chunk_size=7) == atomic.sha256_file(path) == expected
+
+
+def test_check_writable_tries_where_the_output_will_go(tmp_path):
+    # A missing directory chain is fine: the first existing ancestor is tried.
+    atomic.check_writable(tmp_path / "a" / "b" / "m.onnx", "path")
+    atomic.check_writable(tmp_path, "--output")  # an existing directory (a SavedModel replaced)
+    assert list(tmp_path.iterdir()) == []  # the trial leaves nothing
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=rf"^cannot write `output_path` '{tmp_path}/file/m': '{tmp_path}/file' is not a directory"):
+        atomic.check_writable(tmp_path / "file" / "m", "output_path")

@@ -296,6 +296,52 @@ def test_cli_refusals_are_one_line(tiny_variant, tmp_path, capsys, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
 
 
+# (format, why its output cannot be written)
+UNWRITABLE = [(format, kind) for format in sorted(FORMATS) for kind in ("parent is a file", "read-only")]
+
+
+def _unwritable(tmp_path, format, kind):
+    """An output path of `format` that cannot be written, and the words of its refusal."""
+    suffix = FORMATS[format].suffix or ""
+    if kind == "parent is a file":
+        (tmp_path / "plain_file").write_text("x")
+        return f"{tmp_path}/plain_file/m{suffix}", "is not a directory"
+    # Permission bits do not stop root; sysfs refuses new entries to everyone.
+    if os.geteuid() == 0:
+        return f"/sys/keras_cvt_export/m{suffix}", "Operation not permitted"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    return f"{locked}/sub/m{suffix}", "Permission denied"
+
+
+@pytest.mark.parametrize("format, kind", UNWRITABLE)
+def test_export_refuses_an_unwritable_path_before_converting(tiny_model, tmp_path, monkeypatch, format, kind):
+    import importlib
+
+    path, words = _unwritable(tmp_path, format, kind)
+    imported = []
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name))
+    with pytest.raises(ValueError, match=rf"^cannot write `path` '{path}': .*{words}"):
+        export(tiny_model, path, format=format)
+    assert imported == []  # no writer was even looked up
+
+
+@pytest.mark.parametrize("format, kind", UNWRITABLE)
+def test_cli_refuses_an_unwritable_output_before_reading_weights(tmp_path, capsys, monkeypatch, format, kind):
+    from keras_cvt import sources
+
+    path, words = _unwritable(tmp_path, format, kind)
+    resolved = []
+    monkeypatch.setattr(sources, "resolve_weights", lambda *a, **k: resolved.append(a))
+    with pytest.raises(SystemExit) as exit_info:
+        export_cli.main(["--model", "cvt13", "--weights", "imagenet", "--format", format, "--output", path])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"python -m keras_cvt.export: error: cannot write `--output` '{path}'") and words in error
+    assert resolved == []
+
+
 def _layer_norm_graph(read_the_difference_too):
     """keras_cvt's LayerNorm as tf2onnx writes it, over the last axis of `x` (2, 5, 4); with
     `read_the_difference_too`, `x - mean` is a second output, which a fusion must keep."""

@@ -3,6 +3,7 @@
 weight formats, built from config.json and checked against the original code's logits."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -205,16 +206,16 @@ REFUSED = {
     "stride_q": ([2, 2, 2], "stride_q=2, padding_q=1 with kernel_qkv=3"),
     "padding_q": ([0, 0, 0], "stride_q=1, padding_q=0 with kernel_qkv=3"),
     "padding_kv": ([0, 0, 0], "padding_kv=0 but padding_q=1"),
-    "stride_kv ": ([0, 0, 0], "stride_kv=0: expected a stride of at least 1"),
-    "kernel_qkv ": ([0, 0, 0], "kernel_qkv=0: expected a kernel size of at least 1"),
+    "stride_kv ": ([0, 0, 0], "stride_kv must be an integer from 1 to 64, got 0"),
+    "kernel_qkv ": ([0, 0, 0], "kernel_qkv must be an integer from 1 to 63, got 0"),
     "qkv_bias ": ([1, 1, 1], r"qkv_bias=\[1, 1, 1\]: expected true or false"),
-    "stride_kv  ": ([2.0, 2.0, 2.0], r"stride_kv=\[2.0, 2.0, 2.0\]: expected integers >= 0"),
+    "stride_kv  ": ([2.0, 2.0, 2.0], "stride_kv must be an integer from 1 to 64, got 2.0"),
     "kernel_qkv  ": ([3, 3], "3 stages in 'depth' but 2 in 'kernel_qkv'"),
     "cls_token": ([False, True, True], "class token in the last stage"),
-    "mlp_ratio": ([4.0, 4.0, 2.0], "one MLP ratio"),
+    "mlp_ratio": ([4.0, 4.0, 2.0], "one mlp_ratio for all stages"),
     "num_channels": (1, "3-channel"),
     "model_type": ("vit", "model_type is 'vit'"),
-    "depth": ([1, 2], "2 stages in 'depth' but 3 in 'embed_dim'"),
+    "depth": ([1, 2], "embed_dim must be a list of 2 entries, one per stage"),
     "id2label": ({"0": "a", "2": "b"}, "without gaps"),
 }
 
@@ -302,3 +303,120 @@ def test_labels_feed_decode_predictions(fake_hub, tiny_files, tiny_io):
     ]
     with pytest.raises(ValueError, match=r"\(samples, 2\) \(one column per label\)"):
         keras_cvt.decode_predictions(logits, labels=["a", "b"])
+
+
+# --- check before spending: config.json is bounded before any weights are requested ---
+
+# config.json change -> the words of the refusal (after "config.json of hf://someone/tiny-cvt: ").
+HOSTILE_CONFIGS = {
+    "too many blocks": ({"depth": [1, 2, 100_000]}, "depth must be a list of integers from 1 to 256"),
+    "too wide": ({"embed_dim": [16, 32, 10**9]}, "embed_dim must be a list of integers from 1 to 16,384"),
+    "too many stages": ({"depth": [1] * 10_000}, "depth must be a list of 1 to 8 integers"),
+    "huge mlp": ({"mlp_ratio": 1e12}, "mlp_ratio must be a number > 0 and <= 64, got 1000000000000.0"),
+    "mlp not a number": ({"mlp_ratio": "x"}, "mlp_ratio must be a number > 0 and <= 64, got 'x'"),
+    "bool block count": ({"depth": [1, 2, True]}, "depth must be a list of integers from 1 to 256"),
+    "zero heads": ({"num_heads": [1, 0, 3]}, "num_heads must be a list of integers from 1"),
+    "wrong type": ({"depth": "1, 2, 2"}, "depth must be a list of 1 to 8 integers"),
+    "nested": ({"depth": [[[1]], 2, 2]}, "depth must be a list of integers"),
+    "too many weights": (
+        {"embed_dim": [4096, 8192, 16384], "num_heads": [1, 1, 1], "depth": [8, 8, 64]},
+        r"the declared architecture has [\d,]+ weights, more than the 1,000,000,000",
+    ),
+    "huge kernel": ({"kernel_qkv": 10**6}, "kernel_qkv must be an integer from 1 to 63"),
+    "label key with a leading zero": ({"id2label": {"0": "a", "01": "b"}}, "id2label key '01' is not a class number"),
+    "label not a string": ({"id2label": {"0": "a", "1": None}}, r"id2label\['1'\] must be a class name \(a string\), got None"),
+    "label a list": ({"id2label": {"0": "a", "1": ["b"]}}, r"id2label\['1'\] must be a class name"),
+    "drop path not a number": ({"drop_path_rate": "x"}, "drop_path_rate must be numbers from 0 to 1"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_CONFIGS)
+def test_hostile_config_is_refused_by_field_before_any_weights_are_requested(fake_hub, tiny_files, case):
+    import resource
+
+    change, words = HOSTILE_CONFIGS[case]
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]}, config=tiny_config(**change))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=rf"^config\.json of hf://{REPO}: {words}"):
+        keras_cvt.from_hf(f"hf://{REPO}")
+    assert [path for _, path, _, _ in fake_hub.requests if not path.endswith("/config.json")] == []
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing built
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("[" * 100_000 + "]" * 100_000, "nested deeper than 32 levels"), ('{"model_type": "cvt", "depth": [1', "not a JSON file"), ("", "not a JSON file")],
+    ids=["deeply nested", "truncated", "empty"],
+)
+def test_hostile_config_file_is_refused_naming_it(fake_hub, tiny_files, text, words):
+    commit = fake_hub.add(REPO, "main", tiny_files["model.safetensors"], filename="model.safetensors").commit
+    fake_hub.add(REPO, "main", text.encode(), etag="git", filename="config.json", commit=commit)
+    with pytest.raises(ValueError, match=rf"^config\.json of hf://{REPO}: {words}"):
+        keras_cvt.from_hf(f"hf://{REPO}")
+    assert [path for _, path, _, _ in fake_hub.requests if not path.endswith("/config.json")] == []
+
+
+def test_oversized_config_file_is_refused_unread(fake_hub, tiny_files):
+    # 20 MB of labels: a valid config, but more than a config may be.
+    config = tiny_config(id2label={str(i): "x" * 16 for i in range(600_000)})
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]}, config=config)
+    with pytest.raises(ValueError, match=rf"^config\.json of hf://{REPO}: [\d,]+ bytes, more than the 16,777,216"):
+        keras_cvt.from_hf(f"hf://{REPO}")
+
+
+def test_weights_that_contradict_the_config_are_refused_before_a_model_is_built(fake_hub, tiny_files, monkeypatch):
+    # config.json claims 10 blocks in the last stage; the tensors have 2.
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]}, config=tiny_config(depth=[1, 2, 10]))
+    built = []
+    monkeypatch.setattr(keras_cvt.variants, "CvT", lambda **kwargs: built.append(kwargs))
+    with pytest.raises(ValueError, match=r"(?s)does not fit the architecture its config declares: \d+ problem.*missing: stage2\.blocks\.2\."):
+        keras_cvt.from_hf(f"hf://{REPO}")
+    assert built == []
+
+
+def test_a_classifier_that_contradicts_the_labels_is_refused_before_a_model_is_built(fake_hub, tiny_files, monkeypatch):
+    # The classifier's width is the labels' count: 3 labels for a 10-class head.
+    built = []
+    monkeypatch.setattr(keras_cvt.variants, "CvT", lambda **kwargs: built.append(kwargs))
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]}, config=tiny_config(id2label={0: "a", 1: "b", 2: "c"}))
+    with pytest.raises(ValueError, match=r"misshapen: head\.weight is \(10, 48\), expected \(3, 48\)"):
+        keras_cvt.from_hf(f"hf://{REPO}")
+    assert built == []
+
+
+def test_id2label_takes_python_int_keys_and_refuses_gaps_and_negatives():
+    assert hf_config.read(tiny_config(id2label={1: "b", 0: "a"})).labels == ("a", "b")
+    for id2label in ({-1: "a", 0: "b"}, {"0": "a", " 1": "b"}, {"0": "a", "١": "b"}):
+        with pytest.raises(ValueError, match="id2label key .* is not a class number"):
+            hf_config.read(tiny_config(id2label=id2label), source="config.json")
+
+
+def test_read_only_hub_cache_is_one_error_naming_it_without_retries(fake_hub, tiny_files, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]})
+    # Permission bits do not stop root; sysfs refuses new entries to everyone.
+    read_only = "/sys/hf-cache" if os.geteuid() == 0 else tmp_path / "read-only-hf"
+    if os.geteuid() != 0:
+        read_only.mkdir()
+        read_only.chmod(0o555)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(read_only))
+    with pytest.raises(downloads.HubError, match=rf"huggingface_hub's cache cannot be written at {read_only}") as error:
+        keras_cvt.from_hf(f"hf://{REPO}")
+    assert "weights_conversion" not in str(error.value) and "failed" not in str(error.value)
+    assert len(fake_hub.get_requests(f"/{REPO}/resolve/")) <= 1
+
+
+def test_offline_with_converted_weights_but_no_hub_cache_names_what_is_missing(fake_hub, tiny_files, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]})
+    keras_cvt.from_hf(f"hf://{REPO}", include_preprocessing=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "emptied"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    requests = len(fake_hub.requests)
+    with pytest.raises(downloads.OfflineError, match=r"its weights were converted here .* but config\.json, which gives the architecture and labels, is missing") as error:
+        keras_cvt.from_hf(f"hf://{REPO}")
+    assert f"hf download {REPO} config.json" in str(error.value)
+    assert "weights_conversion" not in str(error.value)
+    assert len(fake_hub.requests) == requests

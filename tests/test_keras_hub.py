@@ -19,10 +19,12 @@ from keras_cvt.keras_hub import backbone as backbone_module  # noqa: E402
 from keras_cvt.keras_hub.preprocessor.image_converter import CvTImageConverter  # noqa: E402
 from tests.conftest import ROOT, TINY_CONFIG, quick_jax_env  # noqa: E402
 from tests.test_hf_hub import (
+    HOSTILE_CONFIGS,
     LABELS,
     REPO,
     fake_hub,
     publish,
+    tiny_config,
     tiny_files,
     tiny_io,
 )  # noqa: E402, F401 (fixtures)
@@ -148,7 +150,7 @@ def test_backbone_takes_the_attention_options_of_cvt():
 
 def test_classifier_refuses_labels_of_another_width():
     backbone = CvTBackbone(**{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")})
-    with pytest.raises(ValueError, match="`labels` must name the 10 classes, got 2"):
+    with pytest.raises(ValueError, match=r"`labels` must be the names \(strings\) of the 10 classes, got \[.a., .b.\]"):
         CvTImageClassifier(backbone, 10, labels=["a", "b"])
 
 
@@ -219,3 +221,191 @@ def test_a_failed_registration_does_not_fail_import_keras_hub():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "keras_cvt.keras_hub: ModuleNotFoundError" in result.stdout.splitlines()[-1]
+
+
+# --- presets: bounded before building, verifiable when we wrote them ---
+
+
+@pytest.fixture(scope="module")
+def saved_preset(tmp_path_factory):
+    """A tiny CvTImageClassifier preset with its preprocessor, as save_to_preset writes it."""
+    from keras_cvt.keras_hub import CvTImageClassifierPreprocessor
+
+    backbone = CvTBackbone(depths=(1, 1, 1), embed_dims=(16, 32, 48), num_heads=(1, 2, 3))
+    preprocessor = CvTImageClassifierPreprocessor(image_converter=CvTImageConverter())
+    classifier = CvTImageClassifier(backbone, 7, preprocessor=preprocessor, labels=[f"c{i}" for i in range(7)])
+    path = tmp_path_factory.mktemp("saved") / "preset"
+    classifier.save_to_preset(str(path))
+    return path
+
+
+def _copy(saved_preset, tmp_path, record=True):
+    import shutil
+
+    from keras_cvt.keras_hub.preset_files import RECORD_FILE
+
+    path = tmp_path / "preset"
+    shutil.copytree(saved_preset, path)
+    if not record:
+        (path / RECORD_FILE).unlink()
+    return path
+
+
+def _edit_json(path, change):
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+
+
+def _backbone(config):
+    return config["config"]["backbone"]["config"]
+
+
+def _converter(config):
+    return config["config"]["preprocessor"]["config"]["image_converter"]["config"]
+
+
+def test_save_to_preset_records_every_file(saved_preset):
+    from keras_cvt import atomic
+    from keras_cvt.keras_hub.preset_files import RECORD_FILE
+
+    record = json.loads((saved_preset / RECORD_FILE).read_text())
+    files = sorted(p.name for p in saved_preset.iterdir() if p.name != RECORD_FILE)
+    assert sorted(record["files"]) == files
+    assert {"config.json", "task.json", "model.weights.h5", "task.weights.h5"} <= set(files)
+    for name, entry in record["files"].items():
+        path = saved_preset / name
+        assert entry == {"size": path.stat().st_size, "sha256": atomic.sha256_file(path)}
+
+
+# (which file, its change, the words of the refusal): the preset written by others (no record).
+HOSTILE_PRESETS = {
+    "too many blocks": ("task.json", lambda c: _backbone(c).update(depths=[1, 2, 100_000]), "depths must be a list of integers from 1 to 256"),
+    "too many stages": ("task.json", lambda c: _backbone(c).update(depths=[1] * 10_000), "depths must be a list of 1 to 8 integers"),
+    "too wide": ("task.json", lambda c: _backbone(c).update(embed_dims=[16, 32, 10**9]), "embed_dims must be a list of integers from 1 to 16,384"),
+    "huge mlp": ("task.json", lambda c: _backbone(c).update(mlp_ratio=1e12), "mlp_ratio must be a number > 0 and <= 64"),
+    "mlp not a number": ("task.json", lambda c: _backbone(c).update(mlp_ratio="x"), "mlp_ratio must be a number"),
+    "zero heads": ("task.json", lambda c: _backbone(c).update(num_heads=[1, 0, 3]), "num_heads must be a list of integers from 1"),
+    "too many classes": ("task.json", lambda c: c["config"].update(num_classes=10**7, labels=None), "classes must be an integer from 1 to 1,000,000"),
+    "labels not strings": ("task.json", lambda c: c["config"].update(labels=[None] * 7), r"`labels` must be the names \(strings\)"),
+    "huge image": ("task.json", lambda c: _converter(c).update(image_size=[16000, 16000]), r"image_size must be \(height, width\), each from 1 to 4096"),
+    "tiny crop": ("task.json", lambda c: _converter(c).update(crop_ratio=1e-9), "crop_ratio must be a number from 0.1 to 1"),
+}
+
+
+@pytest.mark.parametrize("loader", ["keras_hub", "keras_cvt"])
+@pytest.mark.parametrize("case", HOSTILE_PRESETS)
+def test_hostile_preset_is_refused_by_field_before_building(saved_preset, tmp_path, monkeypatch, case, loader):
+    import resource
+
+    from keras_cvt.keras_hub import backbone as backbone_module
+
+    name, change, words = HOSTILE_PRESETS[case]
+    preset = _copy(saved_preset, tmp_path, record=False)
+    _edit_json(preset / name, change)
+    built = []
+    monkeypatch.setattr(backbone_module, "CvT", lambda **kwargs: built.append(kwargs) or keras_cvt.CvT(**kwargs))
+    load = (keras_hub.models.ImageClassifier if loader == "keras_hub" else CvTImageClassifier).from_preset
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=rf"(config|task\.json).*: {words}"):
+        load(str(preset))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300_000  # KiB
+    if case not in ("too many classes", "labels not strings", "huge image", "tiny crop"):
+        assert built == []  # refused before the backbone was built
+
+
+def test_preset_task_of_another_class_is_one_clear_error(saved_preset, tmp_path):
+    preset = _copy(saved_preset, tmp_path, record=False)
+    _edit_json(preset / "task.json", lambda c: c.update(registered_name="keras_hub>ResNetImageClassifier"))
+    with pytest.raises(ValueError, match=r"task\.json: registered_name is 'keras_hub>ResNetImageClassifier', expected 'keras_cvt>CvTImageClassifier'"):
+        CvTImageClassifier.from_preset(str(preset))
+    # keras-hub's generic loader then builds our class without its arguments.
+    with pytest.raises(ValueError, match="CvTImageClassifier needs `num_classes`: a preset whose task.json"):
+        keras_hub.models.ImageClassifier.from_preset(str(preset))
+    # With num_classes, a new classifier on the preset's backbone, as keras-hub allows.
+    assert CvTImageClassifier.from_preset(str(preset), num_classes=3).num_classes == 3
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("[" * 100_000 + "]" * 100_000, "nested deeper than 32 levels"), ('{"module": "keras_cvt', "not a JSON file")],
+    ids=["deeply nested", "truncated"],
+)
+@pytest.mark.parametrize("name", ["config.json", "task.json"])
+def test_hostile_preset_json_is_refused_naming_the_file(saved_preset, tmp_path, name, text, words):
+    preset = _copy(saved_preset, tmp_path, record=False)
+    (preset / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"preset/{name}: {words}"):
+        CvTImageClassifier.from_preset(str(preset))
+
+
+@pytest.mark.parametrize("loader", ["keras_hub", "keras_cvt"])
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_damaged_preset_weights_without_a_record_are_named(saved_preset, tmp_path, loader, damage):
+    preset = _copy(saved_preset, tmp_path, record=False)
+    weights = preset / "model.weights.h5"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    load = (keras_hub.models.ImageClassifier if loader == "keras_hub" else CvTImageClassifier).from_preset
+    with pytest.raises(ValueError, match=rf"weights file '{weights}' \([\d,]+ bytes\) cannot be loaded"):
+        load(str(preset))
+
+
+def _flip_one_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("loader", ["keras_hub", "keras_cvt", "backbone"])
+@pytest.mark.parametrize(
+    "name, damage, words",
+    [
+        ("model.weights.h5", _flip_one_byte, "has SHA-256 [0-9a-f]{64}, its record .* says '[0-9a-f]{64}': it changed after it was saved"),
+        ("model.weights.h5", lambda p: p.write_bytes(p.read_bytes()[:1000]), "has 1,000 bytes, its record .* says [0-9]+: it is truncated or damaged"),
+        ("task.weights.h5", _flip_one_byte, "has SHA-256 .*: it changed after it was saved"),
+        ("task.weights.h5", lambda p: p.unlink(), "is missing; the preset's record .* lists it"),
+    ],
+    ids=["flipped weights", "truncated weights", "flipped task weights", "missing task weights"],
+)
+def test_damaged_file_of_a_recorded_preset_is_refused_by_name(saved_preset, tmp_path, loader, name, damage, words):
+    preset = _copy(saved_preset, tmp_path)
+    damage(preset / name)
+    if loader == "backbone":
+        load = keras_hub.models.Backbone.from_preset
+        if damage is _flip_one_byte and name == "task.weights.h5":
+            # A backbone reads none of the task's file (a missing one means a damaged preset).
+            assert type(load(str(preset))) is CvTBackbone
+            return
+    else:
+        load = (keras_hub.models.ImageClassifier if loader == "keras_hub" else CvTImageClassifier).from_preset
+    with pytest.raises(ValueError, match=rf"preset file {preset / name} {words}"):
+        load(str(preset))
+
+
+def test_recorded_preset_loads_and_a_preset_without_record_loads_as_keras_hub_would(saved_preset, tmp_path):
+    x = np.random.RandomState(0).randint(0, 256, (1, 64, 64, 3)).astype("float32")
+    reference = keras_hub.models.ImageClassifier.from_preset(str(saved_preset)).predict(x, verbose=0)
+    plain = keras_hub.models.ImageClassifier.from_preset(str(_copy(saved_preset, tmp_path, record=False)))
+    assert np.array_equal(plain.predict(x, verbose=0), reference)
+    assert plain.labels == [f"c{i}" for i in range(7)]
+
+
+def test_an_edited_config_of_a_recorded_preset_is_refused_before_keras_hub_reads_it(saved_preset, tmp_path):
+    # A recorded preset's configs are verified before keras-hub reads them (our loaders).
+    preset = _copy(saved_preset, tmp_path)
+    _edit_json(preset / "task.json", lambda c: _backbone(c).update(depths=[1, 1, 2]))
+    with pytest.raises(ValueError, match=rf"preset file {preset / 'task.json'} has"):
+        CvTImageClassifier.from_preset(str(preset))
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CONFIGS))
+def test_hostile_hub_config_is_refused_before_any_weights_or_build(fake_hub, tiny_files, monkeypatch, case):
+    change, words = HOSTILE_CONFIGS[case]
+    publish(fake_hub, {"model.safetensors": tiny_files["model.safetensors"]}, config=tiny_config(**change))
+    built = []
+    monkeypatch.setattr(backbone_module, "CvT", lambda **kwargs: built.append(kwargs))
+    with pytest.raises(ValueError, match=rf"^config\.json of {SOURCE}: {words}"):
+        CvTImageClassifier.from_preset(SOURCE)
+    assert [path for _, path, _, _ in fake_hub.requests if not path.endswith("/config.json")] == []
+    assert built == []

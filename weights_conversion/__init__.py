@@ -2,12 +2,10 @@
 `model.safetensors` / `tf_model.h5`) into Keras `.weights.h5` files for `keras_cvt`."""
 
 import os
-import tempfile
 
 from keras_cvt import architectures
-from keras_cvt.atomic import publish_file, reserve_for_variables
+from keras_cvt.atomic import check_writable, publish_file, reserve_for_variables
 from keras_cvt.builder import CvT
-from keras_cvt.errors import describe_error
 from weights_conversion.checkpoints import read_checkpoint
 from weights_conversion.keys import hf_to_original_key
 from weights_conversion.mapping import assign, expected_shapes, infer_config, mismatches, value_problem, variable_map
@@ -30,7 +28,7 @@ class CheckpointMismatchError(ValueError):
         super().__init__(f"checkpoint {path!r} does not fit {model_name}: {listed}")
 
 
-def convert(input_path, output_path, model=None):
+def convert(input_path, output_path, model=None, config=None):
     """Converts a CvT checkpoint into a Keras `.weights.h5` file.
 
     Everything is checked before anything large is allocated: the output path, then the
@@ -46,6 +44,9 @@ def convert(input_path, output_path, model=None):
             name and renamed when complete, so a failed conversion leaves nothing behind.
         model: `"cvt13"`, `"cvt21"` or `"cvtw24"` to insist on a variant; `None` infers the
             architecture from the tensors.
+        config: the `keras_cvt.CvT` arguments to insist on instead (those of a `hf://` repo's
+            config.json, `classes` its labels' count when it has them); their heads and
+            embedding strides, which leave no trace in the tensors, are the converted model's.
 
     Returns:
         A dict describing the conversion: `variant` (or None for a custom architecture),
@@ -62,14 +63,19 @@ def convert(input_path, output_path, model=None):
         raise ValueError(f"`output_path` must end with .weights.h5, got {output_path!r}")
     if model is not None and model not in architectures.VARIANTS:
         raise ValueError(f"`model` must be one of {sorted(architectures.VARIANTS)} or None, got model={model!r}")
-    _check_writable(output_path)
+    if os.path.isdir(output_path):
+        raise ValueError(f"`output_path` {output_path!r} is an existing directory, expected a file path")
+    check_writable(output_path, "output_path")
+    declared = None if config is None else dict(config)
     input_path = os.fspath(input_path)
     state = read_checkpoint(input_path)
     try:
         variant, config = infer_config(state)
     except ValueError as error:
         raise ValueError(f"checkpoint {input_path!r}: {error}") from error
-    if model is not None:
+    if declared is not None:
+        variant, config = None, {"classes": config["classes"], **declared}
+    elif model is not None:
         # The published variant as its builder makes it; only the classifier width is read.
         variant = model
         config = {
@@ -79,7 +85,8 @@ def convert(input_path, output_path, model=None):
     expected = expected_shapes(config)
     problems = mismatches(state, expected)
     if problems:
-        raise CheckpointMismatchError(input_path, variant or "the inferred architecture", problems)
+        described = "the architecture its config declares" if declared is not None else "the inferred architecture"
+        raise CheckpointMismatchError(input_path, variant or described, problems)
     problem = value_problem(state, expected)
     if problem:
         raise ValueError(f"checkpoint {input_path!r}: {problem}")
@@ -94,24 +101,3 @@ def convert(input_path, output_path, model=None):
         reserve_for_variables(temporary, keras_model.weights, previous=output_path)
         keras_model.save_weights(temporary)
     return {"variant": variant, "config": config, "tensors": len(mapping)}
-
-
-def _check_writable(output_path):
-    """Refuses an output path that cannot be written, before the conversion's work is done.
-
-    Tried, not inferred from permission bits (which root ignores and read-only file systems
-    do not show): a private directory is made and removed where the output's first missing
-    directory, or the output itself, will go.
-    """
-    path = os.path.abspath(output_path)
-    if os.path.isdir(path):
-        raise ValueError(f"`output_path` {output_path!r} is an existing directory, expected a file path")
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"cannot write `output_path` {output_path!r}: {parent!r} is not a directory")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=parent))
-    except OSError as error:
-        raise ValueError(f"cannot write `output_path` {output_path!r}: {describe_error(error)}") from error

@@ -24,6 +24,7 @@ import importlib
 import os
 
 from keras_cvt import locks
+from keras_cvt.atomic import check_writable
 from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS, QUANTIZERS
 from keras_cvt.export.saved_model import export_for_serving
 from keras_cvt.export.tflite import TFLiteClassifier, export_tflite
@@ -59,8 +60,8 @@ def export(model, path, format=DEFAULT_FORMAT, quantize=None, calibration=None, 
             `export_tflite`, `export_onnx`, `export_openvino`), such as `input_size`.
 
     Raises:
-        ValueError: an unknown format, an option the format does not take, or a path without
-            its suffix, before the model is traced.
+        ValueError: an unknown format, an option the format does not take, a path without
+            its suffix or one that cannot be written, before the model is traced.
         keras_cvt.locks.LockedError: another process is exporting to `path`.
         keras_cvt.atomic.WriteError: `path` could not be written (a full disk); what was there
             before stays.
@@ -78,6 +79,9 @@ def export(model, path, format=DEFAULT_FORMAT, quantize=None, calibration=None, 
     if quantize is not None or calibration is not None:
         if quantize not in QUANTIZERS:
             raise ValueError(f"`quantize` must be None or one of {list(QUANTIZERS)}, got quantize={quantize!r}")
+    # Before the model is folded, traced or converted (tens of seconds, gigabytes).
+    check_writable(path, "path")
+    if quantize is not None:
         with locks.exclusive(path, "export target"):
             return importlib.import_module(QUANTIZERS[quantize]).export_int8(model, path, format, calibration, **options)
     writer = getattr(importlib.import_module(spec.module), spec.function)

@@ -35,6 +35,7 @@ import os
 import sys
 
 from keras_cvt import architectures, locks, pretrained, sources, variants
+from keras_cvt.atomic import check_writable
 from keras_cvt.locks import LockedError
 from keras_cvt.export import export
 from keras_cvt.export import saved_model as serving
@@ -233,6 +234,8 @@ def main(argv=None):
     options = _options(parser, args, spec)
     _check_quantize(parser, args, spec)
     try:
+        # First: before the weights are read, downloaded or converted.
+        check_writable(args.output, "--output")
         # Before the weights are read or converted: a second export to the same output stops at once.
         with locks.exclusive(args.output, "export target"):
             if spec.suffix is None:

@@ -2,15 +2,20 @@
 checkpoints and of `hf://` repos into it."""
 
 import dataclasses
+import os
 
 import keras
 from keras_hub.models import FeaturePyramidBackbone
 from keras_hub.src.utils.preset_utils import register_presets
 
-from keras_cvt import hf, pretrained, sources, weights_file
+from keras_cvt import declared, hf, pretrained, sources, weights_file
 from keras_cvt.architectures import ATTENTION_OPTIONS, PATCH_PADDINGS, PATCH_SIZES, PATCH_STRIDES
 from keras_cvt.builder import CvT
-from keras_cvt.keras_hub import presets
+from keras_cvt.errors import describe_error
+from keras_cvt.keras_hub import preset_files, presets
+
+# What names the architecture in a refusal of `CvTBackbone`'s arguments.
+CONFIG_SOURCE = "CvTBackbone's config (a preset's config.json, or the backbone in its task.json)"
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
@@ -48,16 +53,14 @@ class CvTBackbone(FeaturePyramidBackbone):
         dtype=None,
         **kwargs,
     ):
-        if len(depths) != 3:
-            raise ValueError(f"`depths` must have 3 stages for the pyramid P2, P3, P4, got depths={depths!r}")
         architecture = {
-            "depths": tuple(depths),
-            "embed_dims": tuple(embed_dims),
-            "num_heads": tuple(num_heads),
+            "depths": depths,
+            "embed_dims": embed_dims,
+            "num_heads": num_heads,
             "mlp_ratio": mlp_ratio,
-            "patch_sizes": tuple(patch_sizes),
-            "patch_strides": tuple(patch_strides),
-            "patch_paddings": tuple(patch_paddings),
+            "patch_sizes": patch_sizes,
+            "patch_strides": patch_strides,
+            "patch_paddings": patch_paddings,
             "attention_kernel_size": attention_kernel_size,
             "q_stride": q_stride,
             "kv_stride": kv_stride,
@@ -65,6 +68,11 @@ class CvTBackbone(FeaturePyramidBackbone):
             "qkv_bias": qkv_bias,
             "drop_path_rate": drop_path_rate,
         }
+        # Before anything is built: keras-hub's loaders pass what a preset's files declare.
+        declared.check_architecture(architecture, CONFIG_SOURCE)
+        if len(depths) != 3:
+            raise ValueError(f"`depths` must have 3 stages for the pyramid P2, P3, P4, got depths={depths!r}")
+        architecture = {name: tuple(value) if isinstance(value, list) else value for name, value in architecture.items()}
         # keras_cvt's own model, read for its layers: its output is the class token; the maps
         # are its stages' outputs (the last stage's that of its last block, where a token model ends).
         model = CvT(
@@ -93,13 +101,39 @@ class CvTBackbone(FeaturePyramidBackbone):
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Also takes the presets of the original checkpoints (`CvTBackbone.presets`) and any
-        `hf://owner/repo[@revision]` transformers CvT repo, converted on the way in."""
+        `hf://owner/repo[@revision]` transformers CvT repo, converted on the way in. A preset
+        directory is verified against the record `save_to_preset` wrote, if any, first."""
         if not is_checkpoint(preset):
+            preset_files.check_directory(preset)
             return super().from_preset(preset, load_weights=load_weights, **kwargs)
         return load_checkpoint(preset, load_weights, **kwargs).backbone
 
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """keras-hub's preset, and the record of its files' sizes and SHA-256 that loading checks."""
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        preset_files.write_record(preset_dir)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """Keras' `load_weights`; a preset's file is first verified against the preset's
+        record, and an unreadable file is named."""
+        preset_files.verify_weights(filepath)
+        load_preset_weights(super().load_weights, filepath, *args, **kwargs)
+
 
 register_presets(presets.PRESETS, CvTBackbone)
+
+
+def load_preset_weights(load, filepath, *args, **kwargs):
+    """`load(filepath, ...)`, with an empty, truncated or foreign file refused by its path
+    (h5py's own error names none)."""
+    try:
+        load(filepath, *args, **kwargs)
+    except (OSError, ValueError, KeyError) as error:
+        size = os.path.getsize(filepath) if os.path.isfile(filepath) else None
+        raise ValueError(
+            f"weights file {os.fspath(filepath)!r} ({'missing' if size is None else f'{size:,} bytes'}) "
+            f"cannot be loaded: {describe_error(error)}"
+        ) from error
 
 
 @dataclasses.dataclass
@@ -126,12 +160,14 @@ def load_checkpoint(preset, load_weights=True, **kwargs):
     entry = presets.CHECKPOINTS.get(preset)
     weights = sources.resolve_weights(*((entry.name, entry.variant) if entry is not None else (preset,)))
     labels = weights.labels if isinstance(weights.labels, list) else None
-    backbone = CvTBackbone(**weights.config, **kwargs)
     if not load_weights:
-        return Checkpoint(backbone, None, labels, weights.transform)
-    # The backbone's layers are those of keras_cvt's model without its classifier, so the
-    # converted file loads into it as it is; the classifier's weights are read beside.
+        return Checkpoint(CvTBackbone(**weights.config, **kwargs), None, labels, weights.transform)
+    # Converted first: the converter holds the tensors against the architecture before
+    # anything is built. The backbone's layers are those of keras_cvt's model without its
+    # classifier, so the converted file loads into it as it is; the classifier's weights are
+    # read beside.
     path = weights.file()
+    backbone = CvTBackbone(**weights.config, **kwargs)
     weights_file.load(backbone, path)
     head = weights_file.head_weights(path) if weights.classes is not None else None
     return Checkpoint(backbone, head, labels, weights.transform)

@@ -4,9 +4,15 @@ import keras
 from keras_hub.models import ImageClassifier
 from keras_hub.src.models.task import Task
 
-from keras_cvt.keras_hub.backbone import CvTBackbone, is_checkpoint, load_checkpoint
+from keras_cvt import declared
+from keras_cvt.keras_hub import preset_files
+from keras_cvt.keras_hub.backbone import CvTBackbone, is_checkpoint, load_checkpoint, load_preset_weights
 from keras_cvt.keras_hub.preprocessor.image_classifier_preprocessor import CvTImageClassifierPreprocessor
 from keras_cvt.keras_hub.preprocessor.image_converter import CvTImageConverter
+
+
+# What names the classifier in a refusal of its arguments.
+CLASSIFIER_SOURCE = "CvTImageClassifier's config (the task.json of a preset)"
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
@@ -31,7 +37,7 @@ class CvTImageClassifier(ImageClassifier):
     def __init__(
         self,
         backbone,
-        num_classes,
+        num_classes=None,
         preprocessor=None,
         activation=None,
         dropout=0.0,
@@ -39,8 +45,24 @@ class CvTImageClassifier(ImageClassifier):
         labels=None,
         **kwargs,
     ):
-        if labels is not None and len(labels) != num_classes:
-            raise ValueError(f"`labels` must name the {num_classes} classes, got {len(labels)} names")
+        if num_classes is None:
+            # What keras-hub's generic loader passes for a preset whose task.json is another class's.
+            raise ValueError(
+                "CvTImageClassifier needs `num_classes`: a preset whose task.json is not a "
+                "CvTImageClassifier's gives none; pass num_classes=..."
+            )
+        if isinstance(backbone, CvTBackbone):
+            # The classifier's width, bounded with the weights it adds, before it is built.
+            declared.check_architecture(backbone.architecture, CLASSIFIER_SOURCE, classes=num_classes)
+        if labels is not None and (
+            not isinstance(labels, (list, tuple))
+            or len(labels) != num_classes
+            or not all(isinstance(label, str) for label in labels)
+        ):
+            raise ValueError(
+                f"{CLASSIFIER_SOURCE}: `labels` must be the names (strings) of the {num_classes} "
+                f"classes, got {str(labels)[:200]}"
+            )
         head_dtype = head_dtype or backbone.dtype_policy
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -53,7 +75,7 @@ class CvTImageClassifier(ImageClassifier):
         # ImageClassifier's own graph pools a feature map; CvT's classifier reads the class token.
         Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
         self.num_classes, self.activation, self.dropout = num_classes, activation, dropout
-        self.labels = None if labels is None else [str(label) for label in labels]
+        self.labels = None if labels is None else list(labels)
 
     def get_config(self):
         config = Task.get_config(self)
@@ -73,6 +95,8 @@ class CvTImageClassifier(ImageClassifier):
         and any `hf://owner/repo[@revision]` transformers CvtForImageClassification repo; the
         preprocessor applies that checkpoint's evaluation transform."""
         if not is_checkpoint(preset):
+            # keras-hub builds a classifier without `num_classes` from a task.json of another class.
+            preset_files.check_directory(preset, task=True, task_class=None if "num_classes" in kwargs else cls)
             return super().from_preset(preset, load_weights=load_weights, **kwargs)
         backbone_kwargs = {key: kwargs.pop(key) for key in ("dtype", "image_shape") if key in kwargs}
         checkpoint = load_checkpoint(preset, load_weights, **backbone_kwargs)
@@ -94,3 +118,14 @@ class CvTImageClassifier(ImageClassifier):
         if head is not None:
             model.output_dense.set_weights(head)
         return model
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """keras-hub's preset, and the record of its files' sizes and SHA-256 that loading checks."""
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        preset_files.write_record(preset_dir)
+
+    def load_task_weights(self, filepath):
+        """keras-hub's `load_task_weights`; a preset's file is first verified against the
+        preset's record, and an unreadable file is named."""
+        preset_files.verify_weights(filepath)
+        load_preset_weights(super().load_task_weights, filepath)

@@ -4,8 +4,11 @@ import keras
 import tensorflow as tf
 from keras_hub.layers import ImageConverter
 
-from keras_cvt import pretrained, transforms
+from keras_cvt import declared, pretrained, transforms
 from keras_cvt.keras_hub.backbone import CvTBackbone
+
+
+CONVERTER_SOURCE = "CvTImageConverter's config (a preset's image_converter.json, or the copy in its task.json)"
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
@@ -33,6 +36,9 @@ class CvTImageConverter(ImageConverter):
         std=pretrained.IMAGENET_STD,
         **kwargs,
     ):
+        # Before anything is sized by them: a preset's image_converter.json, or the copy in its
+        # task.json (the one keras-hub uses), declares them.
+        declared.check_image_size(image_size, crop_ratio, CONVERTER_SOURCE)
         image_size = tuple(image_size)
         if len(image_size) != 2 or image_size[0] != image_size[1]:
             raise ValueError(f"`image_size` must be (size, size), got image_size={image_size!r}")
@@ -46,6 +52,18 @@ class CvTImageConverter(ImageConverter):
             **kwargs,
         )
         self.crop_ratio, self.mean, self.std = crop_ratio, tuple(mean), tuple(std)
+
+    @classmethod
+    def from_config(cls, config):
+        try:
+            return super().from_config(config)
+        except TypeError as error:
+            # Keras' Layer.from_config turns every error of the constructor into a TypeError of
+            # the whole config, which keras-hub's loaders nest twice more: the refusal of a
+            # field is the one line to show.
+            if isinstance(error.__context__, ValueError):
+                raise error.__context__ from None
+            raise
 
     @classmethod
     def from_transform(cls, transform, **kwargs):
