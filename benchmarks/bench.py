@@ -206,7 +206,7 @@ def bfloat16_agreement(config, size, reference):
     if reference is None or config is not MODEL_CONFIGS["cvt13"]:
         return None
     checkpoint = reference / REFERENCE_FILES[0]
-    from weights_conversion import convert
+    from keras_cvt.conversion import convert
 
     model = keras_model(config, size)
     with tempfile.TemporaryDirectory() as tmp:

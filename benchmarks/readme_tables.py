@@ -11,7 +11,7 @@ import math
 import sys
 
 from keras_cvt import architectures, pretrained
-from weights_conversion import mapping
+from keras_cvt.conversion import mapping
 
 VARIANTS_HEADER = "| builder | depths | widths | heads | params (`count_params()`) | drop path |"
 WEIGHTS_HEADER = "| builder | `weights=` | resolution | pre-training | top-1 (paper) | hub repo |"

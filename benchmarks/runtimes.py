@@ -22,7 +22,7 @@ The CPU's int8 and bfloat16 features (AVX-512 VNNI, AVX-VNNI, AVX-512 BF16, AMX)
 with the results and stored in the JSON: the int8 speed-ups depend on them.
 
 Both sides have every weight moved off its initial value (as trained weights are: see
-`bench.perturb`); ours are converted from HF's by `weights_conversion.convert`, and the run
+`bench.perturb`); ours are converted from HF's by `keras_cvt.conversion.convert`, and the run
 first checks that the two give the same logits. Ours take pixels in [0, 255] with the
 normalisation (and, for the export files, the softmax) inside; HF's take normalised pixels.
 The export files have a fixed height and width (`--size`) and a free batch, as HF's ONNX file.
@@ -174,7 +174,7 @@ def prepare(directory, variant, size, calibration_size):
     from keras_cvt import architectures, builder
     from keras_cvt.export import export
     from keras_cvt.preprocessing import imagenet_normalize
-    from weights_conversion import convert
+    from keras_cvt.conversion import convert
 
     def normalised_nchw(pixels):
         return np.ascontiguousarray(imagenet_normalize(pixels).transpose(0, 3, 1, 2))

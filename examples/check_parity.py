@@ -42,7 +42,7 @@ def main(argv=None):
         return 2
 
     from keras_cvt import CvT13
-    from weights_conversion import convert
+    from keras_cvt.conversion import convert
 
     io = np.load(args.reference / INPUTS_AND_LOGITS)
     with tempfile.TemporaryDirectory() as tmp:

@@ -157,7 +157,7 @@ def configure_devices(cpu_replicas):
 def check_conversion(output_dir):
     """Converts the original code's tiny checkpoint; returns (weights path, max |logit difference|)."""
     import keras_cvt
-    from weights_conversion import convert
+    from keras_cvt.conversion import convert
 
     weights = output_dir / "converted" / "cvt_tiny.weights.h5"
     info = convert(CHECKPOINT, weights)

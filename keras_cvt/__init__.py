@@ -1,7 +1,7 @@
 """CvT (Convolutional vision Transformer) for Keras, shaped like `keras.applications`.
 
-The package is layered one way (see README, "Layout"): `layers` -> `builder` (the generic
-`CvT`) -> `weights_conversion` (reading original checkpoints) -> `variants` (`CvT13`, ...,
+The package is layered one way (see docs/layout.md): `layers` -> `builder` (the generic
+`CvT`) -> `conversion` (reading original checkpoints) -> `variants` (`CvT13`, ...,
 with `pretrained` weights from the `cache`) -> `inference`, `export`, `training`.
 
 Names and submodules (`keras_cvt.hf`, `keras_cvt.sources`, ...) are imported on first use, so
@@ -53,6 +53,7 @@ _EXPORTS = {
 _SUBMODULES = {
     "architectures": "keras_cvt.architectures",
     "cache": "keras_cvt.cache",
+    "conversion": "keras_cvt.conversion",
     "downloads": "keras_cvt.downloads",
     "export": "keras_cvt.export",
     "hf": "keras_cvt.hf",

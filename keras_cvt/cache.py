@@ -17,7 +17,7 @@ import json
 import os
 import warnings
 
-import weights_conversion
+from keras_cvt import conversion
 from keras_cvt import _version, atomic, downloads, weights_file
 from keras_cvt.architectures import VARIANTS
 
@@ -127,7 +127,7 @@ def _convert(entry, raw, path, config=None):
     os.makedirs(cache_dir(), exist_ok=True)
     with atomic.publish_file(path) as converted:
         try:
-            weights_conversion.convert(
+            conversion.convert(
                 raw,
                 converted,
                 model=entry.variant if entry.variant in VARIANTS and config is None else None,

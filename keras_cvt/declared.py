@@ -12,7 +12,7 @@ import math
 import os
 
 from keras_cvt.arguments import is_integer, is_real
-from weights_conversion.mapping import expected_shapes
+from keras_cvt.conversion.mapping import expected_shapes
 
 # A config.json of an ImageNet-22k classifier, labels included, is about 1 MB.
 MAX_JSON_BYTES = 16 * 2**20

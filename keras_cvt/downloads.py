@@ -132,7 +132,7 @@ def manual_instructions(entry):
         )
     return (
         f"To install these weights by hand, download {url_for(entry)} (e.g. `curl -L -o "
-        f"{entry.filename} {url_for(entry)}`){check}, convert it with `python -m weights_conversion "
+        f"{entry.filename} {url_for(entry)}`){check}, convert it with `python -m keras_cvt.conversion "
         f"{entry.filename} {output}`, then {use}."
     )
 

@@ -17,7 +17,7 @@ BASE_DOCSTRING = """Instantiates the {name} architecture.
 Reference: [CvT: Introducing Convolutions to Vision Transformers](
 https://arxiv.org/abs/2103.15808) (ICCV 2021). The model is the original one layer for
 layer (QuickGELU, LayerNorm eps 1e-5, convolutional projections with BatchNorm), so the
-original checkpoints, converted with `python -m weights_conversion`, reproduce its logits.
+original checkpoints, converted with `python -m keras_cvt.conversion`, reproduce its logits.
 
 CvT has no position embedding: the same weights accept any input height and width, and the
 classifier reads the class token, so `include_top=True` also works with
@@ -33,7 +33,7 @@ Args:
     include_top: whether to include the classifier (final LayerNorm on the class token and
         a Dense layer named `predictions`); a bool.
     weights: `None` (random initialization), the path to a `.weights.h5` file, such as
-        one written by `python -m weights_conversion`, or the name of an original checkpoint
+        one written by `python -m keras_cvt.conversion`, or the name of an original checkpoint
         (see `keras_cvt.available_weights()`):
         {names}.
         A name downloads the checkpoint from the HuggingFace hub on first use, by

@@ -22,7 +22,7 @@ _BLOCK = re.compile(r"cv_t_block(_\d+)?")
 _DAMAGED_HDF5 = (OSError, RuntimeError, KeyError)
 _EXPECTED = (
     "a Keras 3 .weights.h5 file of a keras_cvt model, written by `model.save_weights` or "
-    "`python -m weights_conversion`"
+    "`python -m keras_cvt.conversion`"
 )
 
 
@@ -52,7 +52,7 @@ def resolve_path(weights):
     if not path.endswith(SUFFIX):
         raise ValueError(
             "`weights` must be None or a path to a .weights.h5 file (convert original "
-            f"checkpoints with `python -m weights_conversion`), got weights={path!r}"
+            f"checkpoints with `python -m keras_cvt.conversion`), got weights={path!r}"
         )
     with open_weights(path):
         pass
@@ -76,7 +76,7 @@ def open_weights(path):
                 raise ValueError(
                     f"`weights` file {path!r} is HDF5 but holds no CvT token embedding layers: "
                     f"expected {_EXPECTED} (a HuggingFace tf_model.h5 or Keras 2 .h5 file needs "
-                    "`python -m weights_conversion` first)"
+                    "`python -m keras_cvt.conversion` first)"
                 )
             yield file
         except _DAMAGED_HDF5 as error:

@@ -57,7 +57,7 @@ TINY_CONFIG = {"depths": (1, 2, 2), "embed_dims": (16, 32, 48), "num_heads": (1,
 @pytest.fixture(scope="session")
 def tiny_reference(tmp_path_factory):
     """(weights path, NHWC input, logits) of the tiny original-code model."""
-    from weights_conversion import convert
+    from keras_cvt.conversion import convert
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.weights.h5"
     convert(FIXTURES / "cvt_tiny_official_perturbed.pth", path)
@@ -71,7 +71,7 @@ def trained_digits(tmp_path_factory):
     model fine-tuned on scikit-learn's digits as examples/quickstart.py does (6 epochs on one
     device: held-out top-1 about 0.99), for what must be judged on trained weights (int8)."""
     from keras_cvt import training
-    from weights_conversion import convert
+    from keras_cvt.conversion import convert
 
     quickstart = load_quickstart()
     directory = tmp_path_factory.mktemp("digits")
@@ -86,7 +86,7 @@ def trained_digits(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cvt13_reference(tmp_path_factory):
     """(weights path, NHWC input, logits) of CvT-13 from the original code (the reference)."""
-    from weights_conversion import convert
+    from keras_cvt.conversion import convert
 
     checkpoint = reference_file("cvt13_official_perturbed.pth")
     io = np.load(reference_file("cvt13_official_perturbed_io.npz"))

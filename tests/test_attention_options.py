@@ -11,8 +11,8 @@ from keras_cvt import CvT, architectures, optimize_for_inference
 from keras_cvt.inference.layers import FoldedCvTBlock
 from keras_cvt.layers import ATTENTION_KERNEL_SIZE, KV_STRIDE, QKV_BIAS, CvTBlock
 from tests.conftest import TINY_CONFIG
-from weights_conversion import convert
-from weights_conversion.mapping import expected_shapes, infer_config, torch_shape, variable_map
+from keras_cvt.conversion import convert
+from keras_cvt.conversion.mapping import expected_shapes, infer_config, torch_shape, variable_map
 
 # (CvT arguments, depthwise kernel size of the training form, of the folded strided k/v)
 OPTIONS = {

@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import CvtConfig, CvtForImageClassification
 
-import weights_conversion
+from keras_cvt import conversion as weights_conversion
 from keras_cvt import CvT
 from tests.conftest import FIXTURES, ROOT, TINY_CONFIG, assert_same_weights_files, reference_file, weights_file_arrays
-from weights_conversion import CheckpointMismatchError, convert, hf_to_original_key
+from keras_cvt.conversion import CheckpointMismatchError, convert, hf_to_original_key
 
 TINY = FIXTURES / "cvt_tiny_official_perturbed.pth"
 CVT13 = "cvt13_official_perturbed.pth"  # of the reference: reference_file(CVT13)
@@ -364,7 +364,7 @@ def test_cli_reports_every_problem_and_writes_nothing(tiny_state, tmp_path, out_
 
 
 def test_cli_model_option_reaches_the_converter(capsys, out_dir):
-    from weights_conversion.__main__ import main
+    from keras_cvt.conversion.__main__ import main
 
     assert main([str(TINY), str(out_dir / "x.weights.h5"), "--model", "cvt13"]) == 1
     stderr = capsys.readouterr().err
@@ -421,7 +421,7 @@ def test_hf_safetensors_converts_without_torch(tmp_path):
                 return None
 
         sys.meta_path.insert(0, NoTorch())
-        from weights_conversion import convert
+        from keras_cvt.conversion import convert
         info = convert(sys.argv[1], sys.argv[2])
         try:
             convert(sys.argv[3], sys.argv[4])
@@ -447,3 +447,12 @@ def test_hf_safetensors_converts_without_torch(tmp_path):
     arrays = weights_file_arrays(out)
     head = hf.classifier.weight.detach().numpy().T
     assert sum(np.array_equal(a, head) for a in arrays.values()) == 1
+
+
+def test_the_old_package_name_is_an_alias():
+    import weights_conversion
+
+    from keras_cvt import conversion
+
+    assert weights_conversion.convert is conversion.convert
+    assert weights_conversion.CheckpointMismatchError is conversion.CheckpointMismatchError

@@ -13,15 +13,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import weights_conversion
+from keras_cvt import conversion as weights_conversion
 from keras_cvt import CvT
 from tests.conftest import FIXTURES, TINY_CONFIG, assert_same_weights_files
 
 # The fixtures tiny_state and out_dir, and the helpers, are test_conversion's.
 from tests.test_conversion import TINY, Payload, _run_python, out_dir, tiny_state  # noqa: F401
-from weights_conversion import CheckpointMismatchError, convert
-from weights_conversion.__main__ import main
-from weights_conversion.mapping import expected_shapes, torch_shape, variable_map
+from keras_cvt.conversion import CheckpointMismatchError, convert
+from keras_cvt.conversion.__main__ import main
+from keras_cvt.conversion.mapping import expected_shapes, torch_shape, variable_map
 
 TF_H5 = FIXTURES / "hf_tiny_tf_model.h5"
 # A head this wide is 1.9 GB of float32 per copy; the files below claim it in under 1 MB.
@@ -86,7 +86,7 @@ HOSTILE = {
 # pytest process holding 3 GB would report 3 GB and hide an allocation below that.
 PEAK_SCRIPT = """
 import json, re, sys
-from weights_conversion import convert
+from keras_cvt.conversion import convert
 
 def peak_mb():
     with open("/proc/self/status") as f:
@@ -131,7 +131,7 @@ def test_claims_larger_than_the_file_are_refused_in_bounded_memory(tiny_state, t
 
 def test_an_expanded_view_is_refused_before_any_model_is_built(tiny_state, tmp_path, out_dir, monkeypatch):
     built = []
-    monkeypatch.setattr("weights_conversion.CvT", lambda *a, **k: built.append(k))
+    monkeypatch.setattr("keras_cvt.conversion.CvT", lambda *a, **k: built.append(k))
     with pytest.raises(ValueError, match=HOSTILE["expanded_view.pth"][1]):
         convert(_expanded_head_pth(tiny_state, tmp_path / "x.pth"), out_dir / "x.weights.h5")
     assert built == []
@@ -508,16 +508,16 @@ def test_cli_reports_a_failed_write_in_one_line(tmp_path, out_dir, capsys, monke
 
     monkeypatch.setattr(keras.Model, "save_weights", full_disk)
     assert main([str(TINY), str(out_dir / "x.weights.h5")]) == 1
-    _assert_one_line_error(capsys.readouterr().err, r"cannot write '.*x\.weights\.h5': \[Errno 28\] No space left")
+    _assert_one_line_error(capsys.readouterr().err, r"could not write .*x\.weights\.h5: No space left on device \(ENOSPC\); nothing was written")
     assert os.listdir(out_dir) == []
 
 
 @pytest.mark.slow
 def test_cli_process_exits_1_with_one_line(tmp_path):
-    """The same through `python -m weights_conversion`: exit status 1, no traceback."""
+    """The same through `python -m keras_cvt.conversion`: exit status 1, no traceback."""
     output, watched = _bad_output("existing_directory", tmp_path)
     before = _listing(watched)
-    result = _run_python("-m", "weights_conversion", str(TINY), str(output))
+    result = _run_python("-m", "keras_cvt.conversion", str(TINY), str(output))
     assert result.returncode == 1
     _assert_one_line_error(result.stderr, BAD_OUTPUTS["existing_directory"])
     assert _listing(watched) == before

@@ -7,7 +7,7 @@ import resource
 import pytest
 
 from keras_cvt import architectures, declared
-from weights_conversion.mapping import expected_shapes
+from keras_cvt.conversion.mapping import expected_shapes
 
 SOURCE = "config.json of hf://someone/cvt"
 CVT13 = dict(architectures.VARIANTS["cvt13"].config)

@@ -166,6 +166,7 @@ PROGRAMS = {
     **{f"examples/{p.name}": p for p in (ROOT / "examples").glob("*.py")},
     **{f"benchmarks/{p.name}": p for p in (ROOT / "benchmarks").glob("*.py")},
     "-m keras_cvt.export": "keras_cvt.export",
+    "-m keras_cvt.conversion": "keras_cvt.conversion",
     "-m weights_conversion": "weights_conversion",
 }
 

@@ -14,7 +14,7 @@ from keras_cvt.architectures import ATTENTION_OPTIONS
 from tests.conftest import FIXTURES, TINY_CONFIG
 from tests.test_pretrained import fake_hub, isolated, reference_io, served  # noqa: F401 (fixtures)
 from tests.test_pretrained import write_hf_tf_h5
-from weights_conversion import hf_to_original_key, read_checkpoint
+from keras_cvt.conversion import hf_to_original_key, read_checkpoint
 
 TOLERANCE = 1e-4
 REPO = "someone/tiny-cvt"

@@ -20,7 +20,7 @@ from transformers import CvtConfig, CvtForImageClassification
 
 from keras_cvt import CvT, CvT13, CvT21, hf_config
 from tests.conftest import assert_same_weights_files
-from weights_conversion import convert
+from keras_cvt.conversion import convert
 
 TOLERANCE = 1e-4
 SQUARE_224 = (224, 224)

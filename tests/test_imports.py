@@ -39,7 +39,7 @@ LAYERS = [
     ("layers", ["keras_cvt.attention", "keras_cvt.layers", "keras_cvt.layer_norm_ops"]),
     ("checks", ["keras_cvt.arguments", "keras_cvt.weights_file"]),
     ("builder", ["keras_cvt.builder"]),
-    ("conversion", ["weights_conversion.*"]),
+    ("conversion", ["keras_cvt.conversion.*"]),
     (
         "download",
         [
@@ -62,6 +62,8 @@ LAYERS = [
             "keras_cvt.keras_hub.*",
             "keras_cvt.explain.*",
             "keras_cvt.plots",
+            # The old name of keras_cvt.conversion, an alias.
+            "weights_conversion.*",
         ],
     ),
     ("facade", ["keras_cvt"]),
@@ -393,7 +395,7 @@ def test_the_lazy_tables_are_read():
 def test_layers_order_modules():
     assert layer_of("keras_cvt.architectures") < layer_of("keras_cvt.layers") < layer_of("keras_cvt.builder")
     assert (
-        layer_of("keras_cvt.builder") < layer_of("weights_conversion.mapping") < layer_of("keras_cvt.cache")
+        layer_of("keras_cvt.builder") < layer_of("keras_cvt.conversion.mapping") < layer_of("keras_cvt.cache")
     )
     assert layer_of("keras_cvt.cache") < layer_of("keras_cvt.variants") < layer_of("keras_cvt.inference.fold")
     assert layer_of("keras_cvt.inference.fold") < layer_of("keras_cvt.export.cli") < layer_of("keras_cvt")

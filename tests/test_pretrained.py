@@ -34,7 +34,7 @@ import keras_cvt
 from keras_cvt import CvT, CvT13, CvTW24, atomic, downloads, pretrained
 from keras_cvt import cache, weights_file
 from tests.conftest import FIXTURES, ROOT, assert_same_weights_files, reference_file
-from weights_conversion import read_checkpoint
+from keras_cvt.conversion import read_checkpoint
 
 TOLERANCE = 1e-4
 UNPINNED = ("cvt13", "imagenet22k-384")  # revision "main", no known SHA-256
@@ -385,7 +385,7 @@ def assert_names_the_file(error, entry):
     for part in (entry.repo, entry.revision, entry.filename, downloads.url_for(entry)):
         assert part in message
     # The manual route: download, convert, pass the path.
-    assert "python -m weights_conversion" in message
+    assert "python -m keras_cvt.conversion" in message
     assert "weights=" in message
 
 

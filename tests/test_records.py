@@ -19,7 +19,7 @@ from benchmarks import readme_tables
 from keras_cvt import architectures, pretrained, variants
 from keras_cvt.training import cli, recipe
 from tests.conftest import ROOT
-from weights_conversion import mapping
+from keras_cvt.conversion import mapping
 
 VARIANTS = list(architectures.VARIANTS.values())
 # Building CvT-W24 allocates its 277 million parameters.

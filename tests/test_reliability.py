@@ -327,7 +327,7 @@ CONVERT = textwrap.dedent(
     import sys
     sys.path.insert(0, {str(ROOT)!r})
     from keras_cvt import atomic
-    from weights_conversion import convert
+    from keras_cvt.conversion import convert
     try:
         convert(sys.argv[1], sys.argv[2])
     except atomic.WriteError as error:

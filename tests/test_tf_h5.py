@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES, ROOT
-from weights_conversion import CheckpointMismatchError, convert, read_checkpoint
+from keras_cvt.conversion import CheckpointMismatchError, convert, read_checkpoint
 
 TF_H5 = FIXTURES / "hf_tiny_tf_model.h5"
 IO = FIXTURES / "hf_tiny_tf_io.npz"
@@ -123,16 +123,17 @@ def test_reader_layouts_against_the_raw_datasets():
 def test_reader_runs_without_torch_or_tensorflow(tmp_path):
     """What it reads must not depend on PyTorch or TensorFlow being importable."""
     out = tmp_path / "state.npz"
-    # The package's __init__ builds Keras models, so the reader's modules are loaded without it.
+    # The packages' __init__s import Keras, so the reader's modules are loaded without them.
     script = f"""
 import sys, types
 sys.modules["torch"] = None
 sys.modules["tensorflow"] = None
-package = types.ModuleType("weights_conversion")
-package.__path__ = [{str(ROOT / "weights_conversion")!r}]
-sys.modules["weights_conversion"] = package
+for name, path in (("keras_cvt", {str(ROOT / "keras_cvt")!r}), ("keras_cvt.conversion", {str(ROOT / "keras_cvt" / "conversion")!r})):
+    package = types.ModuleType(name)
+    package.__path__ = [path]
+    sys.modules[name] = package
 import numpy as np
-from weights_conversion.checkpoints import read_checkpoint
+from keras_cvt.conversion.checkpoints import read_checkpoint
 state = read_checkpoint({str(TF_H5)!r})
 loaded = [m for m in sys.modules if sys.modules[m] is not None]
 heavy = sorted(m for m in loaded if m.split(".")[0] in ("torch", "tensorflow", "keras"))
@@ -153,7 +154,7 @@ np.savez({str(out)!r}, **state)
 def test_cli_converts_tf_model_h5(tmp_path, converted):
     out = tmp_path / "out.weights.h5"
     result = subprocess.run(
-        [sys.executable, "-m", "weights_conversion", "tests/fixtures/hf_tiny_tf_model.h5", str(out)],
+        [sys.executable, "-m", "keras_cvt.conversion", "tests/fixtures/hf_tiny_tf_model.h5", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

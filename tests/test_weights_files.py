@@ -103,7 +103,7 @@ def test_hdf5_file_of_something_else_is_refused(tmp_path, tiny_model):
         for include_top in (True, False):
             with pytest.raises(ValueError) as error:
                 CvT(**TINY_KWARGS, include_top=include_top, weights=path)
-            assert_refused(error, path, "holds no CvT token embedding layers", "python -m weights_conversion")
+            assert_refused(error, path, "holds no CvT token embedding layers", "python -m keras_cvt.conversion")
         with pytest.raises(ValueError) as error:
             weights_file.load(tiny_model, path)
         assert_refused(error, path, "holds no CvT token embedding layers")

@@ -1,38 +1,8 @@
-"""`python -m weights_conversion INPUT OUTPUT.weights.h5 [--model cvt13|cvt21|cvtw24]`."""
+"""`python -m weights_conversion`: the old name of `python -m keras_cvt.conversion`."""
 
-import argparse
 import sys
 
-from keras_cvt.architectures import VARIANTS
-from weights_conversion import CheckpointMismatchError, convert
-from keras_cvt.errors import describe_error
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m weights_conversion",
-        description="Convert an original CvT checkpoint (Microsoft .pth, HuggingFace "
-        "pytorch_model.bin, model.safetensors or tf_model.h5) into a Keras .weights.h5 file.",
-    )
-    parser.add_argument("input", help="checkpoint to read")
-    parser.add_argument("output", help="Keras weights file to write (*.weights.h5)")
-    parser.add_argument(
-        "--model", choices=sorted(VARIANTS), help="variant to insist on (default: inferred from the tensors)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        info = convert(args.input, args.output, model=args.model)
-    # ImportError: a .pth/.bin without PyTorch installed; its message says what to install.
-    except (CheckpointMismatchError, ValueError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    # Writing failed after the checks (a full disk); the output was never put in place.
-    except OSError as error:
-        print(f"error: cannot write {args.output!r}: {describe_error(error)}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.output}: {info['tensors']} tensors, {info['variant'] or 'custom'} {info['config']}")
-    return 0
-
+from keras_cvt.conversion.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m weights_conversion"))

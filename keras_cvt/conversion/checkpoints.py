@@ -9,8 +9,8 @@ import struct
 import numpy as np
 
 from keras_cvt.errors import describe_error
-from weights_conversion.keys import hf_to_original_key
-from weights_conversion.tf_h5 import read_tf_h5
+from keras_cvt.conversion.keys import hf_to_original_key
+from keras_cvt.conversion.tf_h5 import read_tf_h5
 
 def _is_huggingface(keys):
     return any(k.startswith(("cvt.", "encoder.stages.", "classifier.")) for k in keys)

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from keras_cvt.errors import describe_error
-from weights_conversion.keys import hf_to_original_key
+from keras_cvt.conversion.keys import hf_to_original_key
 
 # Keras variable name -> PyTorch parameter/buffer name.
 _VARIABLE_TO_TORCH = {
