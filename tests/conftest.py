@@ -116,3 +116,24 @@ def assert_same_weights_files(path_a, path_b):
     assert sorted(a) == sorted(b)
     differing = [name for name in a if a[name].shape != b[name].shape or not np.array_equal(a[name], b[name])]
     assert differing == []
+
+
+@pytest.fixture
+def tiny_variant(monkeypatch):
+    """The tiny model as a published variant, for the command lines' `--model tiny`: its record
+    in `keras_cvt.architectures.VARIANTS` and its builder in `keras_cvt.variants.BUILDERS`."""
+    import functools
+
+    from keras_cvt import CvT, architectures, variants
+
+    tiny = architectures.Variant(
+        "tiny",
+        "Tiny",
+        **{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")},
+        drop_path_rate=0.0,
+        weight_decay=0.05,
+        title="tiny",
+    )
+    monkeypatch.setitem(architectures.VARIANTS, "tiny", tiny)
+    monkeypatch.setitem(variants.BUILDERS, "tiny", functools.partial(CvT, **tiny.config, name="tiny"))
+    return tiny

@@ -14,7 +14,6 @@ import importlib
 import inspect
 import json
 import os
-import pathlib
 import re
 import shlex
 import subprocess

@@ -10,7 +10,7 @@ import openvino
 import pytest
 from ai_edge_litert import interpreter as litert
 
-from keras_cvt import CvT, architectures, atomic
+from keras_cvt import CvT, atomic
 from keras_cvt.export import FORMATS, TFLiteClassifier, export
 from keras_cvt.export import cli as export_cli
 from keras_cvt.export import openvino as openvino_export
@@ -222,20 +222,6 @@ def test_failed_conversion_leaves_nothing(tiny_model, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         export(tiny_model, target, format="openvino")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xml"] and target.read_bytes() == b"old"
-
-
-@pytest.fixture
-def tiny_variant(monkeypatch):
-    # --model takes the variants of keras_cvt.architectures; a tiny one stands in for CvT-13.
-    tiny = architectures.Variant(
-        "tiny",
-        "Tiny",
-        **{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")},
-        drop_path_rate=0.0,
-        weight_decay=0.05,
-        title="tiny",
-    )
-    monkeypatch.setitem(architectures.VARIANTS, "tiny", tiny)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 from PIL import Image
 
-from keras_cvt import CvT, architectures, atomic, decode_predictions, export_for_serving, export_tflite, serving
+from keras_cvt import CvT, atomic, decode_predictions, export_for_serving, export_tflite, serving
 from keras_cvt.export import cli as export_cli
 from keras_cvt.export import tflite as tflite_export
 from keras_cvt.preprocessing import imagenet_classes
@@ -408,12 +408,9 @@ def test_directory_is_published_whole(tiny_model, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_exports_a_weights_file(tiny_reference, tiny_model, image_files, tmp_path, monkeypatch, capsys):
+def test_cli_exports_a_weights_file(tiny_reference, tiny_model, image_files, tmp_path, tiny_variant, capsys):
     path, _, _ = tiny_reference
     # --model takes the variants of keras_cvt.architectures; a tiny one stands in for CvT-13.
-    tiny = architectures.Variant("tiny", "Tiny", **{k: TINY_CONFIG[k] for k in ("depths", "embed_dims", "num_heads")},
-                                 drop_path_rate=0.0, weight_decay=0.05, title="tiny")
-    monkeypatch.setitem(architectures.VARIANTS, "tiny", tiny)
     output = tmp_path / "models" / "tiny" / "7"
     argv = [
         "--model", "tiny", "--weights", str(path), "--output", str(output),
