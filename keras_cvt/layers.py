@@ -580,6 +580,8 @@ class CvTBlock(layers.Layer):
         self.norm2.build(tokens_shape)
         self.fc1.build(tokens_shape)
         self.fc2.build((None, None, int(self.dim * self.mlp_ratio)))
+        # No weights, but Keras' model.quantize() walks every sub-layer and refuses unbuilt ones.
+        self.drop_path.build(tokens_shape)
 
     def call(self, inputs, training=None):
         x, height, width = self._tokens(inputs)

@@ -270,3 +270,16 @@ def test_cli_int8_refusals_are_one_line(tmp_path, capsys, monkeypatch, argv, mes
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error and error.startswith("python -m keras_cvt.export: error:"), error
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_keras_quantize_covers_every_dense_layer():
+    """Keras' own `model.quantize("int8")` runs on our models (it refuses an unbuilt sub-layer)
+    and quantizes every Dense layer; its accuracy on trained weights is in docs/int8.md."""
+    import keras
+
+    model = CvT(depths=(1, 2, 2), embed_dims=(16, 32, 48), num_heads=(1, 2, 3), classes=10, input_shape=(32, 32, 3))
+    dense = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Dense)]
+    model.quantize("int8")
+    assert len(dense) == 31
+    assert [layer.name for layer in dense if layer.quantization_mode != "int8"] == []
+    assert model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0).shape == (2, 10)
