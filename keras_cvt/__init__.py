@@ -132,6 +132,8 @@ class _ImportHook(importlib.abc.MetaPathFinder):
 
 if not any(isinstance(finder, _ImportHook) for finder in sys.meta_path):
     sys.meta_path.insert(0, _ImportHook())
+
+
 def _register(module):
     """Imports `module` of `_ON_IMPORT`; a failure (another keras-hub than the `hub` extra's)
     is a warning, not a failure of the user's own `import keras_hub`."""
