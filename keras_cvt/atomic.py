@@ -181,11 +181,8 @@ def remove_leftovers(path):
     The kill that the rename protects against also skips the cleanup, so a process that
     publishes again after a crash calls this first.
     """
-    path = os.path.abspath(os.fspath(path))
-    parent, name = os.path.split(path)
-    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
-        for leftover in glob.glob(os.path.join(glob.escape(parent), pattern)):
-            shutil.rmtree(leftover, ignore_errors=True)
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    _remove_staging(parent, f".{name}")
 
 
 def remove_stale_staging(directory):
@@ -194,8 +191,13 @@ def remove_stale_staging(directory):
     Only for a directory whose writer holds its lock (`keras_cvt.locks`): staging there is then
     a dead writer's.
     """
-    for pattern in (".*.tmp-*", ".*.old-*"):
-        for leftover in glob.glob(os.path.join(glob.escape(os.fspath(directory)), pattern)):
+    _remove_staging(os.fspath(directory), ".*")
+
+
+def _remove_staging(directory, prefix):
+    """Removes the staging entries (`<prefix>.tmp-*`, `<prefix>.old-*`) in `directory`."""
+    for suffix in (".tmp-*", ".old-*"):
+        for leftover in glob.glob(os.path.join(glob.escape(directory), prefix + suffix)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
