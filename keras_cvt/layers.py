@@ -124,6 +124,59 @@ class LayerNorm(layers.LayerNormalization):
         return ops.cast(centered * scale + ops.cast(self.beta, dtype), self.compute_dtype)
 
 
+class CompositeLayer(layers.Layer):
+    """A layer made of named sub-layers, each made with `dtype=self.sub_layer_dtype(name)`,
+    whose config keeps what Keras' `model.quantize` did to them.
+
+    `quantize` gives each layer it quantizes (the Dense layers) a policy of its own, with int8
+    kernels and their scales, which a layer rebuilt from a float config would not know (and
+    could not load those weights). After `quantize`, the config's `dtype` is a
+    `keras.dtype_policies.DTypePolicyMap` of the quantized sub-layers' policies, keyed by
+    their paths below this layer; rebuilt from it, each sub-layer is made with its own policy
+    again. (Not the map itself, as Keras' `MultiHeadAttention` example does: Keras 3.15's Dense
+    layers read `dtype_policy.quantization_mode`, which a shared map answers with its default,
+    and then fail to save.)
+    """
+
+    def __init__(self, dtype=None, **kwargs):
+        self._sub_layer_policies = {}
+        if dtype is not None:
+            dtype = keras.dtype_policies.get(dtype)
+            if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
+                self._sub_layer_policies = dict(dtype.items())
+                dtype = dtype.default_policy
+        super().__init__(dtype=dtype, **kwargs)
+
+    def sub_layer_dtype(self, name):
+        """The dtype policy for the sub-layer `name`: this layer's, or the one its config
+        saved for it (a `DTypePolicyMap` of those below it, for a composite sub-layer)."""
+        if name in self._sub_layer_policies:
+            return self._sub_layer_policies[name]
+        prefix = name + "/"
+        below = {
+            path[len(prefix) :]: policy
+            for path, policy in self._sub_layer_policies.items()
+            if path.startswith(prefix)
+        }
+        if not below:
+            return self.dtype_policy
+        return keras.dtype_policies.DTypePolicyMap(default_policy=self.dtype_policy, policy_map=below)
+
+    def get_config(self):
+        prefix = self.path + "/"
+        quantized = {
+            layer.path[len(prefix) :]: layer.dtype_policy
+            for layer in self._flatten_layers(include_self=False)
+            if layer.quantization_mode is not None
+        }
+        config = super().get_config()
+        if quantized:
+            config["dtype"] = keras.dtype_policies.serialize(
+                keras.dtype_policies.DTypePolicyMap(default_policy=self.dtype_policy, policy_map=quantized)
+            )
+        return config
+
+
 @keras.saving.register_keras_serializable(package="keras_cvt")
 class StochasticDepth(layers.Layer):
     """Drops the whole residual branch per sample while training (DropPath).
@@ -158,7 +211,7 @@ class StochasticDepth(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
-class ConvEmbedding(layers.Layer):
+class ConvEmbedding(CompositeLayer):
     """Convolutional token embedding: an overlapping strided convolution, then LayerNorm.
 
     Args:
@@ -180,9 +233,9 @@ class ConvEmbedding(layers.Layer):
             strides=strides,
             data_format="channels_last",
             name="proj",
-            dtype=self.dtype_policy,
+            dtype=self.sub_layer_dtype("proj"),
         )
-        self.norm = LayerNorm(name="norm", dtype=self.dtype_policy)
+        self.norm = LayerNorm(name="norm", dtype=self.sub_layer_dtype("norm"))
 
     def build(self, input_shape):
         padded = list(input_shape)
@@ -326,7 +379,7 @@ def _refuse_folded(cls, config):
     return cls(**config)
 
 
-class ConvAttentionBase(layers.Layer):
+class ConvAttentionBase(CompositeLayer):
     """What the training form (`ConvAttention`) and the folded form
     (`keras_cvt.inference.layers.FoldedConvAttention`) share: the arguments, the split of the
     class token, the attention itself and the output projection. A subclass makes the q/k/v
@@ -361,7 +414,7 @@ class ConvAttentionBase(layers.Layer):
         # The original scales by the full width, not the head width.
         self.scale = dim**-0.5
         self._make_layers()
-        self.proj = dense(dim, True, "proj", self.dtype_policy)
+        self.proj = dense(dim, True, "proj", self.sub_layer_dtype("proj"))
 
     # The 0.2 names of `attention_kernel_size` and `attention_padding`, read-only.
     kernel_size = property(lambda self: self.attention_kernel_size)
@@ -377,7 +430,7 @@ class ConvAttentionBase(layers.Layer):
         stride = getattr(self, projection.stride)
         return projection_conv(
             self.attention_kernel_size, stride, self.attention_padding, use_bias, projection.conv,
-            self.dtype_policy, enlarge_strided,
+            self.sub_layer_dtype(projection.conv), enlarge_strided,
         )
 
     def _tokens(self, x_map, cls_token):
@@ -467,8 +520,10 @@ class ConvAttention(ConvAttentionBase):
     def _make_layers(self):
         for projection in PROJECTIONS:
             setattr(self, projection.conv, self._projection_conv(projection, False))
-            setattr(self, projection.batch_norm, _batch_norm(projection.batch_norm, self.dtype_policy))
-            setattr(self, projection.linear, dense(self.dim, self.qkv_bias, projection.linear, self.dtype_policy))
+            batch_norm = _batch_norm(projection.batch_norm, self.sub_layer_dtype(projection.batch_norm))
+            setattr(self, projection.batch_norm, batch_norm)
+            linear = dense(self.dim, self.qkv_bias, projection.linear, self.sub_layer_dtype(projection.linear))
+            setattr(self, projection.linear, linear)
 
     def _projections(self):
         """(convolution, BatchNorm, Linear) of each of `PROJECTIONS`."""
@@ -502,7 +557,7 @@ def _batch_norm(name, dtype):
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
-class CvTBlock(layers.Layer):
+class CvTBlock(CompositeLayer):
     """Pre-norm transformer block with convolutional projection attention.
 
     Called on an NHWC map, or on `[map, cls_token]` in the stage that carries the class
@@ -549,8 +604,7 @@ class CvTBlock(layers.Layer):
         self.kv_stride = kv_stride
         self.attention_padding = attention_padding
         self.qkv_bias = qkv_bias
-        policy = self.dtype_policy
-        self.norm1 = LayerNorm(name="norm1", dtype=policy)
+        self.norm1 = LayerNorm(name="norm1", dtype=self.sub_layer_dtype("norm1"))
         self.attn = self.attention_class(
             dim,
             num_heads,
@@ -561,13 +615,13 @@ class CvTBlock(layers.Layer):
             attention_padding=attention_padding,
             qkv_bias=qkv_bias,
             name="attn",
-            dtype=policy,
+            dtype=self.sub_layer_dtype("attn"),
             **self._attention_options(),
         )
-        self.drop_path = StochasticDepth(drop_path_rate, name="drop_path", dtype=policy)
-        self.norm2 = LayerNorm(name="norm2", dtype=policy)
-        self.fc1 = dense(int(dim * mlp_ratio), True, "fc1", policy)
-        self.fc2 = dense(dim, True, "fc2", policy)
+        self.drop_path = StochasticDepth(drop_path_rate, name="drop_path", dtype=self.sub_layer_dtype("drop_path"))
+        self.norm2 = LayerNorm(name="norm2", dtype=self.sub_layer_dtype("norm2"))
+        self.fc1 = dense(int(dim * mlp_ratio), True, "fc1", self.sub_layer_dtype("fc1"))
+        self.fc2 = dense(dim, True, "fc2", self.sub_layer_dtype("fc2"))
 
     def _attention_options(self):
         """More arguments of the attention layer, for a subclass's attention class."""

@@ -272,9 +272,10 @@ def test_cli_int8_refusals_are_one_line(tmp_path, capsys, monkeypatch, argv, mes
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_keras_quantize_covers_every_dense_layer():
-    """Keras' own `model.quantize("int8")` runs on our models (it refuses an unbuilt sub-layer)
-    and quantizes every Dense layer; its accuracy on trained weights is in docs/int8.md."""
+def test_keras_quantize_covers_every_dense_layer_and_reloads(tmp_path):
+    """Keras' own `model.quantize("int8")` runs on our models (it refuses an unbuilt sub-layer),
+    quantizes every Dense layer, and the `.keras` file loads back int8 with the same outputs
+    (and saves again); its accuracy on trained weights is in docs/int8.md."""
     import keras
 
     model = CvT(depths=(1, 2, 2), embed_dims=(16, 32, 48), num_heads=(1, 2, 3), classes=10, input_shape=(32, 32, 3))
@@ -282,4 +283,18 @@ def test_keras_quantize_covers_every_dense_layer():
     model.quantize("int8")
     assert len(dense) == 31
     assert [layer.name for layer in dense if layer.quantization_mode != "int8"] == []
-    assert model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0).shape == (2, 10)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    # Called, not `predict`: no function to trace (seconds on two cores).
+    probabilities = keras.ops.convert_to_numpy(model(pixels))
+    assert probabilities.shape == (2, 10)
+    model.save(tmp_path / "int8.keras")
+    loaded = keras.saving.load_model(tmp_path / "int8.keras")
+    reloaded_dense = {layer.path: layer for layer in loaded._flatten_layers() if isinstance(layer, keras.layers.Dense)}
+    assert sorted(reloaded_dense) == sorted(layer.path for layer in dense)
+    assert {layer.quantization_mode for layer in reloaded_dense.values()} == {"int8"}
+    assert {layer._kernel.dtype for layer in reloaded_dense.values()} == {"int8"}
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(pixels)), probabilities)
+    # The loaded model saves again (Keras' Dense layers cannot save with a policy map).
+    loaded.save(tmp_path / "again.keras")
+    again = keras.saving.load_model(tmp_path / "again.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(again(pixels)), probabilities)

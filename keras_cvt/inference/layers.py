@@ -51,7 +51,8 @@ class FoldedConvAttention(ConvAttentionBase):
             setattr(self, projection.conv, self._projection_conv(projection, True, enlarge_strided=True))
             # Only the query keeps its Linear bias (see the module docstring).
             use_bias = self.qkv_bias and projection is QUERY
-            setattr(self, projection.linear, dense(self.dim, use_bias, projection.linear, self.dtype_policy))
+            linear = dense(self.dim, use_bias, projection.linear, self.sub_layer_dtype(projection.linear))
+            setattr(self, projection.linear, linear)
 
     def build(self, input_shape):
         map_shape = (None, None, None, self.dim)
