@@ -124,7 +124,7 @@ class LayerNorm(layers.LayerNormalization):
         return ops.cast(centered * scale + ops.cast(self.beta, dtype), self.compute_dtype)
 
 
-class CompositeLayer(layers.Layer):
+class CompositeLayerBase(layers.Layer):
     """A layer made of named sub-layers, each made with `dtype=self.sub_layer_dtype(name)`,
     whose config keeps what Keras' `model.quantize` did to them.
 
@@ -163,13 +163,14 @@ class CompositeLayer(layers.Layer):
         return keras.dtype_policies.DTypePolicyMap(default_policy=self.dtype_policy, policy_map=below)
 
     def get_config(self):
-        prefix = self.path + "/"
+        config = super().get_config()
+        # Keras quantizes built layers only; a layer's path is known once it is built.
+        prefix = f"{self.path}/"
         quantized = {
             layer.path[len(prefix) :]: layer.dtype_policy
             for layer in self._flatten_layers(include_self=False)
-            if layer.quantization_mode is not None
+            if self.built and layer.quantization_mode is not None
         }
-        config = super().get_config()
         if quantized:
             config["dtype"] = keras.dtype_policies.serialize(
                 keras.dtype_policies.DTypePolicyMap(default_policy=self.dtype_policy, policy_map=quantized)
@@ -211,7 +212,7 @@ class StochasticDepth(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
-class ConvEmbedding(CompositeLayer):
+class ConvEmbedding(CompositeLayerBase):
     """Convolutional token embedding: an overlapping strided convolution, then LayerNorm.
 
     Args:
@@ -379,7 +380,7 @@ def _refuse_folded(cls, config):
     return cls(**config)
 
 
-class ConvAttentionBase(CompositeLayer):
+class ConvAttentionBase(CompositeLayerBase):
     """What the training form (`ConvAttention`) and the folded form
     (`keras_cvt.inference.layers.FoldedConvAttention`) share: the arguments, the split of the
     class token, the attention itself and the output projection. A subclass makes the q/k/v
@@ -557,7 +558,7 @@ def _batch_norm(name, dtype):
 
 
 @keras.saving.register_keras_serializable(package="keras_cvt")
-class CvTBlock(CompositeLayer):
+class CvTBlock(CompositeLayerBase):
     """Pre-norm transformer block with convolutional projection attention.
 
     Called on an NHWC map, or on `[map, cls_token]` in the stage that carries the class

@@ -84,7 +84,7 @@ LAZY_IMPORTERS = {
 OPTIONAL_IMPORTS = {
     "torch": "reading .pth / pytorch_model.bin checkpoints (the `convert` extra)",
     "safetensors": "reading model.safetensors checkpoints (the `convert` extra)",
-    "tensorflow_datasets": "--dataset in training (the `datasets` extra)",
+    "tensorflow_datasets": "--dataset in training (the `datasets` extra), --calibration tfds:NAME (the `int8` extra)",
     "ai_edge_litert": "the LiteRT interpreter for .tflite files, preferred over tf.lite",
     "onnxruntime": "running exported ONNX models",
     "openvino": "running exported OpenVINO models",

@@ -1,21 +1,20 @@
 """int8 exports (keras_cvt.export.int8): accuracy on trained weights on every runtime, the float
 export they start from unchanged, and what the command line and the API refuse."""
 
-import struct
-import zlib
+import sys
 
 import numpy as np
 import onnxruntime
 import openvino
 import pytest
-import tensorflow as tf
 
 from keras_cvt import CvT, CvT13
 from keras_cvt.export import TFLiteClassifier, export
 from keras_cvt.export import cli as export_cli
-from keras_cvt.export import int8
+from keras_cvt.export import calibration
 from keras_cvt.export.openvino_projections import batch_first_projections
 from tests.conftest import TINY_CONFIG
+from tests.test_calibration import write_png
 
 ARCHITECTURE = {key: value for key, value in TINY_CONFIG.items() if key != "classes"}
 DIGIT_SIZE = 32
@@ -131,74 +130,6 @@ def test_openvino_rows_keep_the_batch_axis(trained_digits, digits_model, tmp_pat
     np.testing.assert_allclose(compiled(pixels)["probabilities"], digits_model.predict(pixels, verbose=0), atol=1e-5)
 
 
-def _png(path, height, width, pixels=None):
-    """A PNG file; with `pixels` None, one whose header claims `height` x `width` and whose data
-    is a few bytes (a file that lies about its size)."""
-    if pixels is not None:
-        tf.io.write_file(str(path), tf.io.encode_png(pixels))
-        return path
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 7)))
-    return path
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    folder = tmp_path / "images"
-    (folder / "b").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i, (height, width) in enumerate([(40, 50), (64, 48), (33, 33)]):
-        _png(folder / ("b" if i else "") / f"{i}.png", height, width, rng.integers(0, 256, (height, width, 3), np.uint8))
-    (folder / "notes.txt").write_text("not an image")
-    return folder
-
-
-def test_calibration_pixels_read_every_image_through_the_transform(image_folder):
-    from keras_cvt import images, transforms
-
-    pixels = int8.calibration_pixels(image_folder, size=24, crop_ratio=0.875, count=10)
-    paths = int8.list_calibration_images(image_folder)
-    assert [p.split("images")[-1] for p in paths] == ["/0.png", "/b/1.png", "/b/2.png"]
-    transform = transforms.evaluation_transform(24, 0.875)
-    wanted = np.stack([transform(images.load_image(p)).numpy() for p in paths])
-    assert pixels.shape == (3, 24, 24, 3) and pixels.dtype == np.float32
-    np.testing.assert_array_equal(pixels, wanted)
-    # Fewer than the folder holds: drawn at random, each once.
-    two = int8.calibration_pixels(image_folder, size=24, crop_ratio=0.875, count=2)
-    assert two.shape == (2, 24, 24, 3)
-    assert all(any(np.array_equal(p, w) for w in wanted) for p in two)
-
-
-@pytest.mark.parametrize(
-    "make, message",
-    [
-        (lambda folder: folder / "missing", "calibration folder not found"),
-        (lambda folder: (folder / "notes.txt"), "calibration folder not found (or not a folder)"),
-        (lambda folder: (folder / "b" / "1.png").unlink() or (folder / "b" / "2.png").unlink() or
-         (folder / "0.png").unlink() or folder, "has no images"),
-        (lambda folder: (folder / "b" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage") and folder, "bad.jpg"),
-        (lambda folder: (folder / "b" / "text.png").write_text("hello") and folder, "text.png' does not decode"),
-        (lambda folder: _png(folder / "huge.png", 100_000, 100_000) and folder, "huge.png' is 100000 x 100000"),
-        (lambda folder: (folder / "cut.png").write_bytes((folder / "0.png").read_bytes()[:60]) and folder,
-         "cut.png' does not decode"),
-    ],
-    ids=["missing", "a file", "no images", "corrupt jpeg", "not an image", "lying header", "truncated"],
-)
-def test_calibration_folder_refusals(image_folder, make, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        int8.calibration_pixels(make(image_folder), size=24, count=10)
-
-
-@pytest.mark.parametrize("count", [0, -1, 2.5, "3", True, int8.MAX_CALIBRATION_SIZE + 1, None])
-def test_calibration_size_refusals(image_folder, count):
-    with pytest.raises(ValueError, match="`calibration_size` must be an integer from 1 to"):
-        int8.calibration_pixels(image_folder, size=24, count=count)
-
-
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
@@ -212,7 +143,7 @@ def test_calibration_size_refusals(image_folder, count):
         ({"quantize": "int8", "calibration": np.full((1, 32, 32, 3), 300.0)}, ValueError, "finite and in"),
         ({"quantize": "int8", "calibration": np.array([[["a"]]])}, TypeError, "must hold numbers"),
         (
-            {"quantize": "int8", "calibration": np.broadcast_to(np.float32(0), (int8.MAX_CALIBRATION_SIZE + 1, 32, 32, 3))},
+            {"quantize": "int8", "calibration": np.broadcast_to(np.float32(0), (calibration.MAX_CALIBRATION_SIZE + 1, 32, 32, 3))},
             ValueError,
             "more than",
         ),
@@ -252,16 +183,23 @@ def test_export_int8_refusals(tiny_model, tmp_path, kwargs, error, message):
         (["--format", "onnx", "--output", "m.onnx", "--quantize", "int8", "--calibration", "bad",
           "--calibration-size", "1.5"], "expected a positive integer, got '1.5'"),
         (["--format", "onnx", "--output", "m.onnx", "--quantize", "int8", "--calibration", "bad",
-          "--calibration-size", "10" * 20], f"--calibration-size must be at most {int8.MAX_CALIBRATION_SIZE}"),
+          "--calibration-size", "10" * 20], f"--calibration-size must be at most {calibration.MAX_CALIBRATION_SIZE}"),
+        (["--format", "onnx", "--output", "m.onnx", "--quantize", "int8", "--calibration", "photos"],
+         "and there is also a folder 'photos' here: pass './photos' for the folder"),
+        (["--format", "onnx", "--output", "m.onnx", "--quantize", "int8", "--calibration", "tfds:"],
+         "the calibration source 'tfds:' must be 'tfds:NAME' or 'tfds:NAME@SPLIT'"),
+        (["--format", "onnx", "--output", "m.onnx", "--quantize", "int8", "--calibration", "tfds:no_such_dataset_xyz"],
+         "calibration source 'tfds:no_such_dataset_xyz': Dataset no_such_dataset_xyz not found."),
     ],
 )
 def test_cli_int8_refusals_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     (tmp_path / "huge").mkdir()
-    _png(tmp_path / "huge" / "huge.png", 100_000, 100_000)
+    write_png(tmp_path / "huge" / "huge.png", 100_000, 100_000)
     before = sorted(tmp_path.rglob("*"))
     # A weights name it would have to download: refusals come before any model is built.
     with pytest.raises(SystemExit) as exit_info:
@@ -270,6 +208,30 @@ def test_cli_int8_refusals_are_one_line(tmp_path, capsys, monkeypatch, argv, mes
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error and error.startswith("python -m keras_cvt.export: error:"), error
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_cli_tfds_calibration_without_tensorflow_datasets_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # what an absent package does
+    argv = ["--format", "onnx", "--output", str(tmp_path / "m.onnx"), "--quantize", "int8", "--calibration", "tfds:x"]
+    with pytest.raises(SystemExit) as exit_info:
+        export_cli.main(["--model", "cvt13", "--weights", "imagenet"] + argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m keras_cvt.export: error: calibrating on a TensorFlow Datasets dataset")
+    assert error.endswith("needs the tensorflow-datasets package: pip install keras-cvt[int8] (or calibrate on a folder of images)")
+
+
+@pytest.mark.slow  # an int8 LiteRT export
+def test_cli_int8_calibrates_on_the_shipped_photos(tiny_variant, tiny_reference, tmp_path, capsys):
+    weights, _, _ = tiny_reference
+    output = tmp_path / "tiny_int8.tflite"
+    argv = ["--model", "tiny", "--weights", str(weights), "--format", "tflite", "--output", str(output), "--size",
+            str(DIGIT_SIZE), "--quantize", "int8", "--calibration", "photos"]
+    assert export_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "int8: calibrated on 3 images of photos" in out
+    assert f"evaluation_transform({DIGIT_SIZE}, crop_ratio=0.875)" in out
+    assert _int8_matrices("tflite", str(output)) >= 6 * sum(TINY_CONFIG["depths"]) + 1
 
 
 def test_keras_quantize_covers_every_dense_layer_and_reloads(tmp_path):

@@ -54,8 +54,9 @@ def export(model, path, format=DEFAULT_FORMAT, quantize=None, calibration=None, 
         quantize: None (float32), or `"int8"` for an int8 onnx, openvino or tflite file
             (`keras_cvt.export.int8`), which needs `calibration`.
         calibration: with `quantize="int8"`, the calibration images: pixels `[n, height, width,
-            3]` in [0, 255] as the file takes them, or a folder of images
-            (`keras_cvt.export.int8.calibration_pixels`).
+            3]` in [0, 255] as the file takes them, or a source that
+            `keras_cvt.export.calibration.calibration_pixels` reads with the default transform
+            (a folder of images, `"photos"`, `"tfds:NAME[@SPLIT]"`).
         **options: the options of the format's function (`export_for_serving`,
             `export_tflite`, `export_onnx`, `export_openvino`), such as `input_size`.
 

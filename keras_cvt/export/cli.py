@@ -22,8 +22,9 @@ width, 3]`, RGB in [0, 255], already transformed) and returns probabilities: any
 any height and width unless `--size` fixes them. The transform to apply is printed.
 
 `--quantize int8` (onnx, openvino, tflite) writes the int8 file of `keras_cvt.export.int8`,
-calibrated on `--calibration-size` images drawn from the folder `--calibration`, transformed as
-the weights were evaluated (at `--size`, or the checkpoint's size).
+calibrated on `--calibration-size` images of `--calibration` (a folder, `photos` or
+`tfds:NAME[@SPLIT]`: `keras_cvt.export.calibration`), transformed as the weights were
+evaluated (at `--size`, or the checkpoint's size).
 
 An existing output is replaced only with `--overwrite`; a second export to the same output
 while one runs stops at once, naming the process that holds it. Errors (a full disk included:
@@ -39,9 +40,10 @@ from keras_cvt.atomic import check_writable
 from keras_cvt.locks import LockedError
 from keras_cvt.export import export
 from keras_cvt.export import saved_model as serving
-from keras_cvt.export import int8
+from keras_cvt.export import calibration
+from keras_cvt.export.calibration import DEFAULT_CALIBRATION_SIZE, MAX_CALIBRATION_SIZE
 from keras_cvt.export.formats import DEFAULT_FORMAT, DEFAULT_ONNX_OPSET, FORMATS, QUANTIZERS
-from keras_cvt.export.int8 import DEFAULT_CALIBRATION_SIZE, INT8_FORMATS, MAX_CALIBRATION_SIZE
+from keras_cvt.export.int8 import INT8_FORMATS
 from keras_cvt.export.tflite import TFLITE_QUANTIZATIONS
 
 _UNSET = object()
@@ -183,7 +185,8 @@ def _parser():
     parser.add_argument(
         "--calibration",
         default=None,
-        help="with --quantize: a folder of images (searched recursively), transformed as the weights were evaluated",
+        help=f"with --quantize: {calibration.SOURCES} (its {calibration.DEFAULT_TFDS_SPLIT} split unless named; "
+        "TFDS_DATA_DIR says where), transformed as the weights were evaluated",
     )
     parser.add_argument(
         "--calibration-size",
@@ -222,7 +225,7 @@ def _check_quantize(parser, args, spec):
     if args.quantization is not _UNSET:
         parser.error("--quantize int8 replaces --quantization: pass one of them")
     if args.calibration is None:
-        parser.error("--quantize needs --calibration, a folder of images like those the model will see")
+        parser.error(f"--quantize needs --calibration: {calibration.SOURCES}, with images like those the model will see")
     if args.calibration_size is not None and args.calibration_size > MAX_CALIBRATION_SIZE:
         parser.error(f"--calibration-size must be at most {MAX_CALIBRATION_SIZE}, got {args.calibration_size}")
 
@@ -253,15 +256,16 @@ def main(argv=None):
                 if args.quantize is not None:
                     # Read (and each image checked) before the model is built.
                     options["quantize"] = args.quantize
-                    options["calibration"] = int8.calibration_pixels(
+                    options["calibration"] = calibration.calibration_pixels(
                         args.calibration,
                         transform.size if size is None else size,
                         transform.crop_ratio,
                         args.calibration_size or DEFAULT_CALIBRATION_SIZE,
+                        interpolation=transform.interpolation,
                     )
             model = classifier_for_export(args.model, args.weights)
             path = export(model, args.output, format=spec.name, **{spec.size_option: size}, **options)
-    except (ValueError, OSError, LockedError) as error:
+    except (ValueError, OSError, LockedError, ImportError) as error:
         parser.error(str(error))
     if spec.suffix is None:
         _report_saved_model(path, size, options)

@@ -9,9 +9,10 @@ activations, calibrated on images, for the CPUs' int8 instructions (AVX-512 VNNI
   and activations wherever LiteRT has an int8 kernel, float elsewhere, which XNNPACK runs.
 
 Each keeps the float file's interface: `pixels` (float32, RGB in [0, 255]) in, `probabilities`
-out. The calibration images are pixels as the file takes them (`calibration_pixels` reads a
-folder through an evaluation transform); a few hundred images of the data the model will see
-are enough. The quantizers (nncf, onnxruntime) are the `int8` extra.
+out. The calibration images are pixels as the file takes them (`keras_cvt.export.calibration`
+reads them from a folder, the shipped photos or a TFDS dataset, through an evaluation
+transform); a few hundred images of the data the model will see are enough. The quantizers
+(nncf, onnxruntime) are the `int8` extra.
 """
 
 import contextlib
@@ -21,90 +22,15 @@ import os
 import tempfile
 
 import numpy as np
-import tensorflow as tf
 
-from keras_cvt import atomic, images
+from keras_cvt import atomic
+from keras_cvt.export.calibration import MAX_CALIBRATION_SIZE, calibration_pixels
 from keras_cvt.export.formats import FORMATS
 from keras_cvt.export.tflite import _tflite_converter
 from keras_cvt.pretrained import DEFAULT_TRANSFORM
-from keras_cvt.transforms import evaluation_transform
 
 # The formats with an int8 form.
 INT8_FORMATS = ("onnx", "openvino", "tflite")
-DEFAULT_CALIBRATION_SIZE = 300  # NNCF's default subset
-# At 224 x 224, 2,000 images are 1.2 GB of float32 pixels: calibration needs far fewer.
-MAX_CALIBRATION_SIZE = 2000
-# Each calibration image's decoded size is bounded as the SavedModel bounds what it serves
-# (height x width, read from the file's header before it is decoded).
-MAX_CALIBRATION_PIXELS = 50_000_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-
-
-def check_calibration_size(count):
-    """Raises ValueError unless `count` is an integer in [1, MAX_CALIBRATION_SIZE]."""
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= MAX_CALIBRATION_SIZE:
-        raise ValueError(
-            f"`calibration_size` must be an integer from 1 to {MAX_CALIBRATION_SIZE}, got {count!r}"
-        )
-    return int(count)
-
-
-def list_calibration_images(folder):
-    """The image files under `folder` (and its sub-folders), sorted; ValueError if none."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise ValueError(f"calibration folder not found (or not a folder): {folder!r}")
-    paths = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(folder)
-        for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-    )
-    if not paths:
-        raise ValueError(f"calibration folder {folder!r} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return paths
-
-
-def calibration_pixels(
-    folder,
-    size=DEFAULT_TRANSFORM.size,
-    crop_ratio=DEFAULT_TRANSFORM.crop_ratio,
-    count=DEFAULT_CALIBRATION_SIZE,
-    seed=0,
-):
-    """Calibration pixels from the images under `folder`: float32 `[n, size, size, 3]`, RGB in
-    [0, 255], through `evaluation_transform(size, crop_ratio)` (use your checkpoint's:
-    `keras_cvt.pretrained.transform_for`).
-
-    `n` is `count`, or every image where the folder has fewer; with more, `count` of them are
-    drawn at random (by `seed`), so that a folder sorted by class gives every class its share.
-
-    Raises:
-        ValueError: `count` not in [1, MAX_CALIBRATION_SIZE], a missing folder, a folder without
-            images, an image larger than MAX_CALIBRATION_PIXELS (by its header, before decoding)
-            or a file that does not decode, named.
-    """
-    count = check_calibration_size(count)
-    transform = evaluation_transform(size, crop_ratio)
-    paths = list_calibration_images(folder)
-    if len(paths) > count:
-        chosen = np.random.default_rng(seed).choice(len(paths), count, replace=False)
-        paths = [paths[i] for i in sorted(chosen)]
-    pixels = np.empty([len(paths), size, size, 3], np.float32)
-    for index, path in enumerate(paths):
-        try:
-            encoded = tf.io.read_file(path)
-            height, width = (int(d) for d in images.inspect_encoded_image(encoded)[0].numpy())
-            if height * width > MAX_CALIBRATION_PIXELS:
-                raise ValueError(
-                    f"calibration image {path!r} is {height} x {width} pixels, more than "
-                    f"{MAX_CALIBRATION_PIXELS:,}"
-                )
-            pixels[index] = transform(images.decode_image(encoded)).numpy()
-        except tf.errors.OpError as error:
-            reason = error.message.strip().splitlines()[0] if error.message else type(error).__name__
-            raise ValueError(f"calibration image {path!r} does not decode as an image: {reason}") from None
-    return pixels
 
 
 def _calibration_array(calibration, input_size):
@@ -112,7 +38,7 @@ def _calibration_array(calibration, input_size):
     if calibration is None:
         raise ValueError(
             "quantize='int8' needs `calibration`: pixels [n, height, width, 3] in [0, 255] "
-            "(keras_cvt.export.quantize.calibration_pixels reads a folder of images)"
+            "(keras_cvt.export.calibration.calibration_pixels reads a folder, the shipped photos or a TFDS dataset)"
         )
     if isinstance(calibration, (str, os.PathLike)):
         calibration = calibration_pixels(calibration, input_size or DEFAULT_TRANSFORM.size)
@@ -135,8 +61,9 @@ def _calibration_array(calibration, input_size):
 
 def export_int8(model, path, format, calibration, **options):
     """Writes `model` as an int8 `format` file (one of INT8_FORMATS) to `path`, calibrated on
-    `calibration` (pixels `[n, height, width, 3]` in [0, 255], or a folder of images that
-    `calibration_pixels` reads at `input_size`); `options` are the float export's, `input_size`
+    `calibration` (pixels `[n, height, width, 3]` in [0, 255], or a source that
+    `calibration.calibration_pixels` reads at `input_size` with the default transform: a
+    folder, "photos" or "tfds:NAME[@SPLIT]"); `options` are the float export's, `input_size`
     defaulting as there. Returns the absolute path."""
     if format not in INT8_FORMATS:
         raise ValueError(f"quantize='int8' is for the formats {list(INT8_FORMATS)}, not {format!r}")
