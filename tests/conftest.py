@@ -70,11 +70,15 @@ def trained_digits(tmp_path_factory):
     """`(weights path, (train images, labels), (held-out images, labels))`: the tiny original-code
     model fine-tuned on scikit-learn's digits as examples/quickstart.py does (6 epochs on one
     device: held-out top-1 about 0.99), for what must be judged on trained weights (int8)."""
+    return fine_tune_digits(tmp_path_factory.mktemp("digits"))
+
+
+def fine_tune_digits(directory):
+    """`trained_digits`, written under `directory` (also for benchmarks/keras_quantize.py)."""
     from keras_cvt import training
     from keras_cvt.conversion import convert
 
     quickstart = load_quickstart()
-    directory = tmp_path_factory.mktemp("digits")
     converted = directory / "tiny.weights.h5"
     convert(FIXTURES / "cvt_tiny_official_perturbed.pth", converted)
     digits = quickstart.load_digits(0)

@@ -101,12 +101,11 @@ def calibration_pixels(
     """
     count = check_calibration_size(count)
     transform = evaluation_transform(size, crop_ratio, interpolation)
-    pixels = [_transformed(name, encoded, transform) for name, encoded in _encoded_images(source, count, seed, data_dir)]
-    return np.stack(pixels)
+    return np.stack([_transformed(name, read, transform) for name, read in _images(source, count, seed, data_dir)])
 
 
-def _encoded_images(source, count, seed, data_dir):
-    """`[(name, encoded bytes)]` of at most `count` images of `source`."""
+def _images(source, count, seed, data_dir):
+    """`[(name, read)]` of at most `count` images of `source`: `read()` gives the encoded image."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"the calibration source must be {SOURCES}, got {type(source).__name__} {source!r}")
     if isinstance(source, str) and source.startswith(TFDS_PREFIX):
@@ -123,12 +122,14 @@ def _encoded_images(source, count, seed, data_dir):
     if len(files) > count:
         chosen = np.random.default_rng(seed).choice(len(files), count, replace=False)
         files = [files[i] for i in sorted(chosen)]
-    return ((name, read()) for name, read in files)
+    return files
 
 
-def _transformed(name, encoded, transform):
-    """One encoded image through `transform`, its size checked from its header first."""
+def _transformed(name, read, transform):
+    """One image (`read()` gives it encoded) through `transform`, its size checked from its
+    header first."""
     try:
+        encoded = read()
         height, width = (int(d) for d in images.inspect_encoded_image(encoded)[0].numpy())
         if height * width > MAX_CALIBRATION_PIXELS:
             raise ValueError(
@@ -169,7 +170,7 @@ def _tfds_images(source, count, data_dir):
         dataset = builder.as_dataset(split=split, decoders={key: tfds.decode.SkipDecoding()}, shuffle_files=False)
     except ValueError as error:  # an unknown split, a slice of nothing (TFDS writes no empty split)
         raise ValueError(f"calibration source {source!r}: {_first_line(error)}") from None
-    return [(f"{source}, example {i}", example[key]) for i, example in enumerate(dataset.take(count))]
+    return [(f"{source}, example {i}", lambda e=example[key]: e) for i, example in enumerate(dataset.take(count))]
 
 
 def _image_feature(features, tfds, source):
