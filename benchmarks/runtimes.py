@@ -120,6 +120,16 @@ def cpu_features():
     return {feature: feature in flags for feature in CPU_FEATURES}
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is often just the
+    architecture); None where it is not readable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def calibration_pixels(size, count):
     """`count` calibration images: the photos of examples/images, in turn, transformed as
     CvT-13's ImageNet checkpoint was evaluated."""
@@ -520,6 +530,7 @@ def report(args, prepared, samples, ratios, started, began):
         f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}"
     )
     features = cpu_features()
+    print(f"CPU: {cpu_model()}")
     print("CPU features: " + (", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items()) if features else "unknown"))
     print("| system | batch 1: ms | time / ours f32 | batch 32: images/s | images/s / ours f32 |")
     print("|---|---|---|---|---|")
@@ -548,6 +559,7 @@ def report(args, prepared, samples, ratios, started, began):
         "groups": sorted(args.groups),
         "calibration_size": args.calibration_size,
         "machine": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "max_logit_difference": prepared["max_logit_difference"],
         "start_seconds": started,
         "rows": rows,
