@@ -120,6 +120,34 @@ def cpu_features():
     return {feature: feature in flags for feature in CPU_FEATURES}
 
 
+# The features that give int8 its speed: multiply-adds of int8 in one instruction.
+INT8_FEATURES = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_caveat(features):
+    """A sentence for the int8 results of a CPU without INT8_FEATURES (None on one with them):
+    its int8 ratios do not speak for the VNNI servers that the int8 targets are about."""
+    if features is None:
+        return "the CPU's features are unknown: the int8 ratios may not speak for a VNNI CPU"
+    if any(features[f] for f in INT8_FEATURES):
+        return None
+    return (
+        "this CPU has no int8 dot-product instructions (no AVX-512 VNNI, AVX-VNNI or AMX): its int8 "
+        "kernels emulate them, so the int8 ratios here say nothing about the int8 targets, which "
+        "need a VNNI CPU"
+    )
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is often just the
+    architecture); None where it is not readable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def calibration_pixels(size, count):
     """`count` calibration images: the photos of examples/images, in turn, transformed as
     CvT-13's ImageNet checkpoint was evaluated."""
@@ -520,7 +548,11 @@ def report(args, prepared, samples, ratios, started, began):
         f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}"
     )
     features = cpu_features()
+    print(f"CPU: {cpu_model()}")
     print("CPU features: " + (", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items()) if features else "unknown"))
+    caveat = int8_caveat(features) if any(r["precision"] == "int8" for r in rows) else None
+    if caveat:
+        print(f"NOTE: {caveat}")
     print("| system | batch 1: ms | time / ours f32 | batch 32: images/s | images/s / ours f32 |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -534,6 +566,7 @@ def report(args, prepared, samples, ratios, started, began):
             print(
                 f"target {precision} {batch}: {t['ours']} / {t['peer']} = {value:.2f} (target {t['target']}): "
                 f"{'met' if t['met'] else 'NOT met'}"
+                + (" (no VNNI: not a measurement of this target)" if precision == "int8" and caveat else "")
             )
     result = {
         "model": args.model,
@@ -545,9 +578,11 @@ def report(args, prepared, samples, ratios, started, began):
         "load_average_at_end": os.getloadavg()[0],
         "cpus": os.cpu_count(),
         "cpu_features": features,
+        "int8_caveat": caveat,
         "groups": sorted(args.groups),
         "calibration_size": args.calibration_size,
         "machine": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "max_logit_difference": prepared["max_logit_difference"],
         "start_seconds": started,
         "rows": rows,

@@ -183,21 +183,22 @@ def check_conversion(output_dir):
     return weights, difference
 
 
-def load_digits(seed):
-    """scikit-learn's digits as uint8 RGB DIGIT_SIZE^2 images: (train images, labels), (held out ...)."""
+def load_digits(seed, size=DIGIT_SIZE):
+    """scikit-learn's digits as uint8 RGB size^2 images: (train images, labels), (held out ...)."""
     import sklearn.datasets
     import tensorflow as tf
 
     digits = sklearn.datasets.load_digits()
-    images = tf.image.resize(digits.images[..., None] * (255 / 16), (DIGIT_SIZE, DIGIT_SIZE)).numpy()
+    images = tf.image.resize(digits.images[..., None] * (255 / 16), (size, size)).numpy()
     images = np.repeat(np.clip(np.round(images), 0, 255).astype(np.uint8), 3, axis=-1)
     order = np.random.RandomState(seed).permutation(len(images))
     train, held_out = order[HELD_OUT:], order[:HELD_OUT]
     return (images[train], digits.target[train]), (images[held_out], digits.target[held_out])
 
 
-def fine_tune(args, weights, strategy, digits):
-    """Trains the converted model on the digits; returns (top-1, top-5, steps per epoch)."""
+def fine_tune(args, weights, strategy, digits, architecture=TINY, size=DIGIT_SIZE):
+    """Trains the converted model (`architecture`: a variant name or CvT arguments) on the
+    digits at `size`; returns (top-1, top-5, steps per epoch, history)."""
     import keras
 
     from keras_cvt import training
@@ -209,17 +210,17 @@ def fine_tune(args, weights, strategy, digits):
     # Digits are not photos: gentle crops and no flips (a mirrored 2 is no 2).
     augmentation = training.Augmentation(crop_scale=(0.7, 1.0), crop_ratio=(0.9, 1.1), flip=False)
     train_data = training.train_dataset(
-        strategy, train_source, DIGIT_SIZE, args.batch_size, augmentation, seed=args.seed
+        strategy, train_source, size, args.batch_size, augmentation, seed=args.seed
     )
-    val_data = training.eval_dataset(strategy, val_source, DIGIT_SIZE, 128, crop_ratio=None)
+    val_data = training.eval_dataset(strategy, val_source, size, 128, crop_ratio=None)
     val_steps = training.eval_steps(strategy, val_source.num_examples, 128)
     steps = train_source.num_examples // (args.batch_size * strategy.num_replicas_in_sync)
     with strategy.scope():
-        model = training.build_model(TINY, 10, DIGIT_SIZE, weights=str(weights), drop_path_rate=0.0)
+        model = training.build_model(architecture, 10, size, weights=str(weights), drop_path_rate=0.0)
         # A few epochs, not the recipe's 300: a higher peak and one warm-up epoch.
         schedule = training.recipe_schedule(args.learning_rate, args.epochs, steps, warmup_epochs=1)
         training.compile_model(model, training.make_optimizer(model, schedule))
-    training.prepare_for_strategy(model, strategy, DIGIT_SIZE, 10)
+    training.prepare_for_strategy(model, strategy, size, 10)
     history, _ = training.fit(
         model,
         train_data,

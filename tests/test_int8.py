@@ -4,12 +4,12 @@ export they start from unchanged, and what the command line and the API refuse."
 import sys
 
 import numpy as np
-import onnxruntime
 import openvino
 import pytest
 
+from benchmarks.int8_accuracy import runner as _runner
 from keras_cvt import CvT, CvT13
-from keras_cvt.export import TFLiteClassifier, export
+from keras_cvt.export import export
 from keras_cvt.export import cli as export_cli
 from keras_cvt.export import calibration
 from keras_cvt.export.openvino_projections import batch_first_projections
@@ -23,16 +23,6 @@ DIGIT_SIZE = 32
 TOP1_POINTS = 0.005
 AGREEMENT = 0.98
 CALIBRATION = 300  # of the training digits, never the held-out ones
-
-
-def _runner(format, path):
-    if format == "onnx":
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return lambda x: session.run(None, {"pixels": x})[0]
-    if format == "openvino":
-        compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        return lambda x: compiled(x)["probabilities"]
-    return TFLiteClassifier(path)
 
 
 @pytest.fixture(scope="module")
