@@ -250,3 +250,22 @@ def test_keras_quantize_covers_every_dense_layer_and_reloads(tmp_path):
     loaded.save(tmp_path / "again.keras")
     again = keras.saving.load_model(tmp_path / "again.keras")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(again(pixels)), probabilities)
+
+
+def test_keras_quantize_of_the_keras_hub_backbone_reloads(tmp_path):
+    """keras-hub saves a quantized backbone's policies by layer path; `CvTBackbone` quantizes
+    those layers again as it is rebuilt, so the int8 weights load and the outputs are equal."""
+    import keras
+
+    from keras_cvt.keras_hub import CvTBackbone
+
+    backbone = CvTBackbone(depths=(1, 2, 2), embed_dims=(16, 32, 48), num_heads=(1, 2, 3), image_shape=(32, 32, 3))
+    backbone.quantize("int8")
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    features = keras.ops.convert_to_numpy(backbone(images))
+    backbone.save(tmp_path / "backbone.keras")
+    loaded = keras.saving.load_model(tmp_path / "backbone.keras")
+    assert type(loaded) is CvTBackbone
+    dense = [layer for layer in loaded._flatten_layers() if isinstance(layer, keras.layers.Dense)]
+    assert len(dense) == 30 and {layer.quantization_mode for layer in dense} == {"int8"}
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), features)

@@ -89,6 +89,7 @@ class CvTBackbone(FeaturePyramidBackbone):
             "P4": model.get_layer(f"stage2_block{depths[2] - 1}").output[0],
         }
         super().__init__(inputs=model.input, outputs=model.output, dtype=dtype, **kwargs)
+        quantize_as_saved(self, dtype)
         self.pyramid_outputs = pyramid
         self.architecture = architecture
         self.image_shape = tuple(image_shape)
@@ -121,6 +122,24 @@ class CvTBackbone(FeaturePyramidBackbone):
 
 
 register_presets(presets.PRESETS, CvTBackbone)
+
+
+def quantize_as_saved(backbone, dtype):
+    """Quantizes again the layers that a quantized backbone's config names.
+
+    keras-hub saves what `quantize` did as a `DTypePolicyMap` keyed by layer path, for models
+    whose every layer takes `dtype` and looks itself up there; our layers are keras_cvt's model's,
+    made before the backbone, so the layers it names are quantized here (the same path,
+    the same mode), and the saved int8 weights then load into them.
+    """
+    policies = keras.dtype_policies.get(dtype) if dtype is not None else None
+    if not isinstance(policies, keras.dtype_policies.DTypePolicyMap):
+        return
+    saved = dict(policies.items())
+    for layer in backbone._flatten_layers(include_self=False):
+        policy = saved.get(layer.path)
+        if policy is not None and policy.quantization_mode is not None:
+            layer.quantize(policy.quantization_mode, type_check=False)
 
 
 def load_preset_weights(load, filepath, *args, **kwargs):
