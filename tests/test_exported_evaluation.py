@@ -64,7 +64,7 @@ def test_load_exported_runs_an_onnx_file(onnx_file):
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(classifier(pixels), expected, rtol=0, atol=1e-6)
     assert classifier(np.zeros((0, SIZE, SIZE, 3))).shape == (0, CLASSES)
-    with pytest.raises(ValueError, match=rf"must have shape \(n, 32, 32, 3\): .*mean_colour.onnx takes 32 x 32"):
+    with pytest.raises(ValueError, match=r"must have shape \(n, 32, 32, 3\): .*mean_colour.onnx takes 32 x 32"):
         classifier(np.zeros((1, 48, 48, 3)))
     with pytest.raises(ValueError, match=r"must have shape \(n, height, width, 3\) \(RGB\), got shape \(32, 32, 3\)"):
         classifier(np.zeros((SIZE, SIZE, 3)))

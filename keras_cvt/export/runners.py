@@ -11,6 +11,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_cvt.export.classifier import float_pixels
 from keras_cvt.export.formats import FORMATS
 from keras_cvt.export.saved_model import PIXELS_SIGNATURE
 from keras_cvt.export.tflite import TFLiteClassifier
@@ -48,11 +49,10 @@ class ExportedClassifier:
                 f"`pixels` must have shape (n, {height}, {width}, 3): {self.path} takes {height} x {width} "
                 f"images, got shape {pixels.shape}"
             )
-        if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
-            raise TypeError(f"`pixels` must be numbers (RGB in [0, 255]), got dtype {pixels.dtype}")
+        pixels = float_pixels(pixels)
         if len(pixels) == 0:
             return np.zeros([0, self.classes], np.float32)
-        return np.asarray(self._run(pixels.astype(np.float32)))
+        return np.asarray(self._run(pixels))
 
 
 def load_exported(path):
