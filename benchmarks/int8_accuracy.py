@@ -57,24 +57,6 @@ def load_quickstart():
     return module
 
 
-def runner(format, path):
-    """A function `pixels -> probabilities` of the exported file `path`, float32 inference."""
-    if format == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return lambda x: session.run(None, {"pixels": x})[0]
-    if format == "openvino":
-        import openvino
-
-        # f32: int8 where NNCF put quantizers, float32 (not bfloat16) elsewhere on any CPU.
-        compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        return lambda x: compiled(x)["probabilities"]
-    from keras_cvt.export import TFLiteClassifier
-
-    return TFLiteClassifier(path)
-
-
 def predict(run, pixels):
     return np.concatenate([run(pixels[i : i + EVAL_BATCH]) for i in range(0, len(pixels), EVAL_BATCH)])
 
@@ -87,7 +69,7 @@ def file_bytes(format, path):
 
 def measure_format(model, format, directory, size, calibration, pixels, labels, keras_probabilities):
     """Exports `model` as `format` in float32 and int8, classifies `pixels` with both; one row."""
-    from keras_cvt.export import export
+    from keras_cvt.export import export, load_exported
 
     suffix = SUFFIXES[format]
     row = {"runtime": RUNTIMES[format], "format": format}
@@ -97,7 +79,7 @@ def measure_format(model, format, directory, size, calibration, pixels, labels, 
         path = export(model, directory / f"cvt13_{precision}{suffix}", format=format, input_size=size, **extra)
         row[f"{precision}_export_seconds"] = round(time.time() - begin, 1)
         row[f"{precision}_bytes"] = file_bytes(format, path)
-        probabilities[precision] = predict(runner(format, path), pixels)
+        probabilities[precision] = predict(load_exported(path), pixels)
         row[f"{precision}_top1"] = float(np.mean(probabilities[precision].argmax(1) == labels))
     row["f32_max_abs_difference_to_keras"] = float(np.abs(probabilities["f32"] - keras_probabilities).max())
     row["agreement"] = float(np.mean(probabilities["int8"].argmax(1) == probabilities["f32"].argmax(1)))

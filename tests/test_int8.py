@@ -7,9 +7,8 @@ import numpy as np
 import openvino
 import pytest
 
-from benchmarks.int8_accuracy import runner as _runner
 from keras_cvt import CvT, CvT13
-from keras_cvt.export import export
+from keras_cvt.export import export, load_exported
 from keras_cvt.export import cli as export_cli
 from keras_cvt.export import calibration
 from keras_cvt.export.openvino_projections import batch_first_projections
@@ -54,8 +53,8 @@ def test_int8_keeps_the_accuracy_of_the_trained_model(format, digits_model, trai
         calibration=calibration,
     )
     keras_probabilities = digits_model.predict(pixels, verbose=0)
-    float_probabilities = _runner(format, float_path)(pixels)
-    int8_probabilities = _runner(format, int8_path)(pixels)
+    float_probabilities = load_exported(float_path)(pixels)
+    int8_probabilities = load_exported(int8_path)(pixels)
     # The float32 file the quantizer starts from is the Keras model's.
     np.testing.assert_allclose(float_probabilities, keras_probabilities, rtol=0, atol=1e-5)
     float_top1 = np.mean(float_probabilities.argmax(1) == labels)

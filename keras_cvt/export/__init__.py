@@ -9,7 +9,9 @@
 - with `quantize="int8"`, the last three with int8 weights and activations, calibrated on
   images (`keras_cvt.export.int8`).
 
-`export(model, path, format=...)` writes any of them. Each writes through `keras_cvt.atomic`,
+`export(model, path, format=...)` writes any of them; `load_exported(path)` runs any file of
+them (or a SavedModel's pixels signature) on its runtime, pixels in, probabilities out
+(`keras_cvt.export.runners`). Each writes through `keras_cvt.atomic`,
 so a failed export leaves nothing behind (a full disk is a `keras_cvt.atomic.WriteError`), and
 `export` holds the target's lock (`keras_cvt.locks`), so two exports to one path do not
 interleave: the second stops at once with `LockedError`. Each wraps the model in `classifier.Classifier` (its
@@ -26,6 +28,7 @@ import os
 from keras_cvt import locks
 from keras_cvt.atomic import check_writable
 from keras_cvt.export.formats import DEFAULT_FORMAT, FORMATS, QUANTIZERS
+from keras_cvt.export.runners import ExportedClassifier, load_exported
 from keras_cvt.export.saved_model import export_for_serving
 from keras_cvt.export.tflite import TFLiteClassifier, export_tflite
 
@@ -34,12 +37,14 @@ _LAZY = {spec.function: spec.module for spec in FORMATS.values()}
 
 __all__ = [
     "FORMATS",
+    "ExportedClassifier",
     "TFLiteClassifier",
     "export",
     "export_for_serving",
     "export_onnx",
     "export_openvino",
     "export_tflite",
+    "load_exported",
 ]
 
 

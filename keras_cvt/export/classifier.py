@@ -3,6 +3,7 @@ probabilities, whatever its preprocessing and activation, in its folded inferenc
 label strings of its classes."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_cvt import attention, inference, preprocessing
@@ -98,6 +99,14 @@ class Classifier:
                 if size is not None and size != input_size:
                     raise ValueError(f"`input_size`={input_size} does not fit the model's input {axis} {size}")
         return tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="pixels")
+
+
+def float_pixels(pixels):
+    """`pixels` (a numpy array of any number dtype) as float32, as the exported files take them;
+    TypeError for anything else (strings, objects)."""
+    if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
+        raise TypeError(f"`pixels` must be numbers (RGB in [0, 255]), got dtype {pixels.dtype}")
+    return pixels.astype(np.float32)
 
 
 def min_input_size(model):

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cvt import atomic
-from keras_cvt.export.classifier import Classifier
+from keras_cvt.export.classifier import Classifier, float_pixels
 from keras_cvt.pretrained import DEFAULT_TRANSFORM
 
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range")
@@ -103,11 +103,9 @@ class TFLiteClassifier:
                 f"batch has that shape): this TFLite model ({self.path}) takes images of at least "
                 f"{self.min_size} x {self.min_size}, the smallest its patch embeddings leave a token of"
             )
-        if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
-            raise TypeError(f"`pixels` must be numbers (RGB in [0, 255]), got dtype {pixels.dtype}")
+        pixels = float_pixels(pixels)
         if len(pixels) == 0:
             return np.zeros([0, self.classes], np.float32)
-        pixels = pixels.astype(np.float32)
         if self._one_at_a_time:
             return np.concatenate([self._run(pixels=image[None])["probabilities"] for image in pixels])
         return self._run(pixels=pixels)["probabilities"]
