@@ -39,8 +39,10 @@ SCORE_BYTES = 4
 # were as fast or faster on two cores (a smaller working set), see `docs/memory.md`.
 PLAIN_LIMIT_BYTES = 32 * 2**20
 # The scores of one block of query rows, per image. TensorFlow graphs run up to 10 iterations of
-# a loop at once, so a batch of B images holds up to 10 B blocks.
-BLOCK_BYTES = 8 * 2**20
+# a loop at once, so a batch of B images holds up to 10 B blocks. Measured on CvT-13's first
+# stage at 1024 pixels (two cores, 32 MB of L3; docs/memory.md): blocks of 4.5 to 7 MB took the
+# least CPU time, 0.75x that of 8 MB blocks (and of the whole matrix); 16 and 32 MB 1.4 to 2x.
+BLOCK_BYTES = 6 * 2**20
 # Set by `whole_scores`.
 _WHOLE = contextvars.ContextVar("keras_cvt_whole_scores", default=False)
 
