@@ -3,6 +3,7 @@ held to the Keras model; the registry and `export` dispatch; the command line's 
 
 import os
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime
@@ -10,7 +11,7 @@ import openvino
 import pytest
 from ai_edge_litert import interpreter as litert
 
-from keras_cvt import CvT, atomic
+from keras_cvt import CvT, atomic, attention
 from keras_cvt.export import FORMATS, TFLiteClassifier, export
 from keras_cvt.export import cli as export_cli
 from keras_cvt.export import openvino as openvino_export
@@ -187,6 +188,59 @@ def test_fixed_size_exports(tiny_model, expected, tmp_path):
     names = {tensor["index"]: tensor["name"] for tensor in runner.get_tensor_details()}
     shapes = [names[i] for op in runner._get_ops_details() if op["op_name"] == "SHAPE" for i in op["outputs"]]
     assert len(shapes) == 2 and all("cls_token" in name for name in shapes), shapes
+
+
+# The first stage's scores are 41 MB per image at 320 pixels, past attention.PLAIN_LIMIT_BYTES:
+# blocks there, whole matrices in the later stages.
+LARGE = 320
+
+
+def _relative(a, b):
+    return np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()
+
+
+def _onnx_op_types(graph):
+    """The operation types of an ONNX graph and of the graphs inside its nodes (If, Loop)."""
+    types = set()
+    for node in graph.node:
+        types.add(node.op_type)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                types |= _onnx_op_types(subgraph)
+    return types
+
+
+@pytest.mark.slow  # a LiteRT export and the runs at 320 pixels
+def test_large_images_compute_attention_in_blocks(tiny_model, files, tmp_path):
+    """Past the limit every file computes the first stage's scores in blocks, with the numbers
+    of the whole matrices: the ONNX and OpenVINO files of any size in a loop, chosen by a
+    conditional from the sizes (a file of a fixed size has the loop alone: test_attention's
+    graphs), LiteRT's of a fixed size as static slices; smaller images (the other tests) take
+    the whole matrices."""
+    queries, keys = (LARGE // 4) ** 2, (LARGE // 8) ** 2
+    blocks = -(-queries // attention.query_block_rows(TINY_CONFIG["num_heads"][0], queries, keys))
+    assert blocks > 1
+    assert attention.query_block_rows(TINY_CONFIG["num_heads"][1], queries // 16, keys // 16) is None
+    pixels = _random_pixels(2, LARGE, LARGE, 7)
+    with attention.whole_scores():
+        logits = keras.ops.convert_to_numpy(tiny_model(pixels, training=False)).astype(np.float64)
+    wanted = np.exp(logits - logits.max(-1, keepdims=True))
+    wanted /= wanted.sum(-1, keepdims=True)
+
+    assert {"If", "Loop"} <= _onnx_op_types(onnx.load(files["onnx"]).graph)
+    session = onnxruntime.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
+    assert _relative(session.run(None, {"pixels": pixels})[0], wanted) <= 1e-5
+    openvino_ops = {op.get_type_name() for op in openvino.Core().read_model(files["openvino"]).get_ordered_ops()}
+    assert "If" in openvino_ops
+    assert _relative(_openvino(files["openvino"], "f32")(pixels)["probabilities"], wanted) <= 1e-5
+
+    path = export(tiny_model, tmp_path / "large.tflite", format="tflite", input_size=LARGE)
+    interpreter = litert.Interpreter(model_path=path)
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    # A softmax per block of the first stage, per attention of the others, and the head's.
+    softmaxes = blocks * TINY_CONFIG["depths"][0] + sum(TINY_CONFIG["depths"][1:]) + 1
+    assert "WHILE" not in ops and ops.count("SOFTMAX") == softmaxes
+    assert _relative(interpreter.get_signature_runner()(pixels=pixels)["probabilities"], wanted) <= 1e-5
 
 
 def test_export_refuses_before_tracing(tiny_model, tmp_path):

@@ -57,12 +57,10 @@ class Classifier:
         outputs = tf.cast(self.model(normalised, training=False), tf.float32)
         return tf.nn.softmax(outputs, axis=-1) if self.softmax else outputs
 
-    def file_probabilities(self, pixels):
-        """`probabilities` with every attention score matrix computed whole
-        (`keras_cvt.attention.whole_scores`): the graph the file formats convert. LiteRT's
-        converter cannot lower the loop over blocks of queries with a free batch; ONNX and
-        OpenVINO files keep the graph they had (see docs/memory.md)."""
-        with attention.whole_scores():
+    def loop_free_probabilities(self, pixels):
+        """`probabilities` without a loop or a conditional in attention
+        (`keras_cvt.attention.without_control_flow`): the graph LiteRT's converter takes."""
+        with attention.without_control_flow():
             return self.probabilities(pixels)
 
     def __call__(self, pixels):

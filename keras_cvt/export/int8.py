@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from keras_cvt import atomic, images
+from keras_cvt import atomic, attention, images
 from keras_cvt.export.formats import FORMATS
 from keras_cvt.export.tflite import _tflite_converter
 from keras_cvt.pretrained import DEFAULT_TRANSFORM
@@ -168,8 +168,10 @@ def _tflite_int8(model, path, pixels, input_size, options):
 
 @contextlib.contextmanager
 def _float_file(model, format, suffix, input_size, options):
-    """Yields the path of `model`'s float32 `format` file, in a temporary folder."""
-    with tempfile.TemporaryDirectory() as directory:
+    """Yields the path of `model`'s float32 `format` file, in a temporary folder. Its attention
+    has no loop or conditional (`keras_cvt.attention.without_control_flow`): the quantizers
+    quantize the main graph's operations, not those in a loop's or a conditional's body."""
+    with tempfile.TemporaryDirectory() as directory, attention.without_control_flow():
         yield _writer(format)(model, os.path.join(directory, "float32" + suffix), input_size=input_size, **options)
 
 
