@@ -7,7 +7,7 @@ Each file is written at `--size` (batch free) in this process, then run on one i
 process of its own (ONNX Runtime, OpenVINO's CPU plugin in float32, LiteRT with XNNPack): memory
 is the peak resident set above the process after the file was loaded and compiled (reset
 through /proc/self/clear_refs), time that of the first call. Writes
-benchmarks/results/export_memory_cvt13.json.
+benchmarks/results/export_memory_cvt13.json (`_any_size` with `--any-size`).
 """
 
 import argparse
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.memory import GB, _reset_peak, _rss_bytes, cpu_features  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "export_memory_cvt13.json"
+RESULTS = ROOT / "benchmarks" / "results" / "export_memory_cvt13{}.json"
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
 
 
@@ -68,6 +68,7 @@ def main():
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--weights", help="a CvT-13 .weights.h5 (default: random weights)")
     parser.add_argument("--formats", nargs="+", default=list(SUFFIXES), choices=list(SUFFIXES))
+    parser.add_argument("--any-size", action="store_true", help="files of any height and width, run at --size")
     parser.add_argument("--worker", nargs=4, metavar=("FORMAT", "PATH", "SIZE", "OUT"))
     args = parser.parse_args()
     if args.worker:
@@ -80,6 +81,7 @@ def main():
 
     model = CvT13(weights=args.weights, input_shape=(None, None, 3), classifier_activation=None)
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_features(), "size": args.size,
+               "any_size": args.any_size,
                "weights": args.weights and pathlib.Path(args.weights).name, "files": {}}
     with tempfile.TemporaryDirectory() as directory:
         for format in args.formats:
@@ -88,9 +90,9 @@ def main():
                 path = str(pathlib.Path(directory) / f"{form}{SUFFIXES[format]}")
                 if form == "whole":
                     with attention.whole_scores():
-                        export(model, path, format=format, input_size=args.size)
+                        export(model, path, format=format, input_size=None if args.any_size else args.size)
                 else:
-                    export(model, path, format=format, input_size=args.size)
+                    export(model, path, format=format, input_size=None if args.any_size else args.size)
                 out = str(pathlib.Path(directory) / f"{format}-{form}.npy")
                 child = subprocess.run([sys.executable, __file__, "--worker", format, path, str(args.size), out],
                                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -103,7 +105,7 @@ def main():
             difference = np.abs(outputs["blocks"] - outputs["whole"]).max() / np.abs(outputs["whole"]).max()
             results["files"][f"{format}/blocks"]["relative_difference_to_whole"] = float(difference)
             print(f"{format}: blocks within {difference:.1e} (relative) of whole", flush=True)
-            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+            RESULTS.with_name(RESULTS.name.format("_any_size" if args.any_size else "")).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

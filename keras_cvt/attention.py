@@ -43,34 +43,20 @@ PLAIN_LIMIT_BYTES = 32 * 2**20
 # stage at 1024 pixels (two cores, 32 MB of L3; docs/memory.md): blocks of 4.5 to 7 MB took the
 # least CPU time, 0.75x that of 8 MB blocks (and of the whole matrix); 16 and 32 MB 1.4 to 2x.
 BLOCK_BYTES = 6 * 2**20
-# What `attention` makes, set by `whole_scores` and `without_control_flow`: None for the loop.
-_FORM = contextvars.ContextVar("keras_cvt_attention_form", default=None)
-_WHOLE, _SLICES = "whole", "slices"
+# Set by `whole_scores`.
+_WHOLE = contextvars.ContextVar("keras_cvt_whole_scores", default=False)
 
 
 @contextlib.contextmanager
-def _form(form):
-    token = _FORM.set(form)
+def whole_scores():
+    """Within it, `attention` computes every score matrix whole, as keras_cvt did before it had
+    blocks (graphs traced inside keep that): the reference the blocks are held to, and the graph
+    of the OpenVINO and LiteRT files (see `keras_cvt.export.classifier`)."""
+    token = _WHOLE.set(True)
     try:
         yield
     finally:
-        _FORM.reset(token)
-
-
-def whole_scores():
-    """Within it, `attention` computes every score matrix whole, as keras_cvt did before it had
-    blocks (graphs traced inside keep that): the reference the blocks are held to."""
-    return _form(_WHOLE)
-
-
-def without_control_flow():
-    """Within it, `attention` makes no loop and no conditional, for what takes neither: LiteRT's
-    converter (it cannot lower the loop's list of blocks while the batch is free: "failed to
-    legalize operation 'tf.TensorListReserve'") and the int8 quantizers (which quantize the
-    main graph, not a loop's body). Blocks of a map whose sizes are known as the graph is made
-    become that many static slices of the queries, one after another in the graph (the same
-    numbers); a map whose sizes are known only at run time is computed whole."""
-    return _form(_SLICES)
+        _WHOLE.reset(token)
 
 
 def attention(q, k, v, training=False):
@@ -86,19 +72,14 @@ def attention(q, k, v, training=False):
     Returns:
         `(batch, heads, queries, head_dim)`, in `v`'s dtype.
     """
-    form = _FORM.get()
-    if form == _WHOLE:
+    if _WHOLE.get():
         return _plain(q, k, v, training)
     heads, queries, keys = q.shape[1], q.shape[2], k.shape[2]
     if queries is not None and keys is not None:
         rows = query_block_rows(heads, queries, keys)
         if rows is None:
             return _plain(q, k, v, training)
-        if form == _SLICES:
-            return _sliced(q, k, v, rows, training)
         return _blocked(q, k, v, rows, training)
-    if form == _SLICES:
-        return _plain(q, k, v, training)
     queries, keys = ops.shape(q)[2], ops.shape(k)[2]
     per_key = SCORE_BYTES * heads * keys
     # queries * per_key <= limit, without the product (which overflows int32 past 1 GB).
@@ -147,13 +128,3 @@ def _blocked(q, k, v, rows, training):
     out = ops.reshape(ops.transpose(out, (1, 2, 0, 3, 4)), (-1, heads, blocks * rows, v.shape[3]))
     return out[:, :, :queries]
 
-
-def _sliced(q, k, v, rows, training):
-    """`_blocked` without a loop: `_plain` on each static slice of `rows` query rows (sizes
-    known), the outputs joined. Runtimes that run a graph's operations one at a time in order
-    (ONNX Runtime, LiteRT, OpenVINO) free each block's scores before the next."""
-    block = functools.partial(_plain, training=training)
-    if training:
-        block = keras.remat(block)
-    queries = q.shape[2]
-    return ops.concatenate([block(q[:, :, start : start + rows], k, v) for start in range(0, queries, rows)], axis=2)

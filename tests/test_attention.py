@@ -119,35 +119,6 @@ def test_free_sizes_choose_at_run_time(monkeypatch):
         assert _relative(out, _whole(q, k, v)) <= TOLERANCE
 
 
-def test_without_control_flow(monkeypatch):
-    """For converters: fixed sizes in static slices, free sizes whole; no loop, no conditional,
-    the same numbers and gradients."""
-    monkeypatch.setattr(attention, "PLAIN_LIMIT_BYTES", 4 * 2 * 40 * 10)  # 2 heads, 40 queries x 10 keys
-    monkeypatch.setattr(attention, "BLOCK_BYTES", 4 * 2 * 3 * 10)  # 3 rows
-    q, k, v = _heads(2, 2, 97, 10, 8)
-    fixed = [tf.TensorSpec(a.shape, tf.float32) for a in (q, k, v)]
-    free = [tf.TensorSpec((None, 2, None, 8), tf.float32)] * 3
-    softmaxes = []
-    with attention.without_control_flow():
-        for specs in (fixed, free):
-            concrete = tf.function(lambda q, k, v: attention.attention(q, k, v)).get_concrete_function(*specs)
-            ops = [op.type for op in concrete.graph.get_operations()]
-            assert not set(ops) & {"While", "StatelessWhile", "If", "StatelessIf"}
-            softmaxes.append(ops.count("Softmax"))
-            assert _relative(concrete(q, k, v).numpy(), _whole(q, k, v)) <= TOLERANCE
-        q, k, v = (tf.constant(a) for a in (q, k, v))
-        with tf.GradientTape() as tape:
-            tape.watch([q, k, v])
-            loss = tf.reduce_sum(attention.attention(q, k, v, training=True) ** 2)
-        sliced = tape.gradient(loss, [q, k, v])
-    with tf.GradientTape() as tape:
-        tape.watch([q, k, v])
-        loss = tf.reduce_sum(attention._plain(q, k, v, training=True) ** 2)
-    for got, expected in zip(sliced, tape.gradient(loss, [q, k, v])):
-        assert _relative(got, expected) <= TOLERANCE
-    assert softmaxes == [-(-97 // 3), 1]
-
-
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
 def test_gradients_of_blocks_equal_the_whole_matrix(compiled):
     q, k, v = (tf.constant(a) for a in _heads(2, 2, 45, 12, 8))

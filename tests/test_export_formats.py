@@ -210,17 +210,14 @@ def _onnx_op_types(graph):
     return types
 
 
-@pytest.mark.slow  # a LiteRT export and the runs at 320 pixels
-def test_large_images_compute_attention_in_blocks(tiny_model, files, tmp_path):
-    """Past the limit every file computes the first stage's scores in blocks, with the numbers
-    of the whole matrices: the ONNX and OpenVINO files of any size in a loop, chosen by a
-    conditional from the sizes (a file of a fixed size has the loop alone: test_attention's
-    graphs), LiteRT's of a fixed size as static slices; smaller images (the other tests) take
-    the whole matrices."""
+@pytest.mark.slow  # the runs at 320 pixels (the files are the module's)
+def test_large_images(files, tiny_model):
+    """Past the limit the ONNX file computes the first stage's scores in blocks (a loop, chosen
+    by a conditional from the sizes in a file of any size; a file of a fixed size has the loop
+    alone, as test_attention's graphs), the OpenVINO file in its own fused attention, the
+    LiteRT file whole; each with the numbers of the whole matrices."""
     queries, keys = (LARGE // 4) ** 2, (LARGE // 8) ** 2
-    blocks = -(-queries // attention.query_block_rows(TINY_CONFIG["num_heads"][0], queries, keys))
-    assert blocks > 1
-    assert attention.query_block_rows(TINY_CONFIG["num_heads"][1], queries // 16, keys // 16) is None
+    assert attention.query_block_rows(TINY_CONFIG["num_heads"][0], queries, keys) < queries
     pixels = _random_pixels(2, LARGE, LARGE, 7)
     with attention.whole_scores():
         logits = keras.ops.convert_to_numpy(tiny_model(pixels, training=False)).astype(np.float64)
@@ -230,17 +227,11 @@ def test_large_images_compute_attention_in_blocks(tiny_model, files, tmp_path):
     assert {"If", "Loop"} <= _onnx_op_types(onnx.load(files["onnx"]).graph)
     session = onnxruntime.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
     assert _relative(session.run(None, {"pixels": pixels})[0], wanted) <= 1e-5
-    openvino_ops = {op.get_type_name() for op in openvino.Core().read_model(files["openvino"]).get_ordered_ops()}
-    assert "If" in openvino_ops
+    ops = [op.get_type_name() for op in openvino.Core().read_model(files["openvino"]).get_ordered_ops()]
+    assert ops.count("ScaledDotProductAttention") == sum(TINY_CONFIG["depths"]) and "Loop" not in ops
     assert _relative(_openvino(files["openvino"], "f32")(pixels)["probabilities"], wanted) <= 1e-5
-
-    path = export(tiny_model, tmp_path / "large.tflite", format="tflite", input_size=LARGE)
-    interpreter = litert.Interpreter(model_path=path)
-    ops = [op["op_name"] for op in interpreter._get_ops_details()]
-    # A softmax per block of the first stage, per attention of the others, and the head's.
-    softmaxes = blocks * TINY_CONFIG["depths"][0] + sum(TINY_CONFIG["depths"][1:]) + 1
-    assert "WHILE" not in ops and ops.count("SOFTMAX") == softmaxes
-    assert _relative(interpreter.get_signature_runner()(pixels=pixels)["probabilities"], wanted) <= 1e-5
+    runner = litert.Interpreter(model_path=files["tflite"]).get_signature_runner()
+    assert _relative(runner(pixels=pixels)["probabilities"], wanted) <= 1e-5
 
 
 def test_export_refuses_before_tracing(tiny_model, tmp_path):

@@ -169,9 +169,9 @@ def _tflite_int8(model, path, pixels, input_size, options):
 @contextlib.contextmanager
 def _float_file(model, format, suffix, input_size, options):
     """Yields the path of `model`'s float32 `format` file, in a temporary folder. Its attention
-    has no loop or conditional (`keras_cvt.attention.without_control_flow`): the quantizers
-    quantize the main graph's operations, not those in a loop's or a conditional's body."""
-    with tempfile.TemporaryDirectory() as directory, attention.without_control_flow():
+    score matrices are whole (`keras_cvt.attention.whole_scores`): the quantizers quantize the
+    main graph's operations, not those in a loop's or a conditional's body."""
+    with tempfile.TemporaryDirectory() as directory, attention.whole_scores():
         yield _writer(format)(model, os.path.join(directory, "float32" + suffix), input_size=input_size, **options)
 
 
