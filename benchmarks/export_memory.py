@@ -94,8 +94,9 @@ def main():
                 else:
                     export(model, path, format=format, input_size=None if args.any_size else args.size)
                 out = str(pathlib.Path(directory) / f"{format}-{form}.npy")
+                env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
                 child = subprocess.run([sys.executable, __file__, "--worker", format, path, str(args.size), out],
-                                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+                                       capture_output=True, text=True, env=env)
                 if child.returncode:
                     raise RuntimeError(f"{format} {form}: {child.stderr[-2000:]}")
                 results["files"][f"{format}/{form}"] = json.loads(child.stdout.strip().splitlines()[-1])
@@ -105,7 +106,8 @@ def main():
             difference = np.abs(outputs["blocks"] - outputs["whole"]).max() / np.abs(outputs["whole"]).max()
             results["files"][f"{format}/blocks"]["relative_difference_to_whole"] = float(difference)
             print(f"{format}: blocks within {difference:.1e} (relative) of whole", flush=True)
-            RESULTS.with_name(RESULTS.name.format("_any_size" if args.any_size else "")).write_text(json.dumps(results, indent=1) + "\n")
+            results_path = RESULTS.with_name(RESULTS.name.format("_any_size" if args.any_size else ""))
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

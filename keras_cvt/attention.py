@@ -127,4 +127,3 @@ def _blocked(q, k, v, rows, training):
     out = ops.map(lambda q_block: block(q_block, k, v), q)
     out = ops.reshape(ops.transpose(out, (1, 2, 0, 3, 4)), (-1, heads, blocks * rows, v.shape[3]))
     return out[:, :, :queries]
-
