@@ -5,7 +5,8 @@ The score matrix of one image has heads x queries x keys entries: in CvT's first
 and 16 times that at 2048. Each row of it is only ever reduced on its own, so past
 `PLAIN_LIMIT_BYTES` per image `attention` computes it a block of query rows at a time, each block
 the same operations on fewer rows as the whole matrix would be (so the same numbers, row for row),
-and keeps only the block's output. A block holds at most `BLOCK_BYTES` of scores per image.
+and keeps only the block's output. A block holds at most `BLOCK_BYTES` of scores (of the whole
+batch: its rows are one image's block shared among the images).
 
 Blocks of keys (with a running softmax) do not pay here: the keys, strided by 2 in each
 direction, are a quarter of the queries, so one row of scores is 64 KB at 1024 pixels and
@@ -38,9 +39,11 @@ SCORE_BYTES = 4
 # between 288 pixels (27 MB) and 320 (40 MB); at 224 (10 MB) nothing changes. Past it, blocks
 # were as fast or faster on two cores (a smaller working set), see `docs/memory.md`.
 PLAIN_LIMIT_BYTES = 32 * 2**20
-# The scores of one block of query rows, per image. TensorFlow graphs run up to 10 iterations of
-# a loop at once, so a batch of B images holds up to 10 B blocks.
-BLOCK_BYTES = 8 * 2**20
+# The scores of one block of query rows, of the whole batch. TensorFlow graphs run up to 10
+# iterations of a loop at once, so up to 10 blocks are held. Measured on CvT-13's first
+# stage at 1024 pixels (two cores, 32 MB of L3; docs/memory.md): blocks of 4.5 to 7 MB took the
+# least CPU time, 0.75x that of 8 MB blocks (and of the whole matrix); 16 and 32 MB 1.4 to 2x.
+BLOCK_BYTES = 6 * 2**20
 # Set by `whole_scores`.
 _WHOLE = contextvars.ContextVar("keras_cvt_whole_scores", default=False)
 
@@ -48,8 +51,8 @@ _WHOLE = contextvars.ContextVar("keras_cvt_whole_scores", default=False)
 @contextlib.contextmanager
 def whole_scores():
     """Within it, `attention` computes every score matrix whole, as keras_cvt did before it had
-    blocks (graphs traced inside keep that). For converters that take no loop: LiteRT's lowers
-    a loop's list of blocks only where each block's shape is static, batch included."""
+    blocks (graphs traced inside keep that): the reference the blocks are held to, and the graph
+    of the OpenVINO and LiteRT files (see `keras_cvt.export.classifier`)."""
     token = _WHOLE.set(True)
     try:
         yield
@@ -77,15 +80,25 @@ def attention(q, k, v, training=False):
         rows = query_block_rows(heads, queries, keys)
         if rows is None:
             return _plain(q, k, v, training)
-        return _blocked(q, k, v, rows, training)
+        return _blocked(q, k, v, _per_batch(rows, ops.shape(q)[0]), training)
     queries, keys = ops.shape(q)[2], ops.shape(k)[2]
     per_key = SCORE_BYTES * heads * keys
     # queries * per_key <= limit, without the product (which overflows int32 past 1 GB).
     return ops.cond(
         queries <= PLAIN_LIMIT_BYTES // per_key,
         lambda: _plain(q, k, v, training),
-        lambda: _blocked(q, k, v, ops.maximum(BLOCK_BYTES // per_key, 1), training),
+        lambda: _blocked(q, k, v, _per_batch(ops.maximum(BLOCK_BYTES // per_key, 1), ops.shape(q)[0]), training),
     )
+
+
+def _per_batch(rows, batch):
+    """The rows of a block of the whole batch: `rows` (one image's block) shared among its
+    images, so a block's scores stay within `BLOCK_BYTES` whatever the batch (at 384 pixels
+    and a batch of 8, 0.86x the CPU time of blocks of one image's rows for each image). An int
+    where the batch is known as the graph is made, else a scalar tensor."""
+    if isinstance(batch, int) and isinstance(rows, int):
+        return max(rows // batch, 1)
+    return ops.maximum(rows // batch, 1)
 
 
 def query_block_rows(heads, queries, keys):

@@ -3,6 +3,7 @@ held to the Keras model; the registry and `export` dispatch; the command line's 
 
 import os
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime
@@ -10,7 +11,7 @@ import openvino
 import pytest
 from ai_edge_litert import interpreter as litert
 
-from keras_cvt import CvT, atomic
+from keras_cvt import CvT, atomic, attention
 from keras_cvt.export import FORMATS, TFLiteClassifier, export
 from keras_cvt.export import cli as export_cli
 from keras_cvt.export import openvino as openvino_export
@@ -187,6 +188,50 @@ def test_fixed_size_exports(tiny_model, expected, tmp_path):
     names = {tensor["index"]: tensor["name"] for tensor in runner.get_tensor_details()}
     shapes = [names[i] for op in runner._get_ops_details() if op["op_name"] == "SHAPE" for i in op["outputs"]]
     assert len(shapes) == 2 and all("cls_token" in name for name in shapes), shapes
+
+
+# The first stage's scores are 41 MB per image at 320 pixels, past attention.PLAIN_LIMIT_BYTES:
+# blocks there, whole matrices in the later stages.
+LARGE = 320
+
+
+def _relative(a, b):
+    return np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()
+
+
+def _onnx_op_types(graph):
+    """The operation types of an ONNX graph and of the graphs inside its nodes (If, Loop)."""
+    types = set()
+    for node in graph.node:
+        types.add(node.op_type)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                types |= _onnx_op_types(subgraph)
+    return types
+
+
+@pytest.mark.slow  # the runs at 320 pixels (the files are the module's)
+def test_large_images(files, tiny_model):
+    """Past the limit the ONNX file computes the first stage's scores in blocks (a loop, chosen
+    by a conditional from the sizes in a file of any size; a file of a fixed size has the loop
+    alone, as test_attention's graphs), the OpenVINO file in its own fused attention, the
+    LiteRT file whole; each with the numbers of the whole matrices."""
+    queries, keys = (LARGE // 4) ** 2, (LARGE // 8) ** 2
+    assert attention.query_block_rows(TINY_CONFIG["num_heads"][0], queries, keys) < queries
+    pixels = _random_pixels(2, LARGE, LARGE, 7)
+    with attention.whole_scores():
+        logits = keras.ops.convert_to_numpy(tiny_model(pixels, training=False)).astype(np.float64)
+    wanted = np.exp(logits - logits.max(-1, keepdims=True))
+    wanted /= wanted.sum(-1, keepdims=True)
+
+    assert {"If", "Loop"} <= _onnx_op_types(onnx.load(files["onnx"]).graph)
+    session = onnxruntime.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
+    assert _relative(session.run(None, {"pixels": pixels})[0], wanted) <= 1e-5
+    ops = [op.get_type_name() for op in openvino.Core().read_model(files["openvino"]).get_ordered_ops()]
+    assert ops.count("ScaledDotProductAttention") == sum(TINY_CONFIG["depths"]) and "Loop" not in ops
+    assert _relative(_openvino(files["openvino"], "f32")(pixels)["probabilities"], wanted) <= 1e-5
+    runner = litert.Interpreter(model_path=files["tflite"]).get_signature_runner()
+    assert _relative(runner(pixels=pixels)["probabilities"], wanted) <= 1e-5
 
 
 def test_export_refuses_before_tracing(tiny_model, tmp_path):

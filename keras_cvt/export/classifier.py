@@ -58,11 +58,16 @@ class Classifier:
         outputs = tf.cast(self.model(normalised, training=False), tf.float32)
         return tf.nn.softmax(outputs, axis=-1) if self.softmax else outputs
 
-    def file_probabilities(self, pixels):
+    def whole_score_probabilities(self, pixels):
         """`probabilities` with every attention score matrix computed whole
-        (`keras_cvt.attention.whole_scores`): the graph the file formats convert. LiteRT's
-        converter cannot lower the loop over blocks of queries with a free batch; ONNX and
-        OpenVINO files keep the graph they had (see docs/memory.md)."""
+        (`keras_cvt.attention.whole_scores`), for the OpenVINO and LiteRT files. OpenVINO's
+        converter fuses each whole attention into its ScaledDotProductAttention, which the CPU
+        plugin computes at bounded memory itself (CvT-13 at 768 pixels: +0.12 GB, against
+        +0.26 GB with our loop; docs/memory.md). LiteRT's converter cannot lower the loop over
+        blocks while the batch is free ("failed to legalize operation 'tf.TensorListReserve'"),
+        and the blocks as static slices peaked as high as the whole matrices in LiteRT (+1.42 GB
+        at 768 both). ONNX files keep the blocks (ONNX Runtime runs the loop: +0.16 GB against
+        +2.71 GB whole)."""
         with attention.whole_scores():
             return self.probabilities(pixels)
 

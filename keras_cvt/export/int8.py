@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from keras_cvt import atomic
+from keras_cvt import atomic, attention
 from keras_cvt.export.calibration import MAX_CALIBRATION_SIZE, calibration_pixels
 from keras_cvt.export.formats import FORMATS
 from keras_cvt.export.tflite import _tflite_converter
@@ -95,8 +95,10 @@ def _tflite_int8(model, path, pixels, input_size, options):
 
 @contextlib.contextmanager
 def _float_file(model, format, suffix, input_size, options):
-    """Yields the path of `model`'s float32 `format` file, in a temporary folder."""
-    with tempfile.TemporaryDirectory() as directory:
+    """Yields the path of `model`'s float32 `format` file, in a temporary folder. Its attention
+    score matrices are whole (`keras_cvt.attention.whole_scores`): the quantizers quantize the
+    main graph's operations, not those in a loop's or a conditional's body."""
+    with tempfile.TemporaryDirectory() as directory, attention.whole_scores():
         yield _writer(format)(model, os.path.join(directory, "float32" + suffix), input_size=input_size, **options)
 
 

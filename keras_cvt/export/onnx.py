@@ -47,7 +47,7 @@ def export_onnx(model, path, input_size=None, opset=DEFAULT_ONNX_OPSET):
         raise ValueError(f"`opset` must be an integer of at least 13, got opset={opset!r}")
     classifier = Classifier(model)
     spec = classifier.pixels_spec(input_size)
-    function = tf.function(lambda pixels: {"probabilities": classifier.file_probabilities(pixels)})
+    function = tf.function(lambda pixels: {"probabilities": classifier.probabilities(pixels)})
     converted, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)
     if opset >= LAYER_NORMALIZATION_OPSET:
         fuse_layer_norms(converted)

@@ -51,7 +51,7 @@ def export_openvino(model, path, input_size=None):
         raise ValueError(f"`path` must end with .xml (its weights go to the .bin beside it), got {path!r}")
     classifier = Classifier(model)
     spec = classifier.pixels_spec(input_size)
-    function = tf.function(lambda pixels: {"probabilities": classifier.file_probabilities(pixels)})
+    function = tf.function(lambda pixels: {"probabilities": classifier.whole_score_probabilities(pixels)})
     converted = openvino.convert_model(function.get_concrete_function(spec))
     _fuse_layer_norms(converted)
     batch_first_projections(converted)

@@ -158,7 +158,7 @@ def _tflite_converter(model, quantization, input_size):
     # need: the runtime fails an empty batch itself.
     archive = keras.export.ExportArchive()
     archive.add_endpoint(
-        SIGNATURE, lambda pixels: {"probabilities": classifier.file_probabilities(pixels)}, input_signature=[spec]
+        SIGNATURE, lambda pixels: {"probabilities": classifier.whole_score_probabilities(pixels)}, input_signature=[spec]
     )
 
     # Through a SavedModel, TFLite's standard route: the converter then freezes every Keras
