@@ -5,7 +5,7 @@ score computation may be chunked), so they are computed again from the block's i
 `CvTBlock.attention_weights`: the block's `norm1`, then the attention layer's own query and
 key projections (those its forward pass runs, the query already scaled), then softmax(q kᵀ)
 in float32. That is the part of a block's forward pass that produces the weights, nothing
-more: no second model, no change to the layers.
+more: no new weights, no change to the layers.
 """
 
 import dataclasses
