@@ -342,7 +342,8 @@ TRAINING, HELD_OUT, EPOCHS = 2000, 400, 10
 # One stage, one block, keys at every position (kv_stride 1): the class token's attention is
 # then on the 12x12 map itself, 4 pixels a cell (docs/explain.md, "Does it find the object?").
 DIGITS_ARCHITECTURE = dict(
-    depths=(1,), embed_dims=(48,), num_heads=(3,), patch_sizes=(7,), patch_strides=(4,), patch_paddings=(2,), kv_stride=1
+    depths=(1,), embed_dims=(48,), num_heads=(3,), patch_sizes=(7,), patch_strides=(4,), patch_paddings=(2,),
+    kv_stride=1,
 )
 
 
@@ -417,7 +418,9 @@ def explain_before_and_after_training():
     keras.utils.set_random_seed(0)
     train_images, train_labels, _, _ = pasted_digits(TRAINING, 0)
     images, labels, corners, others = pasted_digits(HELD_OUT, 1)
-    model = keras_cvt.CvT(**DIGITS_ARCHITECTURE, classes=len(DIGITS), input_shape=(CANVAS, CANVAS, 3), classifier_activation=None)
+    model = keras_cvt.CvT(
+        **DIGITS_ARCHITECTURE, classes=len(DIGITS), input_shape=(CANVAS, CANVAS, 3), classifier_activation=None
+    )
     explainer = explain.Explainer(model)
     untrained = explainer(images)
     model.compile(
