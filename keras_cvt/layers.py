@@ -454,12 +454,15 @@ class ConvAttentionBase(CompositeLayerBase):
         x = ops.reshape(x, (-1, count, self.num_heads, head_dim))
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def call(self, x, height, width, training=None):
+    def _split_qkv(self, x, height, width, training):
+        """q, k and v of tokens `x` (the class token first if any) of a `height` x `width` map."""
         cls_token = None
         if self.with_cls_token:
             cls_token, x = x[:, :1], x[:, 1:]
-        tokens_map = ops.reshape(x, (-1, height, width, self.dim))
-        q, k, v = self._qkv(tokens_map, cls_token, training)
+        return self._qkv(ops.reshape(x, (-1, height, width, self.dim)), cls_token, training)
+
+    def call(self, x, height, width, training=None):
+        q, k, v = self._split_qkv(x, height, width, training)
         out = attention(q, k, v, training=training)
         if self.num_heads > 1:
             # -> (batch, tokens, heads, head_dim)
@@ -470,6 +473,14 @@ class ConvAttentionBase(CompositeLayerBase):
     def _qkv(self, tokens_map, cls_token, training):
         """q, k and v of `tokens_map` (`(batch, height, width, dim)`), split into heads."""
         raise NotImplementedError(f"{type(self).__name__} must define `_qkv`")
+
+    def attention_weights(self, x, height, width):
+        """The attention probabilities `call` computes on the same arguments, `(batch, heads,
+        queries, keys)`, in float32 (`softmax(q kᵀ)`, q already scaled). `call` never keeps
+        them (its score computation may be chunked); `keras_cvt.explain` computes them here."""
+        q, k, _ = self._split_qkv(x, height, width, False)
+        scores = ops.matmul(ops.cast(q, "float32"), ops.transpose(ops.cast(k, "float32"), (0, 1, 3, 2)))
+        return ops.softmax(scores, axis=-1)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -646,6 +657,13 @@ class CvTBlock(CompositeLayerBase):
         if not self.with_cls_token:
             return ops.reshape(x, (-1, height, width, self.dim))
         return [ops.reshape(x[:, 1:], (-1, height, width, self.dim)), x[:, :1]]
+
+    def attention_weights(self, inputs):
+        """The attention probabilities of this block on `inputs` (what `call` takes), `(batch,
+        heads, queries, keys)` in float32: the keys, and the queries, are the class token first
+        where there is one, then the map's tokens row by row."""
+        x, height, width = self._tokens(inputs)
+        return self.attn.attention_weights(self.norm1(x), height, width)
 
     def _tokens(self, inputs):
         """The block's input as tokens `(batch, tokens, dim)`, the class token first if any,

@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 
 from keras_cvt import explain, plots
-from tests.test_explain import CANVAS, DIGIT, explain_before_and_after_training, peak_in_box
+from tests.test_explain import CANVAS, chance_of_peaks, explain_before_and_after_training, in_box, peak_in_box
 
 HERE = pathlib.Path(__file__).resolve().parent
 SHOWN = 6
@@ -21,7 +21,7 @@ def class_token_attention(explanation):
 
 
 def main():
-    before, found, images, labels, corners = explain_before_and_after_training()
+    before, found, images, labels, corners, others = explain_before_and_after_training()
     maps = {
         "Grad-CAM": (before.cam, found.cam),
         "rollout": (before.rollout.image, found.rollout.image),
@@ -30,8 +30,12 @@ def main():
     cells, heats, titles = [], [], []
     for name, (untrained, trained) in maps.items():
         print(
-            f"{name}: peak in the digit's box {peak_in_box(trained, corners):.3f} trained, "
-            f"{peak_in_box(untrained, corners):.3f} untrained (chance {DIGIT**2 / CANVAS**2:.3f})"
+            f"{name}: peak in the digit's box {peak_in_box(trained, corners):.3f} trained "
+            f"(chance {chance_of_peaks(trained)[0]:.3f}), {peak_in_box(untrained, corners):.3f} untrained "
+            f"(chance {chance_of_peaks(untrained)[0]:.3f} +- {chance_of_peaks(untrained)[1]:.3f}); on the "
+            f"distractor {in_box(trained, others).mean():.3f} trained, {in_box(untrained, others).mean():.3f} untrained; "
+            f"trained on 0s / 1s {peak_in_box(trained[labels == 0], corners[labels == 0]):.3f} / "
+            f"{peak_in_box(trained[labels == 1], corners[labels == 1]):.3f}"
         )
         scaled = trained[:SHOWN] / trained[:SHOWN].reshape((SHOWN, -1)).max(axis=1)[:, None, None]
         for i in range(SHOWN):

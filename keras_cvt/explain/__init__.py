@@ -67,8 +67,8 @@ def returns_probabilities(model):
 
 
 class Explainer:
-    """Explains a CvT's predictions; built once per model (it taps the model's graph, see
-    `keras_cvt.explain.capture`), then called on batches of images.
+    """Explains a CvT's predictions; built once per model (it splits the model's graph at its
+    last block, see `keras_cvt.explain.capture`), then called on batches of images.
 
     Args:
         model: a functional model built by keras_cvt, used as it is.
@@ -96,23 +96,20 @@ class Explainer:
         batch, image_size = images.shape[0], images.shape[1:3]
         if classes is not None:
             classes = _check_classes(classes, batch)
-        offset = self.capture.offset(batch)
+        tail = self.capture.tail
+        if grad_cam and len(tail.outputs[0].shape) != 2:
+            raise ValueError(
+                "`grad_cam`=True needs a model that outputs class scores (batch, classes), got "
+                f"outputs of shape {tuple(tail.outputs[0].shape)}: pass grad_cam=False"
+            )
+        block_inputs = self.capture.block_inputs(images)
+        tail_inputs = self.capture.tail_inputs(block_inputs)
         if grad_cam:
-            if len(self.capture.tapped.outputs[0].shape) != 2:
-                raise ValueError(
-                    "`grad_cam`=True needs a model that outputs class scores (batch, classes), got "
-                    f"outputs of shape {tuple(self.capture.tapped.outputs[0].shape)}: pass grad_cam=False"
-                )
-            results, gradient = input_gradient(
-                self.capture.tapped,
-                [images, offset],
-                1,
-                lambda outputs: class_score(outputs, classes, self.probabilities),
+            outputs, gradient = input_gradient(
+                tail, tail_inputs, 0, lambda outputs: class_score(outputs, classes, self.probabilities)
             )
         else:
-            results = self.capture.tapped([keras.ops.convert_to_tensor(images), offset], training=False)
-            gradient = None
-        outputs, block_inputs = self.capture.split(results)
+            outputs = tail(tail_inputs if len(tail_inputs) > 1 else tail_inputs[0], training=False)
         outputs = keras.ops.convert_to_numpy(outputs)
         attention = {block.name: attention_map(block, value) for block, value in block_inputs.items()}
         last = self.capture.last_block
@@ -123,8 +120,7 @@ class Explainer:
         if grad_cam:
             if classes is None:
                 classes = outputs.argmax(axis=1)
-            last_map = block_inputs[last][0] if last.with_cls_token else block_inputs[last]
-            cam_grid = cam_from(keras.ops.convert_to_numpy(last_map), keras.ops.convert_to_numpy(gradient))
+            cam_grid = cam_from(keras.ops.convert_to_numpy(tail_inputs[0]), keras.ops.convert_to_numpy(gradient))
             cam = _unit_scale(resize(cam_grid, image_size))
         return Explanation(outputs, classes, attention, rollout, cam, cam_grid)
 

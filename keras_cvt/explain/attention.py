@@ -1,11 +1,11 @@
 """The attention weights of a CvT block, from the block's own layers, and their maps.
 
 `ConvAttention` never materialises its probabilities where a caller could read them (and its
-score computation may be chunked), so they are computed again here from the block's input:
-the block's `norm1`, then the attention layer's own `_qkv` (the query, key and value
-projections the layer runs, the query already scaled), then softmax(q kᵀ) in float32. That is
-the part of a block's forward pass that produces the weights, nothing more: no second model,
-no change to the layers.
+score computation may be chunked), so they are computed again from the block's input by
+`CvTBlock.attention_weights`: the block's `norm1`, then the attention layer's own query and
+key projections (those its forward pass runs, the query already scaled), then softmax(q kᵀ)
+in float32. That is the part of a block's forward pass that produces the weights, nothing
+more: no new weights, no change to the layers.
 """
 
 import dataclasses
@@ -43,15 +43,7 @@ def block_attention(block, block_input):
     """The attention probabilities of `block` (a `CvTBlock`) on its input: `(batch, heads,
     queries, keys)` as a backend tensor. `block_input` is the block's input map, or `(map,
     class_token)` in the stage that carries the class token."""
-    x, height, width = block._tokens(block_input)
-    x = block.norm1(x)
-    attention = block.attn
-    cls_token = None
-    if attention.with_cls_token:
-        cls_token, x = x[:, :1], x[:, 1:]
-    q, k, _ = attention._qkv(ops.reshape(x, (-1, height, width, attention.dim)), cls_token, False)
-    scores = ops.matmul(ops.cast(q, "float32"), ops.transpose(ops.cast(k, "float32"), (0, 1, 3, 2)))
-    return ops.softmax(scores, axis=-1)
+    return block.attention_weights(block_input)
 
 
 def attention_map(block, block_input):

@@ -6,10 +6,9 @@ block's *input* map. The last block's output map is read by nothing (its gradien
 so Grad-CAM is taken on the input map of the last block: the finest-grained map the class
 score still depends on, at the last stage's resolution (1/16 of the image).
 
-What it costs: Grad-CAM weighs each channel by the spatial mean of the score's gradient.
-`keras_cvt.explain.capture` adds a zero per-channel offset to that map, and the gradient
-with respect to the offset is the gradient's spatial sum: one forward and one backward pass,
-on any backend, with no per-position gradient kept.
+What it costs: `keras_cvt.explain.capture` splits the model at that map, so its gradient is
+the input gradient of the model's tail: one forward pass, and one backward pass through the
+last block and the head only, on any backend.
 
 Which score: the class's logit where the model returns logits; where its last layer is a
 softmax, the log of the class's probability (the logit minus the log-sum-exp of all
@@ -34,10 +33,9 @@ def class_score(outputs, classes, probabilities):
     return ops.sum(picked)
 
 
-def cam_from(feature_map, offset_gradient):
-    """Grad-CAM's `(batch, height, width)` map: relu(Σ_k α_k A_k), α_k the spatial mean of the
-    gradient of channel k (its sum, from the offset, over the map's size)."""
+def cam_from(feature_map, gradient):
+    """Grad-CAM's `(batch, height, width)` map: relu(Σ_k α_k A_k) of the map `A` `(batch,
+    height, width, channels)`, α_k the spatial mean of the score's gradient on channel k."""
     feature_map = np.asarray(feature_map, dtype=np.float32)
-    positions = feature_map.shape[1] * feature_map.shape[2]
-    alpha = np.asarray(offset_gradient, dtype=np.float32).reshape((feature_map.shape[0], 1, 1, -1)) / positions
+    alpha = np.asarray(gradient, dtype=np.float32).mean(axis=(1, 2), keepdims=True)
     return np.maximum((feature_map * alpha).sum(axis=-1), 0.0)

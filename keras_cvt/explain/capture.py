@@ -1,12 +1,22 @@
-"""One forward pass that also returns what an explanation reads: the input of every CvT block.
+"""The model split at its last block, with the inputs of all its blocks as outputs: what an
+explanation reads, in one forward pass and one backward pass, through Keras' public API only.
 
-The model is not rebuilt: `keras.models.clone_model` with the model's own layers (no copies,
-no new weights) runs its graph again and, through `call_function`, keeps each `CvTBlock`'s
-input as an extra output. A model that holds the blocks in a nested functional model (a
-keras-hub `CvTImageClassifier` around its `CvTBackbone`) is tapped the same way, one level
-down. A zero per-channel offset, a second input, is added to the map the last block reads:
-the gradient of a class score with respect to it is the spatial sum of the gradient with
-respect to that map, which is all that Grad-CAM needs (see `keras_cvt.explain.cam`).
+- `head`: the model's inputs -> the input of every CvT block (the last block's included).
+- `tail`: the last block's input -> the model's outputs.
+
+`tail(head(images)[-1])` is the model's forward pass, each layer run once; the gradient of a
+class score with respect to the last block's input map (Grad-CAM's) is the tail's input
+gradient, one backward pass through the tail alone.
+
+How, without rebuilding the model or copying weights: `keras.models.clone_model` with a
+`clone_function` that returns each layer itself runs the model's graph again on the model's
+own layers, and its `call_function` sees each `CvTBlock`'s input tensor; `keras.Model(inputs,
+those tensors)` is the head (Keras keeps only the layers they depend on), and
+`keras.Model(last block's input, outputs)`, a functional model on an intermediate tensor, is
+the tail. A model that holds its blocks in a nested functional model (a keras-hub
+`CvTImageClassifier` around its `CvTBackbone`) is split one level down the same way, and the
+nested model's tail is joined to the part of the outer graph that reads the nested model's
+output.
 """
 
 import dataclasses
@@ -55,72 +65,79 @@ def stages_of(model):
     return tuple(Stage(embedding, tuple(blocks)) for embedding, blocks in stages)
 
 
-class Capture:
-    """`model` with the inputs of its blocks as extra outputs (see the module docstring).
+def _flat(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
-    Call with images (and optionally the offset); returns `(outputs, block_inputs)`, where
-    `block_inputs` maps each block to its input map, or `(map, class_token)` in the stage that
-    carries the class token.
+
+def split_at_last_block(model):
+    """`(head, tail, blocks)`: `head` maps the model's input to the flat list of its blocks'
+    inputs (a block's `[map, class_token]` as two entries), `tail` maps the last block's
+    input to the model's outputs, and `blocks` are the blocks in the order their inputs
+    come out of `head`."""
+    taps, blocks = [], []
+    last = {}  # where the last block seen runs: {"tail": the nested tail, "output": ...}
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, CvTBlock):
+            taps.extend(_flat(args[0]))
+            blocks.append(layer)
+            last.clear()
+        elif isinstance(layer, keras.Model) and _walk(layer):
+            head, tail, inner_blocks = split_at_last_block(layer)
+            taps.extend(_flat(head(*args, **kwargs)))
+            blocks.extend(inner_blocks)
+            output = layer(*args, **kwargs)
+            last.update(tail=tail, output=output)
+            return output
+        return layer(*args, **kwargs)
+
+    try:
+        graph = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    except ValueError as error:
+        raise TypeError(
+            f"`model` must be a functional keras.Model built by keras_cvt, got {type(model).__name__} ({error})"
+        ) from None
+    head = keras.Model(graph.inputs, taps, name=f"{model.name}_block_inputs")
+    name = f"{model.name}_from_last_block"
+    if not last:
+        last_input = taps[-2:] if blocks[-1].with_cls_token else taps[-1]
+        return head, keras.Model(last_input, graph.output, name=name), tuple(blocks)
+    # The last block runs in a nested model: its tail, then what the outer graph does with
+    # the nested model's output.
+    rest = keras.Model(last["output"], graph.output)
+    inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype) for x in last["tail"].inputs]
+    outputs = rest(last["tail"](inputs if len(inputs) > 1 else inputs[0]))
+    return head, keras.Model(inputs, outputs, name=name), tuple(blocks)
+
+
+class Capture:
+    """The split model (see the module docstring) and what its results mean.
+
+    Attributes:
+        head, tail: `split_at_last_block`'s models.
+        blocks: the blocks, in the order they run; `last_block` the last of them.
+        stages: the model's `Stage`s.
     """
 
     def __init__(self, model):
-        if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
-            raise TypeError(
-                f"`model` must be a functional keras.Model built by keras_cvt, got {type(model).__name__}"
-            )
+        if not isinstance(model, keras.Model) or getattr(model, "inputs", None) is None:
+            raise TypeError(f"`model` must be a functional keras.Model built by keras_cvt, got {type(model).__name__}")
         if len(model.inputs) != 1:
             raise ValueError(f"`model` must take one input (images), got {len(model.inputs)}")
-        self.model = model
         self.stages = stages_of(model)
-        self.blocks = tuple(block for stage in self.stages for block in stage.blocks)
+        self.head, self.tail, self.blocks = split_at_last_block(model)
         self.last_block = self.blocks[-1]
-        self.offset_input = keras.Input(shape=(1, 1, self.last_block.dim), name="explain_offset")
-        self._order = []  # the blocks, in the order their inputs are outputs
-        images = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype, name="images")
-        taps = []
-        outputs = self._run(model, images, taps)
-        self.tapped = keras.Model([images, self.offset_input], [outputs, *taps], name=f"{model.name}_explain")
 
-    def _run(self, model, inputs, taps):
-        """`model`'s graph run on `inputs` with its own layers, each block's input appended to
-        `taps`. `keras.models.clone_model(..., call_function=)` runs the graph this way too, but
-        then makes a model of it, which fails here: the offset is an input it does not know."""
+    def block_inputs(self, images):
+        """`{block: its input}` for `images`, a block's input being its map or `(map,
+        class_token)`; the head's forward pass."""
+        taps = list(self.head(keras.ops.convert_to_tensor(images), training=False))
+        found = {}
+        for block in self.blocks:
+            found[block] = (taps.pop(0), taps.pop(0)) if block.with_cls_token else taps.pop(0)
+        return found
 
-        def call(layer, *args, **kwargs):
-            if isinstance(layer, CvTBlock):
-                block_input = args[0]
-                if layer is self.last_block:
-                    # The zero offset the class score is differentiated by.
-                    if layer.with_cls_token:
-                        block_input = [block_input[0] + self.offset_input, block_input[1]]
-                    else:
-                        block_input = block_input + self.offset_input
-                self._order.append(layer)
-                taps.extend(block_input if layer.with_cls_token else [block_input])
-                return layer(block_input, *args[1:], **kwargs)
-            if isinstance(layer, keras.Model) and _walk(layer):
-                return self._run(layer, args[0], taps)
-            return layer(*args, **kwargs)
-
-        outputs = model._run_through_graph(inputs, call_fn=call)
-        return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
-
-    def offset(self, batch, dtype="float32"):
-        return keras.ops.zeros((batch, 1, 1, self.last_block.dim), dtype=dtype)
-
-    def split(self, results):
-        """`(outputs, {block: input})` from the tapped model's results."""
-        outputs, taps = results[0], list(results[1:])
-        block_inputs = {}
-        for block in self._order:
-            if block.with_cls_token:
-                block_inputs[block] = (taps.pop(0), taps.pop(0))
-            else:
-                block_inputs[block] = taps.pop(0)
-        return outputs, block_inputs
-
-    def __call__(self, images, offset=None):
-        images = keras.ops.convert_to_tensor(images)
-        if offset is None:
-            offset = self.offset(keras.ops.shape(images)[0])
-        return self.split(self.tapped([images, offset], training=False))
+    def tail_inputs(self, block_inputs):
+        """The tail's inputs, from `block_inputs`."""
+        value = block_inputs[self.last_block]
+        return list(value) if self.last_block.with_cls_token else [value]

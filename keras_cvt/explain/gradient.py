@@ -9,18 +9,23 @@ import keras
 
 
 def input_gradient(model, inputs, index, score):
-    """`(results, gradient)`: `model(inputs)` and the gradient of `score(results[0])` (a
-    scalar) with respect to `inputs[index]`, in one forward and one backward pass."""
+    """`(outputs, gradient)`: `model(inputs)` and the gradient of `score(outputs)` (a scalar)
+    with respect to `inputs[index]`, in one forward and one backward pass. `inputs` is a list
+    (one entry for a model of one input)."""
     backend = keras.backend.backend()
     inputs = [keras.ops.convert_to_tensor(x) for x in inputs]
+
+    def run(feed):
+        return model(feed if len(feed) > 1 else feed[0], training=False)
+
     if backend == "tensorflow":
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
             tape.watch(inputs[index])
-            results = model(inputs, training=False)
-            value = score(results[0])
-        return results, tape.gradient(value, inputs[index])
+            outputs = run(inputs)
+            value = score(outputs)
+        return outputs, tape.gradient(value, inputs[index])
     if backend == "jax":
         import jax
 
@@ -29,16 +34,16 @@ def input_gradient(model, inputs, index, score):
 
         def forward(variable_input):
             feed = inputs[:index] + [variable_input] + inputs[index + 1 :]
-            results, _ = model.stateless_call(trainable, non_trainable, feed, training=False)
-            return score(results[0]), results
+            outputs, _ = model.stateless_call(trainable, non_trainable, feed if len(feed) > 1 else feed[0], training=False)
+            return score(outputs), outputs
 
-        (_, results), gradient = jax.value_and_grad(forward, has_aux=True)(inputs[index])
-        return results, gradient
+        (_, outputs), gradient = jax.value_and_grad(forward, has_aux=True)(inputs[index])
+        return outputs, gradient
     if backend == "torch":
         import torch
 
         inputs[index] = inputs[index].detach().requires_grad_(True)
-        results = model(inputs, training=False)
-        (gradient,) = torch.autograd.grad(score(results[0]), inputs[index])
-        return [result.detach() for result in results], gradient
+        outputs = run(inputs)
+        (gradient,) = torch.autograd.grad(score(outputs), inputs[index])
+        return outputs.detach(), gradient
     raise NotImplementedError(f"keras_cvt.explain has no gradient for the {backend!r} backend")
