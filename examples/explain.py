@@ -1,13 +1,14 @@
-"""Where CvT looks: Grad-CAM or attention rollout over each photo, with its top-5 labels.
+"""Where CvT looks: a class activation map or attention rollout over each photo, with its top-5 labels.
 
     python examples/explain.py examples/images/*.jpg --model cvt13 --weights imagenet --output explained/
 
 Writes `<image name>.png` per image (the heat map over the image as the model saw it, after
 the weights' evaluation transform, titled with the top-5 labels and scores) and `grid.png`
 with all of them. `--weights` is a pretrained name, `hf://owner/repo` or a `.weights.h5`
-file (offline: a converted checkpoint). `--method` picks the map: `grad-cam` (of the top
-class), `rollout` (the class token's attention rollout to the pixels) or `attention` (the
-class token's attention in the last block). See docs/explain.md.
+file (offline: a converted checkpoint). `--method` picks the map: `attention-gradient`
+(the default), `hirescam` or `grad-cam` (class activation maps of the top class), `rollout`
+(the class token's attention rollout to the pixels) or `attention` (the class token's
+attention in the last block). See docs/explain.md.
 """
 
 import argparse
@@ -21,7 +22,7 @@ import keras_cvt
 from keras_cvt import explain, images, plots, pretrained, transforms
 from keras_cvt.variants import BUILDERS
 
-METHODS = ("grad-cam", "rollout", "attention")
+METHODS = (*explain.CAM_METHODS, "rollout", "attention")
 
 
 def parse_args(argv=None):
@@ -30,7 +31,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=sorted(BUILDERS), default="cvt13")
     parser.add_argument("--weights", default="imagenet", help="pretrained name, hf://owner/repo or .weights.h5 path")
     parser.add_argument("--output", type=pathlib.Path, required=True, help="folder for the PNG files")
-    parser.add_argument("--method", choices=METHODS, default="grad-cam")
+    parser.add_argument("--method", choices=METHODS, default=explain.CAM_METHODS[0])
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -44,7 +45,7 @@ def parse_args(argv=None):
 
 
 def heat_maps(found, method, image_size):
-    if method == "grad-cam":
+    if method in explain.CAM_METHODS:
         return found.cam
     if method == "rollout":
         maps = found.rollout.image
@@ -80,7 +81,7 @@ def main(argv=None):
     for first in range(0, len(args.images), args.batch_size):
         paths = args.images[first : first + args.batch_size]
         batch = np.stack([transform(images.load_image(str(path))).numpy() for path in paths])
-        found = explainer(batch, grad_cam=args.method == "grad-cam")
+        found = explainer(batch, cam=args.method if args.method in explain.CAM_METHODS else None)
         maps = heat_maps(found, args.method, batch.shape[1:3])
         for offset, (path, image, heat, title) in enumerate(
             zip(paths, batch, maps, titles(found.outputs, [p.name for p in paths]))

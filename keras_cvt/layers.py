@@ -461,9 +461,18 @@ class ConvAttentionBase(CompositeLayerBase):
             cls_token, x = x[:, :1], x[:, 1:]
         return self._qkv(ops.reshape(x, (-1, height, width, self.dim)), cls_token, training)
 
-    def call(self, x, height, width, training=None):
+    def call(self, x, height, width, training=None, class_attention_offset=None):
+        """`class_attention_offset`: `(batch, heads, 1, keys)` added to the class token's
+        attention probabilities (zeros: the same output), so that a caller can differentiate
+        with respect to them (`keras_cvt.explain`'s attention gradient); None in a model."""
         q, k, v = self._split_qkv(x, height, width, training)
-        out = attention(q, k, v, training=training)
+        if class_attention_offset is None:
+            out = attention(q, k, v, training=training)
+        else:
+            probabilities = self._probabilities(q[:, :, :1], k) + class_attention_offset
+            out = ops.matmul(ops.cast(probabilities, v.dtype), v)
+            if q.shape[2] != 1:
+                out = ops.concatenate([out, attention(q[:, :, 1:], k, v, training=training)], axis=2)
         if self.num_heads > 1:
             # -> (batch, tokens, heads, head_dim)
             out = ops.transpose(out, (0, 2, 1, 3))
@@ -479,6 +488,11 @@ class ConvAttentionBase(CompositeLayerBase):
         queries, keys)`, in float32 (`softmax(q kᵀ)`, q already scaled). `call` never keeps
         them (its score computation may be chunked); `keras_cvt.explain` computes them here."""
         q, k, _ = self._split_qkv(x, height, width, False)
+        return self._probabilities(q, k)
+
+    @staticmethod
+    def _probabilities(q, k):
+        """softmax(q kᵀ) in float32, q already scaled."""
         scores = ops.matmul(ops.cast(q, "float32"), ops.transpose(ops.cast(k, "float32"), (0, 1, 3, 2)))
         return ops.softmax(scores, axis=-1)
 
@@ -649,21 +663,33 @@ class CvTBlock(CompositeLayerBase):
         # No weights, but Keras' model.quantize() walks every sub-layer and refuses unbuilt ones.
         self.drop_path.build(tokens_shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, normalised=None, class_attention_offset=None):
+        """`normalised`: `normalised_tokens(inputs)` where the caller computed it, so that it
+        can differentiate with respect to the tokens the attention reads; computed here where
+        None. `class_attention_offset`: `ConvAttention`'s. Both for `keras_cvt.explain`'s
+        class activation maps; a model passes neither."""
         x, height, width = self._tokens(inputs)
-        attn = self.attn(self.norm1(x), height=height, width=width, training=training)
+        normalised = self.norm1(x) if normalised is None else normalised
+        attn = self.attn(
+            normalised, height=height, width=width, training=training, class_attention_offset=class_attention_offset
+        )
         x = x + self.drop_path(attn, training=training)
         x = x + self.drop_path(self._mlp(x), training=training)
         if not self.with_cls_token:
             return ops.reshape(x, (-1, height, width, self.dim))
         return [ops.reshape(x[:, 1:], (-1, height, width, self.dim)), x[:, :1]]
 
+    def normalised_tokens(self, inputs):
+        """The tokens the attention reads: `norm1` of `inputs` (what `call` takes) as tokens
+        `(batch, tokens, dim)`, the class token first where there is one."""
+        return self.norm1(self._tokens(inputs)[0])
+
     def attention_weights(self, inputs):
         """The attention probabilities of this block on `inputs` (what `call` takes), `(batch,
         heads, queries, keys)` in float32: the keys, and the queries, are the class token first
         where there is one, then the map's tokens row by row."""
-        x, height, width = self._tokens(inputs)
-        return self.attn.attention_weights(self.norm1(x), height, width)
+        _, height, width = self._tokens(inputs)
+        return self.attn.attention_weights(self.normalised_tokens(inputs), height, width)
 
     def _tokens(self, inputs):
         """The block's input as tokens `(batch, tokens, dim)`, the class token first if any,

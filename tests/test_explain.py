@@ -1,5 +1,7 @@
-"""keras_cvt.explain: attention weights, rollout and Grad-CAM, on the tiny original-code model
+"""keras_cvt.explain: attention weights, rollout and class activation maps, on the tiny original-code model
 (perturbed BatchNorm statistics and biases, so every part of the projections shows)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -81,33 +83,121 @@ def test_the_outputs_are_the_models(tiny, tiny_explained):
     ]
 
 
-def test_grad_cam_is_the_mean_gradient_weighted_map(tiny, tiny_explained):
-    # The offset's gradient (one backward pass) against the per-position gradient of the last
-    # block's input map, by hand: that block and the head run eagerly under a tape.
+def _last_block_by_hand(model, x, classes):
+    """The last block's input map and class token, its normalised tokens, and the gradient of
+    the class score with respect to each, by hand: that block and the head run eagerly under
+    a tape."""
+    import keras
+    import tensorflow as tf
+
+    block = model.get_layer("stage2_block1")
+    feature_map, cls_token = (tf.constant(t) for t in keras.Model(model.input, block.input).predict(x, verbose=0))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(feature_map)
+        tokens = tf.concat([cls_token, tf.reshape(feature_map, (len(x), -1, block.dim))], axis=1)
+        normalised = block.norm1(tokens)
+        mean, variance = tf.nn.moments(tokens, axes=[-1], keepdims=True)
+        assert np.allclose(normalised, (tokens - mean) / tf.sqrt(variance + block.norm1.epsilon) * block.norm1.gamma
+                           + block.norm1.beta, atol=1e-5)
+        _, cls_out = block([feature_map, cls_token], normalised=normalised)
+        logits = model.get_layer("predictions")(model.get_layer("head_norm")(tf.reshape(cls_out, (len(x), -1))))
+        score = tf.reduce_sum(tf.gather(logits, classes, axis=1, batch_dims=1))
+    grid = tuple(feature_map.shape[1:3])
+    as_map = lambda t: t.numpy()[:, 1:].reshape((len(x), *grid, block.dim))  # noqa: E731
+    return (feature_map.numpy(), tape.gradient(score, feature_map).numpy(), as_map(normalised),
+            as_map(tape.gradient(score, normalised)))
+
+
+def test_attention_gradient_is_the_class_tokens_attention_times_its_gradient(tiny, tiny_explained):
+    # By hand: the last block's class token, from its normalised tokens, with its attention
+    # probabilities under the tape; then the block's MLP and the head.
     import keras
     import tensorflow as tf
 
     from keras_cvt import explain
 
     model, x = tiny
-    explainer = explain.Explainer(model)
+    found = tiny_explained
+    assert found.cam_method == "attention-gradient"
+    np.testing.assert_array_equal(found.classes, found.outputs.argmax(axis=1))
     block = model.get_layer("stage2_block1")
-    feature_map, cls_token = (tf.constant(t) for t in keras.Model(model.input, block.input).predict(x, verbose=0))
+    feature_map, cls_token = keras.Model(model.input, block.input).predict(x, verbose=0)
+    height, width = feature_map.shape[1:3]
+    normalised = block.normalised_tokens([feature_map, cls_token])
+    q, k, v = block.attn._split_qkv(normalised, height, width, False)
+    probabilities = tf.nn.softmax(tf.matmul(q[:, :, :1], k, transpose_b=True), axis=-1)
     with tf.GradientTape() as tape:
-        tape.watch(feature_map)
-        _, cls_out = block([feature_map, cls_token])
+        tape.watch(probabilities)
+        heads = tf.transpose(tf.matmul(probabilities, v), (0, 2, 1, 3))
+        cls_mid = cls_token + tf.reshape(block.attn.proj(tf.reshape(heads, (len(x), -1))), (len(x), 1, -1))
+        cls_out = cls_mid + block._mlp(cls_mid)
         logits = model.get_layer("predictions")(model.get_layer("head_norm")(tf.reshape(cls_out, (len(x), -1))))
-        score = tf.reduce_sum(tf.gather(logits, tiny_explained.classes, axis=1, batch_dims=1))
-    gradient = tape.gradient(score, feature_map).numpy()
-    expected = np.maximum((feature_map.numpy() * gradient.mean(axis=(1, 2), keepdims=True)).sum(-1), 0)
+        score = tf.reduce_sum(tf.gather(logits, found.classes, axis=1, batch_dims=1))
+    np.testing.assert_allclose(logits, found.outputs, atol=1e-4)
+    gradient = tape.gradient(score, probabilities).numpy()[:, :, 0]
+    # The gradient with respect to the scores: that of softmax's input.
+    with tf.GradientTape() as tape:
+        scores = tf.matmul(q[:, :, :1], k, transpose_b=True)
+        tape.watch(scores)
+        along = tf.reduce_sum(tf.nn.softmax(scores, axis=-1)[:, :, 0] * gradient)
+    of_scores = tape.gradient(along, scores).numpy()[:, :, 0, 1:]
+    key_grid = ((height + 1) // 2, (width + 1) // 2)
+    keys = np.maximum(of_scores, 0).mean(axis=1).reshape((len(x), *key_grid))
+    attn = block.attn
+    expected = explain.spread(keys, (height, width), attn.kernel_size, attn.kv_stride, attn.padding)
     assert np.any(expected > 0)
-    np.testing.assert_allclose(tiny_explained.cam_grid, expected, rtol=1e-4, atol=1e-6)
-    assert tiny_explained.cam.shape == (len(x), *x.shape[1:3])
-    assert tiny_explained.cam.max() == pytest.approx(1.0) and tiny_explained.cam.min() >= 0
-    np.testing.assert_array_equal(tiny_explained.classes, tiny_explained.outputs.argmax(axis=1))
+    np.testing.assert_allclose(found.cam_grid, expected, rtol=1e-4, atol=1e-7)
+    assert found.cam.shape == (len(x), *x.shape[1:3])
+    assert found.cam.max() == pytest.approx(1.0) and found.cam.min() >= 0
+    other = explain.Explainer(model)(x, classes=(found.classes + 1) % 10)
+    assert not np.allclose(other.cam_grid, found.cam_grid)
+
+
+@pytest.mark.parametrize("method", ["hirescam", "grad-cam"])
+def test_class_activation_maps_are_the_gradient_weighted_normalised_tokens(tiny, method):
+    from keras_cvt import explain
+
+    model, x = tiny
+    found = explain.Explainer(model)(x, cam=method)
+    assert found.cam_method == method
+    np.testing.assert_array_equal(found.classes, found.outputs.argmax(axis=1))
+    _, _, tokens, gradient = _last_block_by_hand(model, x, found.classes)
+    weights = gradient if method == "hirescam" else gradient.mean(axis=(1, 2), keepdims=True)
+    expected = np.maximum((tokens * weights).sum(-1), 0)
+    assert np.any(expected > 0)
+    np.testing.assert_allclose(found.cam_grid, expected, rtol=1e-4, atol=1e-6)
+    assert found.cam.shape == (len(x), *x.shape[1:3])
+    assert found.cam.max() == pytest.approx(1.0) and found.cam.min() >= 0
     # Any class: the map of another class differs.
-    other = explainer(x, classes=(tiny_explained.classes + 1) % 10)
-    assert not np.allclose(other.cam_grid, tiny_explained.cam_grid)
+    other = explain.Explainer(model)(x, classes=(found.classes + 1) % 10, cam=method)
+    assert not np.allclose(other.cam_grid, found.cam_grid)
+
+
+def test_gradient_times_input_vanishes_on_the_blocks_input(tiny, tiny_explained):
+    # Why the maps are taken on the normalised tokens: the block reads its input map only
+    # through LayerNorm, which a token's scale does not change, so each token's gradient is
+    # orthogonal to it (up to LayerNorm's epsilon); on the normalised tokens it is not.
+    model, x = tiny
+    feature_map, gradient, tokens, tokens_gradient = _last_block_by_hand(model, x, tiny_explained.classes)
+    on_input = np.abs((feature_map * gradient).sum(-1))
+    scale = np.linalg.norm(feature_map, axis=-1) * np.linalg.norm(gradient, axis=-1)
+    assert on_input.max() < 1e-3 * scale.max()
+    on_tokens = np.abs((tokens * tokens_gradient).sum(-1))
+    assert on_tokens.max() > 0.05 * (np.linalg.norm(tokens, axis=-1) * np.linalg.norm(tokens_gradient, axis=-1)).max()
+
+
+def test_the_normalised_tokens_are_what_the_block_reads(tiny):
+    # `CvTBlock(..., normalised=normalised_tokens(...))` is the block's own call.
+    import keras
+
+    model, x = tiny
+    for block_name in ("stage1_block1", "stage2_block1"):
+        block = model.get_layer(block_name)
+        inputs = keras.Model(model.input, block.input).predict(x, verbose=0)
+        expected = block(inputs)
+        found = block(inputs, normalised=block.normalised_tokens(inputs))
+        for want, got in zip(keras.tree.flatten(expected), keras.tree.flatten(found)):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want))
 
 
 def test_rollout_of_identity_attention_is_the_identity(monkeypatch):
@@ -132,7 +222,7 @@ def test_rollout_of_identity_attention_is_the_identity(monkeypatch):
     monkeypatch.setattr(attention, "block_attention", identity)
     x = np.random.RandomState(0).uniform(0, 255, (2, 48, 64, 3)).astype("float32")
     explainer = explain.Explainer(model)
-    found = explainer(x, grad_cam=False)
+    found = explainer(x, cam=None)
     stages = explainer.stages
     last_grid = found.attention["stage2_block1"].query_grid
     assert last_grid == (3, 4)
@@ -197,12 +287,12 @@ def test_keras_hub_models_are_explained(tiny, tiny_explained):
     found = explain.Explainer(classifier)(x)
     np.testing.assert_allclose(found.outputs, tiny_explained.outputs, atol=1e-4)
     np.testing.assert_allclose(found.cam, tiny_explained.cam, atol=1e-3)
-    features = explain.Explainer(backbone)(x, grad_cam=False)
+    features = explain.Explainer(backbone)(x, cam=None)
     assert features.cam is None and features.outputs.shape == (2, 48)
     np.testing.assert_allclose(features.rollout.image, tiny_explained.rollout.image, atol=1e-6)
 
 
-def test_grad_cam_needs_scores():
+def test_class_activation_maps_need_scores():
     import keras_cvt
     from keras_cvt import explain
 
@@ -212,7 +302,7 @@ def test_grad_cam_needs_scores():
     with pytest.raises(ValueError, match="needs a model that outputs class scores"):
         explain.Explainer(maps)(x)
     assert maps.get_config() == config  # splitting the graph left the model's own as it was
-    assert explain.Explainer(maps)(x, grad_cam=False).rollout.image.shape == (1, 32, 32)
+    assert explain.Explainer(maps)(x, cam=None).rollout.image.shape == (1, 32, 32)
 
 
 def test_query_maps(tiny_explained):
@@ -258,6 +348,9 @@ def test_bad_inputs_are_refused(tiny):
     for classes in ([1], [1.5, 2.0], [[1, 2]]):
         with pytest.raises(ValueError, match="`classes` must be 2 integer class indices"):
             explainer(x, classes=classes)
+    for cam in ("gradcam", "Grad-CAM", 1, True, ["hirescam"]):
+        with pytest.raises(ValueError, match=r"`cam` must be one of \('attention-gradient', 'hirescam', 'grad-cam'\)"):
+            explainer(x, cam=cam)
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises((TypeError, ValueError), match="`model`"):
         explain.Explainer(dense)
@@ -285,7 +378,7 @@ EXPLAIN = __import__("tests.conftest", fromlist=["ROOT"]).ROOT / "examples" / "e
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["grad-cam", "rollout"])
+@pytest.mark.parametrize("method", ["attention-gradient", "rollout"])
 def test_the_example_writes_overlays_of_the_photos(cvt13_reference, tmp_path, capsys, method):
     # Offline: the shipped photos and the original code's CvT-13 (converted; its labels are
     # those of perturbed weights, so only their form is checked).
@@ -337,7 +430,7 @@ def test_the_example_refuses_bad_arguments(argv, message, tmp_path, monkeypatch,
 
 
 CANVAS, DIGIT = 48, 16
-DIGITS = (0, 1)
+DIGITS = tuple(range(10))
 TRAINING, HELD_OUT, EPOCHS = 2000, 400, 10
 # One stage, one block, keys at every position (kv_stride 1): the class token's attention is
 # then on the 12x12 map itself, 4 pixels a cell (docs/explain.md, "Does it find the object?").
@@ -347,10 +440,12 @@ DIGITS_ARCHITECTURE = dict(
 )
 
 
-def pasted_digits(count, seed):
+def pasted_digits(count, seed, distractor="shuffled"):
     """`count` canvases: a digit of `DIGITS` (16x16) at a uniformly random place and, apart
-    from it, a distractor of the same size and ink (a digit's pixels shuffled). Returns
-    (images, labels, the digits' top-left corners, the distractors')."""
+    from it, a distractor of the same size and ink: `"shuffled"`, a digit's pixels shuffled
+    (the same ink, no strokes), or `"turned"`, the digit itself turned by 180 degrees (the
+    same strokes too: what tells them apart is knowing digits). Returns (images, labels,
+    the digits' top-left corners, the distractors')."""
     import sklearn.datasets
 
     digits = sklearn.datasets.load_digits()
@@ -365,9 +460,13 @@ def pasted_digits(count, seed):
             other_row, other_col = others[i] = rng.randint(0, CANVAS - DIGIT + 1, 2)
             if abs(row - other_row) >= DIGIT or abs(col - other_col) >= DIGIT:
                 break
-        canvases[i, row : row + DIGIT, col : col + DIGIT] = np.kron(digits.images[picked[i]], np.ones((2, 2)))
-        shuffled = digits.images[rng.randint(len(digits.images))].ravel()[rng.permutation(64)].reshape(8, 8)
-        canvases[i, other_row : other_row + DIGIT, other_col : other_col + DIGIT] = np.kron(shuffled, np.ones((2, 2)))
+        digit = digits.images[picked[i]]
+        canvases[i, row : row + DIGIT, col : col + DIGIT] = np.kron(digit, np.ones((2, 2)))
+        if distractor == "turned":
+            other = np.rot90(digit, 2)
+        else:
+            other = digits.images[rng.randint(len(digits.images))].ravel()[rng.permutation(64)].reshape(8, 8)
+        canvases[i, other_row : other_row + DIGIT, other_col : other_col + DIGIT] = np.kron(other, np.ones((2, 2)))
     images = np.repeat(canvases[..., None] * (255 / 16), 3, axis=-1)
     return images, np.searchsorted(DIGITS, digits.target[picked]), corners, others
 
@@ -407,29 +506,43 @@ def chance_of_peaks(maps):
     return float(p.mean()), float(np.sqrt((p * (1 - p)).sum()) / len(p))
 
 
-def explain_before_and_after_training():
-    """A tiny CvT, explained on `HELD_OUT` held-out canvases before and after `EPOCHS` epochs
-    on `TRAINING`: (untrained Explanation, trained Explanation, images, labels, the digits'
-    corners, the distractors')."""
+@dataclasses.dataclass
+class DigitsExplained:
+    """What `explain_before_and_after_training` found: `{class activation map method:
+    Explanation}` of the model untrained (on `turned`, canvases whose distractor is the
+    digit turned by 180 degrees) and trained (on `held_out`, canvases as it was trained on),
+    each canvas set as `pasted_digits` returns it."""
+
+    untrained: dict
+    turned: tuple
+    trained: dict
+    held_out: tuple
+
+
+def explain_before_and_after_training(seed=0):
+    """A tiny CvT (initialised from `seed`), explained before and after `EPOCHS` epochs on
+    `TRAINING` canvases: a `DigitsExplained`."""
     import keras
     import keras_cvt
     from keras_cvt import explain
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     train_images, train_labels, _, _ = pasted_digits(TRAINING, 0)
-    images, labels, corners, others = pasted_digits(HELD_OUT, 1)
+    held_out = pasted_digits(HELD_OUT, 1)
+    turned = pasted_digits(HELD_OUT, 1, distractor="turned")
     model = keras_cvt.CvT(
         **DIGITS_ARCHITECTURE, classes=len(DIGITS), input_shape=(CANVAS, CANVAS, 3), classifier_activation=None
     )
     explainer = explain.Explainer(model)
-    untrained = explainer(images)
+    untrained = {method: explainer(turned[0], cam=method) for method in explain.CAM_METHODS}
     model.compile(
         keras.optimizers.AdamW(3e-3, weight_decay=0.01),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,
     )
     model.fit(train_images, train_labels, batch_size=64, epochs=EPOCHS, verbose=0)
-    return untrained, explainer(images), images, labels, corners, others
+    trained = {method: explainer(held_out[0], cam=method) for method in explain.CAM_METHODS}
+    return DigitsExplained(untrained, turned, trained, held_out)
 
 
 @pytest.fixture(scope="module")
@@ -439,37 +552,43 @@ def digits_explained():
 
 @pytest.mark.slow
 def test_untrained_maps_do_not_tell_the_digit_from_the_distractor(digits_explained):
-    # An untrained CvT sees ink, not digits: its maps peak on the digit no more often than on
-    # the distractor (the same size and ink). Of the n maps that peak on either, at most
-    # n/2 + 3 sqrt(n)/2 on the digit (a binomial(n, 1/2) exceeds that 0.1% of the time).
-    # The stricter chance, that of maps that ignore the image (chance_of_peaks), is not met:
-    # untrained maps follow ink. Nor does this hold for every initialisation (seed 1: Grad-CAM
-    # 0.6075 on the digit, 0.2775 on the distractor): random convolutions prefer strokes to
-    # scattered ink (docs/explain.md, "Does it find the object?").
-    untrained, _, _, _, corners, others = digits_explained
-    for maps in (untrained.cam, untrained.rollout.image):
-        digit, distractor = int(in_box(maps, corners).sum()), int(in_box(maps, others).sum())
+    # An untrained CvT does not know digits: shown a digit and the same digit turned by 180
+    # degrees (the same strokes and ink), its maps peak on the digit no more often than on
+    # the turned copy. Of the n maps that peak on either, at most n/2 + 3 sqrt(n)/2 on the
+    # digit (a binomial(n, 1/2) exceeds that 0.1% of the time). Measured (seeds 0, 1, 2;
+    # docs/explain.md): attention-gradient 0.4675 / 0.465 / 0.44 on the digit against
+    # 0.5175 / 0.53 / 0.5375 on the turned copy. Against the shuffled distractor of the
+    # trained test the gradient maps of an untrained model do prefer the digit (0.64 against
+    # 0.34, seed 0): random convolutions respond to strokes more than to scattered ink.
+    _, _, corners, others = digits_explained.turned
+    found = digits_explained.untrained
+    maps = [found[method].cam for method in found] + [found["attention-gradient"].rollout.image]
+    for map_ in maps:
+        digit, distractor = int(in_box(map_, corners).sum()), int(in_box(map_, others).sum())
         assert digit <= (digit + distractor) / 2 + 3 * np.sqrt(digit + distractor) / 2, (digit, distractor)
 
 
 @pytest.mark.slow
 def test_trained_maps_find_the_digit(digits_explained):
-    # Measured (seed 0, these 400 held-out canvases; docs/explain.md): rollout 0.895 (on the
-    # distractor 0.087), Grad-CAM 0.432 (on the distractor 0.380); on another draw of
-    # canvases, over three initialisations, rollout 0.945 to 0.985 and Grad-CAM 0.388 to 0.612;
-    # with seed 1 on these, rollout 0.9075 and Grad-CAM 0.6125.
-    # Issue 29 asks 0.9 of both: the rollout's bound is 0.8 (0.895 less 5 standard deviations
-    # of the count, 0.015 each), Grad-CAM's 0.25 (5.7 sd under its lowest run, 0.388). Grad-CAM
-    # is not asked to prefer the digit to the distractor, which it does not: its channel
-    # weights average the class token's attention out, and it finds ink (docs/explain.md).
-    _, trained, _, labels, corners, others = digits_explained
-    assert np.mean(trained.outputs.argmax(axis=1) == labels) >= 0.95
-    for maps, bound, above_chance in ((trained.rollout.image, 0.8, 10), (trained.cam, 0.25, 5)):
-        chance, deviation = chance_of_peaks(maps)
-        found = peak_in_box(maps, corners)
-        assert found >= bound and found >= chance + above_chance * deviation, (found, chance, deviation)
-    rollout = trained.rollout.image
-    assert in_box(rollout, corners).sum() >= 5 * in_box(rollout, others).sum()
+    # Measured (seeds 0, 1, 2, these 400 held-out canvases; docs/explain.md): on the digit,
+    # attention-gradient 0.9775 / 0.9525 / 0.9525 (on the distractor 0.0225 / 0.0425 /
+    # 0.0475), rollout 0.985 / 0.985 / 0.9825, hirescam 0.89 / 0.9025 / 0.945, grad-cam
+    # 0.6475 / 0.645 / 0.4875; top-1 0.86 / 0.82 / 0.7775. Issue 29 asks 0.9 of the class
+    # activation map and of the rollout: each bound is the lowest run less 5 standard
+    # deviations of the count (0.011 at 0.95, 0.007 at 0.98, 0.016 at 0.89, 0.025 at 0.49),
+    # and each map at least 5 standard deviations above chance (chance_of_peaks).
+    found = digits_explained.trained
+    _, labels, corners, others = digits_explained.held_out
+    assert np.mean(found["attention-gradient"].outputs.argmax(axis=1) == labels) >= 0.7
+    rollout = found["attention-gradient"].rollout.image
+    bounds = {"attention-gradient": 0.89, "rollout": 0.95, "hirescam": 0.8, "grad-cam": 0.35}
+    maps = {**{method: found[method].cam for method in found}, "rollout": rollout}
+    for name, map_ in maps.items():
+        chance, deviation = chance_of_peaks(map_)
+        on_digit = peak_in_box(map_, corners)
+        assert on_digit >= bounds[name] and on_digit >= chance + 5 * deviation, (name, on_digit, chance, deviation)
+    for name in ("attention-gradient", "rollout"):
+        assert in_box(maps[name], corners).sum() >= 10 * in_box(maps[name], others).sum(), name
 
 
 BACKEND_SCRIPT = """

@@ -2,11 +2,18 @@
 explanation reads, in one forward pass and one backward pass, through Keras' public API only.
 
 - `head`: the model's inputs -> the input of every CvT block (the last block's included).
-- `tail`: the last block's input -> the model's outputs.
+- `tail`: the last block's input, its normalised tokens (`CvTBlock.normalised_tokens`, what
+  its attention reads) and, where it carries the class token, an offset to the class token's
+  attention probabilities (zeros; `ConvAttention`'s `class_attention_offset`) -> the model's
+  outputs.
 
-`tail(head(images)[-1])` is the model's forward pass, each layer run once; the gradient of a
-class score with respect to the last block's input map (Grad-CAM's) is the tail's input
-gradient, one backward pass through the tail alone.
+`tail(last block's input, its normalised tokens, zeros)` is the rest of the model's forward
+pass, each layer run once; the gradients of a class score with respect to the normalised
+tokens and to the class token's attention (the class activation maps') are the tail's input
+gradients, one backward pass through the tail alone.
+Why the normalised tokens and not the block's input: the block reads its input only through
+LayerNorm, which does not change when a token is scaled, so each token's gradient is orthogonal
+to the token itself and gradient times input vanishes there (keras_cvt.explain.cam).
 
 How, without rebuilding the model or copying weights: `keras.models.clone_model` with a
 `clone_function` that returns each layer itself runs the model's graph again on the model's
@@ -69,21 +76,34 @@ def _flat(value):
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def split_at_last_block(model):
+def split_at_last_block(model, last_block):
     """`(head, tail, blocks)`: `head` maps the model's input to the flat list of its blocks'
     inputs (a block's `[map, class_token]` as two entries), `tail` maps the last block's
-    input to the model's outputs, and `blocks` are the blocks in the order their inputs
+    input, normalised tokens and class attention offset (`last_block`, the model's last
+    `CvTBlock`) to the model's outputs, and `blocks` are the blocks in the order their inputs
     come out of `head`."""
     taps, blocks = [], []
     last = {}  # where the last block seen runs: {"tail": the nested tail, "output": ...}
+    probes = []
 
     def call(layer, *args, **kwargs):
         if isinstance(layer, CvTBlock):
             taps.extend(_flat(args[0]))
             blocks.append(layer)
             last.clear()
+            if layer is last_block:
+                # Layers, so that Keras traces them at the graph's unknown sizes.
+                normalised = keras.layers.Lambda(layer.normalised_tokens, name=f"{layer.name}_normalised")(args[0])
+                offset = None
+                if layer.with_cls_token:
+                    offset = keras.layers.Lambda(
+                        lambda x: keras.ops.zeros_like(layer.attention_weights(x)[:, :, :1]),
+                        name=f"{layer.name}_class_attention_offset",
+                    )(args[0])
+                probes.extend(probe for probe in (normalised, offset) if probe is not None)
+                return layer(*args, normalised=normalised, class_attention_offset=offset, **kwargs)
         elif isinstance(layer, keras.Model) and _walk(layer):
-            head, tail, inner_blocks = split_at_last_block(layer)
+            head, tail, inner_blocks = split_at_last_block(layer, last_block)
             taps.extend(_flat(head(*args, **kwargs)))
             blocks.extend(inner_blocks)
             output = layer(*args, **kwargs)
@@ -100,8 +120,8 @@ def split_at_last_block(model):
     head = keras.Model(graph.inputs, taps, name=f"{model.name}_block_inputs")
     name = f"{model.name}_from_last_block"
     if not last:
-        last_input = taps[-2:] if blocks[-1].with_cls_token else taps[-1]
-        return head, keras.Model(last_input, graph.output, name=name), tuple(blocks)
+        last_input = taps[-2:] if blocks[-1].with_cls_token else taps[-1:]
+        return head, keras.Model(last_input + probes, graph.output, name=name), tuple(blocks)
     # The last block runs in a nested model: its tail, then what the outer graph does with
     # the nested model's output.
     rest = keras.Model(last["output"], graph.output)
@@ -125,8 +145,8 @@ class Capture:
         if len(model.inputs) != 1:
             raise ValueError(f"`model` must take one input (images), got {len(model.inputs)}")
         self.stages = stages_of(model)
-        self.head, self.tail, self.blocks = split_at_last_block(model)
-        self.last_block = self.blocks[-1]
+        self.last_block = self.stages[-1].blocks[-1]
+        self.head, self.tail, self.blocks = split_at_last_block(model, self.last_block)
 
     def block_inputs(self, images):
         """`{block: its input}` for `images`, a block's input being its map or `(map,
@@ -137,7 +157,12 @@ class Capture:
             found[block] = (taps.pop(0), taps.pop(0)) if block.with_cls_token else taps.pop(0)
         return found
 
-    def tail_inputs(self, block_inputs):
-        """The tail's inputs, from `block_inputs`."""
+    def tail_inputs(self, block_inputs, keys):
+        """The tail's inputs, from `block_inputs` and the last block's number of `keys`: the
+        last block's input, its normalised tokens, and zeros for the class token's attention
+        where the block carries it."""
         value = block_inputs[self.last_block]
-        return list(value) if self.last_block.with_cls_token else [value]
+        if not self.last_block.with_cls_token:
+            return [value, self.last_block.normalised_tokens(value)]
+        offset = keras.ops.zeros((keras.ops.shape(value[0])[0], self.last_block.num_heads, 1, keys), "float32")
+        return [*value, self.last_block.normalised_tokens(value), offset]

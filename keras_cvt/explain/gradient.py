@@ -1,4 +1,4 @@
-"""The gradient of a score with respect to one input of a Keras model, on its backend.
+"""The gradients of a score with respect to inputs of a Keras model, on its backend.
 
 Keras 3 has no backend-neutral gradient: each backend differentiates its own way (a tape,
 a function transform, autograd). This is the only backend-specific part of
@@ -8,12 +8,13 @@ a function transform, autograd). This is the only backend-specific part of
 import keras
 
 
-def input_gradient(model, inputs, index, score):
-    """`(outputs, gradient)`: `model(inputs)` and the gradient of `score(outputs)` (a scalar)
-    with respect to `inputs[index]`, in one forward and one backward pass. `inputs` is a list
-    (one entry for a model of one input)."""
+def input_gradients(model, inputs, indices, score):
+    """`(outputs, gradients)`: `model(inputs)` and the gradients of `score(outputs)` (a
+    scalar) with respect to `inputs[i]` for each `i` of `indices`, in one forward and one
+    backward pass. `inputs` is a list (one entry for a model of one input)."""
     backend = keras.backend.backend()
     inputs = [keras.ops.convert_to_tensor(x) for x in inputs]
+    indices = list(indices)
 
     def run(feed):
         return model(feed if len(feed) > 1 else feed[0], training=False)
@@ -22,28 +23,35 @@ def input_gradient(model, inputs, index, score):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            tape.watch(inputs[index])
+            for index in indices:
+                tape.watch(inputs[index])
             outputs = run(inputs)
             value = score(outputs)
-        return outputs, tape.gradient(value, inputs[index])
+        return outputs, tape.gradient(value, [inputs[index] for index in indices])
     if backend == "jax":
         import jax
 
         trainable = [variable.value for variable in model.trainable_variables]
         non_trainable = [variable.value for variable in model.non_trainable_variables]
 
-        def forward(variable_input):
-            feed = inputs[:index] + [variable_input] + inputs[index + 1 :]
+        def forward(*variable_inputs):
+            feed = list(inputs)
+            for index, value in zip(indices, variable_inputs):
+                feed[index] = value
             outputs, _ = model.stateless_call(trainable, non_trainable, feed if len(feed) > 1 else feed[0], training=False)
             return score(outputs), outputs
 
-        (_, outputs), gradient = jax.value_and_grad(forward, has_aux=True)(inputs[index])
-        return outputs, gradient
+        argnums = tuple(range(len(indices)))
+        (_, outputs), gradients = jax.value_and_grad(forward, argnums=argnums, has_aux=True)(
+            *[inputs[index] for index in indices]
+        )
+        return outputs, list(gradients)
     if backend == "torch":
         import torch
 
-        inputs[index] = inputs[index].detach().requires_grad_(True)
+        for index in indices:
+            inputs[index] = inputs[index].detach().requires_grad_(True)
         outputs = run(inputs)
-        (gradient,) = torch.autograd.grad(score(outputs), inputs[index])
-        return outputs.detach(), gradient
+        gradients = torch.autograd.grad(score(outputs), [inputs[index] for index in indices])
+        return outputs.detach(), list(gradients)
     raise NotImplementedError(f"keras_cvt.explain has no gradient for the {backend!r} backend")

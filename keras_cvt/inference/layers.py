@@ -111,12 +111,17 @@ class FoldedCvTBlock(CvTBlock):
     def _attention_options(self):
         return {"class_token_only": self.class_token_only}
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, normalised=None, class_attention_offset=None):
         if not self.class_token_only:
-            return super().call(inputs, training=training)
+            return super().call(
+                inputs, training=training, normalised=normalised, class_attention_offset=class_attention_offset
+            )
         x_map, cls_token = inputs
         x, height, width = self._tokens(inputs)
-        attn = self.attn(self.norm1(x), height=height, width=width, training=training)
+        normalised = self.norm1(x) if normalised is None else normalised
+        attn = self.attn(
+            normalised, height=height, width=width, training=training, class_attention_offset=class_attention_offset
+        )
         cls_token = cls_token + self.drop_path(attn, training=training)
         cls_token = cls_token + self.drop_path(self._mlp(cls_token), training=training)
         return [x_map, cls_token]
