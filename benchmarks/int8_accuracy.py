@@ -1,14 +1,16 @@
 """int8 accuracy of a trained CvT-13 on every runtime: held-out top-1, float32 against int8.
 
-    python benchmarks/int8_accuracy.py [--size 96] [--epochs 5] [--work-dir DIR] [--results FILE]
+    python benchmarks/int8_accuracy.py --checkpoint CvT-13-224x224-IN-1k.pth [--size 96] [--epochs 5]
+        [--work-dir DIR] [--results FILE]
 
-1. Converts the reference CvT-13 checkpoint (the original microsoft/CvT code's key names,
-   /work/shared/reference or `--checkpoint`) and fine-tunes it with the quickstart's recipe
+1. Converts `--checkpoint`, a CvT-13 checkpoint written by the original microsoft/CvT code
+   (its model zoo's `CvT-13-224x224-IN-1k.pth`, or, for the recorded results, the project's
+   perturbed reference checkpoint that its tests use), and fine-tunes it with the quickstart's recipe
    (`examples/quickstart.py`: `keras_cvt.training`, gentle crops, no flips, a new 10-class head)
    on scikit-learn's handwritten digits (shipped with scikit-learn: no download), upscaled to
    `--size` and in RGB, on the quickstart's fixed split (1437 training, 360 held-out digits).
-   The checkpoint's weights are random ones moved off their initial values: the fine-tuning is
-   what makes a trained model of it.
+   The reference checkpoint's weights are random ones moved off their initial values: the
+   fine-tuning is what makes a trained model of it.
 2. Exports the trained model in float32 and in int8 for OpenVINO (NNCF), ONNX Runtime (static
    QDQ) and LiteRT (XNNPACK) at `--size` (`keras_cvt.export.export`), the int8 files calibrated
    on `--calibration-size` training digits only.
@@ -41,7 +43,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.runtimes import cpu_features, cpu_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "int8_accuracy_cvt13.json"
-CHECKPOINT = pathlib.Path("/work/shared/reference/cvt13_official_perturbed.pth")
 SUFFIXES = {"openvino": ".xml", "onnx": ".onnx", "tflite": ".tflite"}
 RUNTIMES = {"openvino": "OpenVINO (NNCF)", "onnx": "ONNX Runtime (static QDQ)", "tflite": "LiteRT (XNNPACK)"}
 TOP1_POINTS = 0.5  # the targets
@@ -97,7 +98,9 @@ def measure_format(model, format, directory, size, calibration, pixels, labels, 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=pathlib.Path, default=CHECKPOINT)
+    parser.add_argument(
+        "--checkpoint", type=pathlib.Path, required=True, help="a CvT-13 .pth written by the original microsoft/CvT code"
+    )
     parser.add_argument("--size", type=int, default=96, help="the digits' height and width (upscaled from 8)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
