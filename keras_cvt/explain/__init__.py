@@ -116,8 +116,7 @@ class Explainer:
         attention = {block.name: attention_map(block, value) for block, value in block_inputs.items()}
         record = attention[last.name]
         tail_inputs = self.capture.tail_inputs(block_inputs, record.weights.shape[3])
-        # The normalised tokens, then the class token's attention offset where there is one.
-        probes = list(range(len(tail_inputs) - 1 - int(last.with_cls_token), len(tail_inputs)))
+        probes = self.capture.probe_indices
         if cam:
             score = lambda outputs: class_score(outputs, classes, self.probabilities)  # noqa: E731
             outputs, gradients = input_gradients(tail, tail_inputs, probes, score)

@@ -157,6 +157,14 @@ class Capture:
             found[block] = (taps.pop(0), taps.pop(0)) if block.with_cls_token else taps.pop(0)
         return found
 
+    @property
+    def probe_indices(self):
+        """The indices, among the tail's inputs, of what the class activation maps
+        differentiate: the normalised tokens, then the class token's attention offset where
+        the last block carries the class token."""
+        count = len(self.tail.inputs)
+        return list(range(count - 1 - int(self.last_block.with_cls_token), count))
+
     def tail_inputs(self, block_inputs, keys):
         """The tail's inputs, from `block_inputs` and the last block's number of `keys`: the
         last block's input, its normalised tokens, and zeros for the class token's attention
